@@ -1,0 +1,271 @@
+//! The connection task and the publish/ack handle.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lentera_bootstrap::Check;
+use rumqttc::{AsyncClient, Event, EventLoop, Incoming, Outgoing, Publish, QoS};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::MqttSettings;
+
+/// Why a publish was not confirmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    #[error("not connected to the MQTT broker")]
+    NotConnected,
+    #[error("too many publishes awaiting acknowledgement")]
+    Overloaded,
+    #[error("the MQTT broker did not acknowledge in time")]
+    Timeout,
+    #[error("the MQTT connection was lost before the broker acknowledged")]
+    ConnectionLost,
+}
+
+type Waiter = Option<oneshot::Sender<Result<(), PublishError>>>;
+
+/// State of the current connection. A new rumqttc `EventLoop` (and request channel) is
+/// made for every connection attempt, so requests queued on a dead connection can never be
+/// mistaken for ones on the next: their waiters are failed and the channel is dropped.
+struct Link {
+    client: AsyncClient,
+    generation: u64,
+    connected: bool,
+    /// Publishes handed to rumqttc, in order, not yet given a packet id.
+    sent: VecDeque<Waiter>,
+    /// QoS 1 publishes on the wire, by packet id, awaiting PUBACK.
+    inflight: HashMap<u16, oneshot::Sender<Result<(), PublishError>>>,
+}
+
+impl Link {
+    fn fail_all(&mut self) {
+        for w in self.sent.drain(..).flatten() {
+            let _ = w.send(Err(PublishError::ConnectionLost));
+        }
+        for (_, w) in self.inflight.drain() {
+            let _ = w.send(Err(PublishError::ConnectionLost));
+        }
+    }
+}
+
+/// A cloneable handle for publishing and acknowledging.
+#[derive(Clone)]
+pub struct Client {
+    link: Arc<Mutex<Link>>,
+    permits: Arc<Semaphore>,
+    ack_timeout: Duration,
+}
+
+/// A received PUBLISH, tagged with the connection it arrived on so a late
+/// acknowledgement can never acknowledge a different message on a newer connection.
+#[derive(Debug)]
+pub struct Delivery {
+    pub publish: Publish,
+    generation: u64,
+}
+
+impl Client {
+    /// Starts the connection task. `subscriptions` are (re)made on every CONNACK; received
+    /// PUBLISH packets go to the returned channel. With `manual_acks`, QoS 1 deliveries are
+    /// acknowledged only through [`Client::ack`].
+    pub fn start(
+        settings: &MqttSettings,
+        default_client_id: &str,
+        clean_session: bool,
+        manual_acks: bool,
+        subscriptions: Vec<(String, QoS)>,
+        ready: Option<Check>,
+    ) -> (Client, mpsc::Receiver<Delivery>) {
+        let mut options = settings.options(default_client_id, clean_session);
+        options.set_manual_acks(manual_acks);
+        let capacity = settings.max_inflight as usize * 2;
+        let (client, eventloop) = AsyncClient::new(options.clone(), capacity);
+        let link = Arc::new(Mutex::new(Link {
+            client,
+            generation: 0,
+            connected: false,
+            sent: VecDeque::new(),
+            inflight: HashMap::new(),
+        }));
+        // One permit fewer than rumqttc's inflight window, so its packet ids never collide.
+        let permits = Arc::new(Semaphore::new(
+            settings.max_inflight.saturating_sub(1).max(1) as usize,
+        ));
+        let (tx, rx) = mpsc::channel(capacity.max(16));
+        let handle = Client {
+            link: link.clone(),
+            permits,
+            ack_timeout: settings.ack_timeout(),
+        };
+        tokio::spawn(run(
+            link,
+            eventloop,
+            options,
+            capacity,
+            subscriptions,
+            tx,
+            ready,
+        ));
+        (handle, rx)
+    }
+
+    /// Publishes with QoS 1 and resolves when the broker has acknowledged (PUBACK).
+    pub async fn publish_acked(
+        &self,
+        topic: impl Into<String>,
+        retain: bool,
+        payload: impl Into<Vec<u8>>,
+    ) -> Result<(), PublishError> {
+        let _permit = tokio::time::timeout(self.ack_timeout, self.permits.acquire())
+            .await
+            .map_err(|_| PublishError::Overloaded)?
+            .expect("the semaphore is never closed");
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(
+            topic.into(),
+            QoS::AtLeastOnce,
+            retain,
+            payload.into(),
+            Some(tx),
+        )?;
+        match tokio::time::timeout(self.ack_timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(PublishError::ConnectionLost),
+            Err(_) => Err(PublishError::Timeout),
+        }
+    }
+
+    /// Publishes without waiting for any acknowledgement.
+    pub fn publish(
+        &self,
+        topic: impl Into<String>,
+        qos: QoS,
+        retain: bool,
+        payload: impl Into<Vec<u8>>,
+    ) -> Result<(), PublishError> {
+        self.enqueue(topic.into(), qos, retain, payload.into(), None)
+    }
+
+    fn enqueue(
+        &self,
+        topic: String,
+        qos: QoS,
+        retain: bool,
+        payload: Vec<u8>,
+        waiter: Waiter,
+    ) -> Result<(), PublishError> {
+        let mut link = self.link.lock().unwrap();
+        if !link.connected {
+            return Err(PublishError::NotConnected);
+        }
+        // Sending under the lock keeps `sent` in the order rumqttc will assign packet ids.
+        link.client
+            .try_publish(topic, qos, retain, payload)
+            .map_err(|_| PublishError::Overloaded)?;
+        link.sent.push_back(waiter);
+        Ok(())
+    }
+
+    /// Acknowledges a QoS 1 delivery (manual-ack mode). A delivery from an earlier
+    /// connection is skipped: the broker will deliver it again.
+    pub fn ack(&self, delivery: &Delivery) {
+        let link = self.link.lock().unwrap();
+        if link.generation == delivery.generation {
+            let _ = link.client.try_ack(&delivery.publish);
+        }
+    }
+
+    /// True while a broker connection is up.
+    pub fn is_connected(&self) -> bool {
+        self.link.lock().unwrap().connected
+    }
+
+    /// Sends DISCONNECT, so the broker does not publish a Last Will and the session ends cleanly.
+    pub async fn disconnect(&self) {
+        let client = self.link.lock().unwrap().client.clone();
+        let _ = client.disconnect().await;
+    }
+}
+
+async fn run(
+    link: Arc<Mutex<Link>>,
+    mut eventloop: EventLoop,
+    options: rumqttc::MqttOptions,
+    capacity: usize,
+    subscriptions: Vec<(String, QoS)>,
+    deliveries: mpsc::Sender<Delivery>,
+    ready: Option<Check>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
+                tracing::info!(
+                    session_present = ack.session_present,
+                    "connected to the MQTT broker"
+                );
+                backoff = Duration::from_millis(100);
+                let mut l = link.lock().unwrap();
+                for (filter, qos) in &subscriptions {
+                    let _ = l.client.try_subscribe(filter.clone(), *qos);
+                }
+                l.connected = true;
+                if let Some(c) = &ready {
+                    c.set(true);
+                }
+            }
+            Ok(Event::Incoming(Incoming::Publish(publish))) => {
+                let generation = link.lock().unwrap().generation;
+                if deliveries
+                    .send(Delivery {
+                        publish,
+                        generation,
+                    })
+                    .await
+                    .is_err()
+                {
+                    // Nobody consumes deliveries any more; keep serving publishes.
+                }
+            }
+            Ok(Event::Incoming(Incoming::PubAck(ack))) => {
+                if let Some(w) = link.lock().unwrap().inflight.remove(&ack.pkid) {
+                    let _ = w.send(Ok(()));
+                }
+            }
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                let mut l = link.lock().unwrap();
+                match l.sent.pop_front() {
+                    Some(Some(w)) if pkid != 0 => {
+                        l.inflight.insert(pkid, w);
+                    }
+                    Some(Some(w)) => {
+                        let _ = w.send(Ok(()));
+                    }
+                    _ => {}
+                }
+            }
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                tracing::info!("disconnected from the MQTT broker");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "MQTT connection failed");
+                if let Some(c) = &ready {
+                    c.set(false);
+                }
+                let (client, fresh) = AsyncClient::new(options.clone(), capacity);
+                {
+                    let mut l = link.lock().unwrap();
+                    l.connected = false;
+                    l.fail_all();
+                    l.client = client;
+                    l.generation += 1;
+                }
+                eventloop = fresh;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
