@@ -1,0 +1,206 @@
+//! The consume loop: deliveries → batch → one transaction → acknowledgements.
+//!
+//! The guarantee this file exists for: a delivery is acknowledged only after the
+//! transaction holding it has committed, so a crash at any point loses nothing (the
+//! broker redelivers, and `write::store` makes redelivery idempotent for readings). A
+//! failed write keeps the batch and retries it with backoff; while it retries the loop
+//! reads no more deliveries, so the pressure goes back to the broker, not into memory.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use lentera_bootstrap::{Check, Counter, Gauge, Observability};
+use lentera_db::write::{self, Record};
+use lentera_mqtt::{Client, Delivery};
+use lentera_protocol::Topics;
+use sqlx::PgPool;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::batch::{Batch, BatchPolicy};
+use crate::record::{self, INVALID_CODES, Outcome};
+
+/// First and longest pause between attempts to write a failed batch.
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+/// How long shutdown keeps retrying the last batch before leaving it to redelivery.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// The historian's metrics, registered once.
+#[derive(Clone)]
+pub struct Metrics {
+    readings_stored: Counter,
+    batches: Counter,
+    batch_errors: Counter,
+    skipped: Counter,
+    last_batch_size: Gauge,
+    invalid: HashMap<&'static str, Counter>,
+}
+
+impl Metrics {
+    pub fn new(obs: &Observability) -> Self {
+        let invalid = INVALID_CODES
+            .iter()
+            .map(|code| {
+                let c = obs.counter(
+                    "invalid_payloads_total",
+                    "Deliveries that can never be stored, acknowledged and dropped, by code.",
+                    &[("code", code)],
+                );
+                (*code, c)
+            })
+            .collect();
+        Self {
+            readings_stored: obs.counter(
+                "readings_stored_total",
+                "Reading rows inserted (redelivered duplicates excluded).",
+                &[],
+            ),
+            batches: obs.counter("batches_total", "Batches committed.", &[]),
+            batch_errors: obs.counter(
+                "batch_errors_total",
+                "Failed attempts to write a batch (each is retried).",
+                &[],
+            ),
+            skipped: obs.counter(
+                "skipped_total",
+                "Valid deliveries deliberately not stored (retained replays).",
+                &[],
+            ),
+            last_batch_size: obs.gauge("last_batch_size", "Deliveries in the last committed batch."),
+            invalid,
+        }
+    }
+}
+
+/// A delivery waiting for its batch to commit; `record` is `None` for deliveries that
+/// are only to be acknowledged (invalid or skipped) — they still wait, so that
+/// acknowledgements go out in the order the broker sent the messages.
+struct Pending {
+    delivery: Delivery,
+    record: Option<Record>,
+}
+
+pub struct Consumer {
+    pub pool: PgPool,
+    pub client: Client,
+    pub topics: Topics,
+    pub policy: BatchPolicy,
+    pub metrics: Metrics,
+    /// False while the database refuses writes.
+    pub db_ready: Check,
+}
+
+impl Consumer {
+    /// Runs until `stop` turns true, then writes and acknowledges the batch in hand.
+    pub async fn run(self, mut rx: mpsc::Receiver<Delivery>, mut stop: watch::Receiver<bool>) {
+        let mut batch = Batch::new(self.policy);
+        loop {
+            let deadline = batch.deadline();
+            tokio::select! {
+                biased;
+                _ = stopped(&mut stop) => break,
+                d = rx.recv(), if !batch.is_full() => match d {
+                    Some(d) => self.accept(&mut batch, d),
+                    None => break,
+                },
+                _ = sleep_until(deadline), if deadline.is_some() => {}
+            }
+            if batch.is_due(Instant::now().into_std()) && !self.flush(&mut batch, &mut stop).await {
+                return;
+            }
+        }
+        if !batch.is_empty() {
+            tracing::info!(size = batch.len(), "shutting down: writing the last batch");
+            self.flush(&mut batch, &mut stop).await;
+        }
+    }
+
+    fn accept(&self, batch: &mut Batch<Pending>, delivery: Delivery) {
+        let p = &delivery.publish;
+        let outcome = record::classify(
+            &self.topics,
+            &p.topic,
+            &p.payload,
+            p.retain,
+            chrono::Utc::now(),
+        );
+        let record = match outcome {
+            Outcome::Store(r) => Some(r),
+            Outcome::Skip(why) => {
+                tracing::debug!(topic = %p.topic, why, "skipped");
+                self.metrics.skipped.inc();
+                None
+            }
+            Outcome::Invalid(code, detail) => {
+                tracing::warn!(topic = %p.topic, code, detail, "invalid payload, dropped");
+                if let Some(c) = self.metrics.invalid.get(code) {
+                    c.inc();
+                }
+                None
+            }
+        };
+        batch.push(Pending { delivery, record }, Instant::now().into_std());
+    }
+
+    /// Writes the batch, retrying with backoff until it commits, then acknowledges every
+    /// delivery in it. Once `stop` is set it retries for at most [`SHUTDOWN_GRACE`] and
+    /// returns false if the batch is still unwritten (the broker will redeliver it).
+    async fn flush(&self, batch: &mut Batch<Pending>, stop: &mut watch::Receiver<bool>) -> bool {
+        let records: Vec<Record> = batch
+            .items()
+            .iter()
+            .filter_map(|p| p.record.clone())
+            .collect();
+        let mut backoff = RETRY_MIN;
+        let mut give_up_at = None;
+        loop {
+            match write::store(&self.pool, &records).await {
+                Ok(inserted) => {
+                    let done = batch.take();
+                    for p in &done {
+                        self.client.ack(&p.delivery);
+                    }
+                    self.db_ready.set(true);
+                    self.metrics.readings_stored.add(inserted);
+                    self.metrics.batches.inc();
+                    self.metrics.last_batch_size.set(done.len() as i64);
+                    tracing::debug!(size = done.len(), inserted, "batch committed");
+                    return true;
+                }
+                Err(e) => {
+                    self.metrics.batch_errors.inc();
+                    self.db_ready.set(false);
+                    tracing::warn!(error = %e, size = batch.len(), retry_in = ?backoff, "batch write failed; keeping it");
+                }
+            }
+            if *stop.borrow() {
+                let limit = *give_up_at.get_or_insert_with(|| Instant::now() + SHUTDOWN_GRACE);
+                if Instant::now() >= limit {
+                    tracing::error!(size = batch.len(), "giving up on the last batch at shutdown; unacknowledged, the broker will redeliver it");
+                    return false;
+                }
+                tokio::time::sleep(backoff.min(limit - Instant::now())).await;
+            } else {
+                // A stop signal cuts the pause short; the next attempt then runs under the grace limit.
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stopped(stop) => {}
+                }
+            }
+            backoff = (backoff * 2).min(RETRY_MAX);
+        }
+    }
+}
+
+/// Resolves once the stop flag is set (or its sender is gone).
+pub async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+async fn sleep_until(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}

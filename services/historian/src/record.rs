@@ -1,0 +1,178 @@
+//! One MQTT delivery → what to store, pure (no I/O, `now` passed in).
+//!
+//! Every delivery ends in one of three outcomes, and all three are acknowledged after the
+//! batch they belong to commits: a [`Record`] to write, something to skip on purpose, or
+//! an invalid payload. Invalid payloads are acknowledged too — they can never succeed, so
+//! leaving them unacknowledged would make the broker redeliver them forever.
+
+use chrono::{DateTime, Utc};
+use lentera_db::write::Record;
+use lentera_protocol::{DeviceStatus, LampCommand, LampMode, Reading, TopicKind, Topics};
+
+/// Error codes counted in `lentera_historian_invalid_payloads_total{code=…}`: the
+/// protocol's reading codes plus the historian's own for the other topics.
+pub const INVALID_CODES: &[&str] = &[
+    "malformed_json",
+    "not_an_object",
+    "missing_device",
+    "invalid_device",
+    "device_mismatch",
+    "invalid_metric_name",
+    "non_numeric_value",
+    "non_finite_value",
+    "invalid_timestamp",
+    "no_metrics",
+    "too_many_metrics",
+    "invalid_topic",
+    "invalid_lamp_command",
+    "invalid_lamp_state",
+    "invalid_lamp_mode",
+    "invalid_status",
+];
+
+#[derive(Debug)]
+pub enum Outcome {
+    Store(Record),
+    /// Valid but deliberately not stored; the reason is for logs.
+    Skip(&'static str),
+    /// The payload can never be stored; the code is one of [`INVALID_CODES`].
+    Invalid(&'static str, String),
+}
+
+/// Classifies one delivery. `retained` is the PUBLISH retain flag: the broker sets it on
+/// copies it replays to a new subscription, which the historian sees on every reconnect.
+pub fn classify(
+    topics: &Topics,
+    topic: &str,
+    payload: &[u8],
+    retained: bool,
+    now: DateTime<Utc>,
+) -> Outcome {
+    let Some((device, kind)) = topics.parse(topic) else {
+        return Outcome::Invalid("invalid_topic", topic.to_owned());
+    };
+    let text = || String::from_utf8_lossy(payload).into_owned();
+    match kind {
+        TopicKind::Telemetry => match Reading::from_payload(payload, &device, now) {
+            Ok(r) => Outcome::Store(Record::Reading(r)),
+            Err(e) => Outcome::Invalid(e.code(), e.to_string()),
+        },
+        // A retained lamp/state or lamp/mode copy repeats a message this persistent
+        // session already stored live; storing it again would add a duplicate lamp event
+        // on every reconnect.
+        TopicKind::LampState | TopicKind::LampMode if retained => Outcome::Skip("retained_replay"),
+        TopicKind::LampSet => match LampCommand::from_payload(payload) {
+            Some(command) => Outcome::Store(Record::LampCommand {
+                device: device.to_string(),
+                at: now,
+                command,
+            }),
+            None => Outcome::Invalid("invalid_lamp_command", text()),
+        },
+        TopicKind::LampState => match LampCommand::from_payload(payload) {
+            Some(state) => Outcome::Store(Record::LampState {
+                device: device.to_string(),
+                at: now,
+                state,
+            }),
+            None => Outcome::Invalid("invalid_lamp_state", text()),
+        },
+        TopicKind::LampMode => match LampMode::from_payload(payload) {
+            Ok(mode) => Outcome::Store(Record::LampMode {
+                device: device.to_string(),
+                at: now,
+                mode,
+            }),
+            Err(e) => Outcome::Invalid("invalid_lamp_mode", e.to_string()),
+        },
+        // Status is an idempotent upsert of the device row, so a retained copy is harmless.
+        TopicKind::Status => match DeviceStatus::from_payload(payload) {
+            Some(status) => Outcome::Store(Record::Status {
+                device: device.to_string(),
+                at: now,
+                status,
+            }),
+            None => Outcome::Invalid("invalid_status", text()),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 22, 1, 0, 0).unwrap()
+    }
+
+    fn classify(topic: &str, payload: &[u8], retained: bool) -> Outcome {
+        super::classify(&Topics::default(), topic, payload, retained, now())
+    }
+
+    #[test]
+    fn telemetry_becomes_a_reading() {
+        match classify("lentera/gh-1/telemetry", br#"{"lux":3.5}"#, false) {
+            Outcome::Store(Record::Reading(r)) => {
+                assert_eq!(r.device.as_str(), "gh-1");
+                assert_eq!(r.ts, now());
+                assert_eq!(r.metrics["lux"], 3.5);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_invalid_outcome_uses_a_registered_code() {
+        let cases: &[(&str, &[u8], &str)] = &[
+            ("lentera/gh-1/telemetry", b"{", "malformed_json"),
+            ("lentera/gh-1/telemetry", br#"{"t":"hot"}"#, "non_numeric_value"),
+            ("lentera/bad.id/telemetry", b"{}", "invalid_topic"),
+            ("lentera/l1/lamp/set", b"dim", "invalid_lamp_command"),
+            ("lentera/l1/lamp/state", b"blink", "invalid_lamp_state"),
+            ("lentera/l1/lamp/mode", b"{\"mode\":\"x\"}", "invalid_lamp_mode"),
+            ("lentera/l1/status", b"sleepy", "invalid_status"),
+        ];
+        for (topic, payload, code) in cases {
+            match classify(topic, payload, false) {
+                Outcome::Invalid(c, _) => {
+                    assert_eq!(c, *code, "{topic}");
+                    assert!(INVALID_CODES.contains(&c), "{c} not registered");
+                }
+                other => panic!("{topic}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn lamp_topics_become_lamp_records() {
+        assert!(matches!(
+            classify("lentera/l1/lamp/set", b"on", false),
+            Outcome::Store(Record::LampCommand { command: LampCommand::On, .. })
+        ));
+        assert!(matches!(
+            classify("lentera/l1/lamp/state", b"OFF\n", false),
+            Outcome::Store(Record::LampState { state: LampCommand::Off, .. })
+        ));
+        assert!(matches!(
+            classify("lentera/l1/lamp/mode", br#"{"mode":"on"}"#, false),
+            Outcome::Store(Record::LampMode { .. })
+        ));
+        assert!(matches!(
+            classify("lentera/l1/status", b"offline", true),
+            Outcome::Store(Record::Status { status: DeviceStatus::Offline, .. })
+        ));
+    }
+
+    #[test]
+    fn retained_lamp_replays_are_skipped() {
+        assert!(matches!(
+            classify("lentera/l1/lamp/state", b"on", true),
+            Outcome::Skip(_)
+        ));
+        assert!(matches!(
+            classify("lentera/l1/lamp/mode", br#"{"mode":"auto"}"#, true),
+            Outcome::Skip(_)
+        ));
+    }
+}

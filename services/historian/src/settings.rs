@@ -1,0 +1,76 @@
+//! The historian's settings: `[telemetry]`, `[mqtt]`, `[database]`, `[historian]`, `ready_file`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use lentera_bootstrap::TelemetrySettings;
+use lentera_db::DatabaseSettings;
+use lentera_mqtt::MqttSettings;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+pub struct Settings {
+    pub telemetry: TelemetrySettings,
+    pub mqtt: MqttSettings,
+    pub database: DatabaseSettings,
+    pub historian: HistorianSettings,
+    /// Where to write `{"admin": "<addr>"}` once the admin port is bound.
+    pub ready_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct HistorianSettings {
+    /// `/healthz`, `/readyz`, `/metrics`.
+    pub admin_addr: String,
+    /// Most deliveries written in one transaction: large enough to amortise the round
+    /// trip, small enough that one failed batch is cheap to retry.
+    pub batch_size: usize,
+    /// Longest a delivery waits for its batch to fill, i.e. the worst added latency.
+    pub batch_interval_ms: u64,
+    /// MQTT shared-subscription group. Set it to run several historians that split the
+    /// stream (`$share/{group}/lentera/+/telemetry`); each instance needs its own client id.
+    pub shared_group: Option<String>,
+}
+
+impl Default for HistorianSettings {
+    fn default() -> Self {
+        Self {
+            admin_addr: "0.0.0.0:9101".into(),
+            batch_size: 500,
+            batch_interval_ms: 100,
+            shared_group: None,
+        }
+    }
+}
+
+impl HistorianSettings {
+    pub fn batch_interval(&self) -> Duration {
+        Duration::from_millis(self.batch_interval_ms)
+    }
+
+    /// The topic filter for `filter`, wrapped in the shared-subscription form when a group is set.
+    pub fn subscription(&self, filter: &str) -> String {
+        match &self.shared_group {
+            Some(group) if !group.is_empty() => format!("$share/{group}/{filter}"),
+            _ => filter.to_owned(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_group_wraps_filters() {
+        let mut s = HistorianSettings::default();
+        assert_eq!(s.subscription("lentera/+/status"), "lentera/+/status");
+        s.shared_group = Some("historian".into());
+        assert_eq!(
+            s.subscription("lentera/+/telemetry"),
+            "$share/historian/lentera/+/telemetry"
+        );
+    }
+}
