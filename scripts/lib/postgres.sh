@@ -1,0 +1,43 @@
+# shellcheck shell=bash
+# A throw-away PostgreSQL for tests: its own data directory and port, stopped on exit,
+# so the tests never touch a cluster someone relies on.
+
+pg_bindir() {
+  local d
+  for d in /usr/lib/postgresql/*/bin; do
+    [ -x "$d/initdb" ] && { echo "$d"; return 0; }
+  done
+  command -v initdb >/dev/null 2>&1 && { dirname "$(command -v initdb)"; return 0; }
+  return 1
+}
+
+install_postgres() {
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "PostgreSQL is not installed. Install it (apt-get install postgresql) or set DATABASE_URL." >&2
+    exit 1
+  fi
+  echo "==> installing PostgreSQL with apt-get"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq postgresql >/dev/null
+}
+
+start_throwaway_postgres() {
+  local bin dir port run_as=()
+  bin=$(pg_bindir) || { install_postgres; bin=$(pg_bindir); }
+  dir=$(mktemp -d /tmp/lentera-pg.XXXXXX)
+  # PostgreSQL refuses to run as root; CI runs as root, a laptop usually does not.
+  if [ "$(id -u)" -eq 0 ]; then
+    chown postgres:postgres "$dir"
+    run_as=(runuser -u postgres --)
+  fi
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  "${run_as[@]}" "$bin/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 >"$dir/initdb.log" 2>&1 \
+    || { cat "$dir/initdb.log" >&2; exit 1; }
+  "${run_as[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w \
+    -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300" start >/dev/null
+  export LENTERA_TEST_PG_DIR=$dir
+  # shellcheck disable=SC2064
+  trap "${run_as[*]} '$bin/pg_ctl' -D '$dir/data' -m immediate stop >/dev/null 2>&1; rm -rf '$dir'" EXIT
+  export DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
+}
