@@ -1,0 +1,361 @@
+//! The live hub: MQTT in, JSON messages out to every WebSocket client.
+//!
+//! One task ([`run`]) owns the MQTT delivery stream, turns each platform topic into a
+//! [`LiveMessage`] (pure: [`message_from`]) and fans it out on a tokio broadcast channel.
+//! Each message is serialised once, not once per client. The hub also remembers the last
+//! state-like message per device (status, lamp state/command/mode, latest reading) so a
+//! client that connects late sees the current picture at once, the way a retained MQTT
+//! message would show it to a new subscriber.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use lentera_bootstrap::{Counter, Gauge};
+use lentera_mqtt::Delivery;
+use lentera_protocol::reading::format_ts;
+use lentera_protocol::{
+    DeviceId, DeviceStatus, LampCommand, LampMode, ModeKind, Reading, TopicKind, Topics,
+};
+use serde::Serialize;
+use tokio::sync::{broadcast, mpsc, watch};
+
+/// Distinct (device, kind) entries the late-joiner snapshot keeps; a bound against a flood
+/// of made-up device ids, far above any village.
+const MAX_SNAPSHOT_ENTRIES: usize = 20_000;
+
+/// One message on `/ws`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum LiveMessage {
+    /// `{"type":"reading","device":"gh-1","ts":"…","metrics":{"temperature":27.3}}`
+    Reading {
+        device: DeviceId,
+        ts: String,
+        metrics: BTreeMap<String, f64>,
+    },
+    /// `{"type":"lamp","device":"lamp-1","state":"on"}` (board report), `"command":"on"`
+    /// (controller's order) or `"mode":"on","until":"…"` (operator override).
+    Lamp {
+        device: DeviceId,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        state: Option<LampCommand>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        command: Option<LampCommand>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        mode: Option<ModeKind>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        until: Option<String>,
+    },
+    /// `{"type":"status","device":"gh-1","status":"online"}`
+    Status {
+        device: DeviceId,
+        status: DeviceStatus,
+    },
+}
+
+impl LiveMessage {
+    pub fn device(&self) -> &DeviceId {
+        match self {
+            LiveMessage::Reading { device, .. }
+            | LiveMessage::Lamp { device, .. }
+            | LiveMessage::Status { device, .. } => device,
+        }
+    }
+
+    fn lamp(device: DeviceId) -> Self {
+        LiveMessage::Lamp {
+            device,
+            state: None,
+            command: None,
+            mode: None,
+            until: None,
+        }
+    }
+}
+
+/// Builds the live message for one MQTT publish. `None` for topics that are not the
+/// platform's and for payloads that break the contract: a bad board must not reach browsers.
+/// `now` stamps readings that carry no `ts`, as the historian does.
+pub fn message_from(
+    topics: &Topics,
+    topic: &str,
+    payload: &[u8],
+    now: DateTime<Utc>,
+) -> Option<LiveMessage> {
+    let (device, kind) = topics.parse(topic)?;
+    Some(match kind {
+        TopicKind::Telemetry => {
+            let r = Reading::from_payload(payload, &device, now).ok()?;
+            LiveMessage::Reading {
+                device,
+                ts: format_ts(r.ts),
+                metrics: r.metrics,
+            }
+        }
+        TopicKind::LampState => {
+            let mut m = LiveMessage::lamp(device);
+            if let LiveMessage::Lamp { state, .. } = &mut m {
+                *state = Some(LampCommand::from_payload(payload)?);
+            }
+            m
+        }
+        TopicKind::LampSet => {
+            let mut m = LiveMessage::lamp(device);
+            if let LiveMessage::Lamp { command, .. } = &mut m {
+                *command = Some(LampCommand::from_payload(payload)?);
+            }
+            m
+        }
+        TopicKind::LampMode => {
+            let parsed = LampMode::from_payload(payload).ok()?;
+            let mut m = LiveMessage::lamp(device);
+            if let LiveMessage::Lamp { mode, until, .. } = &mut m {
+                *mode = Some(parsed.mode);
+                *until = parsed.until.map(format_ts);
+            }
+            m
+        }
+        TopicKind::Status => LiveMessage::Status {
+            device,
+            status: DeviceStatus::from_payload(payload)?,
+        },
+    })
+}
+
+/// A message ready to send: serialised once, tagged with its device for filtering.
+#[derive(Debug)]
+pub struct LiveEvent {
+    pub device: DeviceId,
+    pub json: String,
+}
+
+impl LiveEvent {
+    pub fn new(msg: &LiveMessage) -> Self {
+        Self {
+            device: msg.device().clone(),
+            json: serde_json::to_string(msg).expect("live messages always serialise"),
+        }
+    }
+}
+
+/// Which snapshot slot a message replaces: lamp state, command and mode are separate facts.
+fn slot(msg: &LiveMessage) -> &'static str {
+    match msg {
+        LiveMessage::Reading { .. } => "reading",
+        LiveMessage::Status { .. } => "status",
+        LiveMessage::Lamp { state: Some(_), .. } => "lamp-state",
+        LiveMessage::Lamp {
+            command: Some(_), ..
+        } => "lamp-command",
+        LiveMessage::Lamp { .. } => "lamp-mode",
+    }
+}
+
+/// Cloneable handle to the fan-out; every clone is the same hub.
+#[derive(Clone)]
+pub struct Hub {
+    tx: broadcast::Sender<Arc<LiveEvent>>,
+    snapshot: Arc<Mutex<HashMap<(DeviceId, &'static str), Arc<LiveEvent>>>>,
+    /// Flips to true on shutdown so WebSocket tasks close with "going away" instead of
+    /// holding the server's graceful stop open until its timeout.
+    closing: watch::Receiver<bool>,
+    /// Connected WebSocket clients (`lentera_web_ws_clients`).
+    pub clients: Gauge,
+    /// Lag notices sent (`lentera_web_ws_lagged_total`).
+    pub lagged: Counter,
+}
+
+impl Hub {
+    pub fn new(
+        capacity: usize,
+        closing: watch::Receiver<bool>,
+        clients: Gauge,
+        lagged: Counter,
+    ) -> Self {
+        let (tx, _) = broadcast::channel(capacity.max(16));
+        Self {
+            tx,
+            snapshot: Arc::default(),
+            closing,
+            clients,
+            lagged,
+        }
+    }
+
+    /// Records `msg` in the snapshot and sends it to every connected client.
+    pub fn publish(&self, msg: &LiveMessage) {
+        let event = Arc::new(LiveEvent::new(msg));
+        {
+            let mut snap = self.snapshot.lock().unwrap();
+            let key = (event.device.clone(), slot(msg));
+            if snap.len() < MAX_SNAPSHOT_ENTRIES || snap.contains_key(&key) {
+                snap.insert(key, event.clone());
+            }
+        }
+        // No receivers is the normal state with no browser open.
+        let _ = self.tx.send(event);
+    }
+
+    /// A receiver for new messages plus the current snapshot. The receiver is taken first,
+    /// so a message published meanwhile is seen twice rather than never; all of them are
+    /// states, so a repeat is harmless.
+    pub fn subscribe(&self) -> (broadcast::Receiver<Arc<LiveEvent>>, Vec<Arc<LiveEvent>>) {
+        let rx = self.tx.subscribe();
+        let snap = self.snapshot.lock().unwrap().values().cloned().collect();
+        (rx, snap)
+    }
+
+    pub fn closing(&self) -> watch::Receiver<bool> {
+        self.closing.clone()
+    }
+}
+
+/// The subscription task: runs until the MQTT client's delivery channel closes.
+pub async fn run(
+    hub: Hub,
+    topics: Topics,
+    mut deliveries: mpsc::Receiver<Delivery>,
+    ignored: Counter,
+) {
+    while let Some(d) = deliveries.recv().await {
+        let p = &d.publish;
+        match message_from(&topics, &p.topic, &p.payload, Utc::now()) {
+            Some(msg) => hub.publish(&msg),
+            None => {
+                ignored.inc();
+                tracing::debug!(topic = %p.topic, "ignored a message that is not a valid platform message");
+            }
+        }
+    }
+}
+
+/// The subscriptions the hub needs, under the configured prefix.
+pub fn subscriptions(topics: &Topics) -> Vec<String> {
+    [
+        TopicKind::Telemetry,
+        TopicKind::LampState,
+        TopicKind::LampSet,
+        TopicKind::LampMode,
+        TopicKind::Status,
+    ]
+    .into_iter()
+    .map(|k| topics.filter(k))
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use serde_json::{Value, json};
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 22, 1, 0, 0).unwrap()
+    }
+
+    fn json_of(topic: &str, payload: &[u8]) -> Option<Value> {
+        let m = message_from(&Topics::default(), topic, payload, now())?;
+        Some(serde_json::from_str(&LiveEvent::new(&m).json).unwrap())
+    }
+
+    #[test]
+    fn telemetry_becomes_a_reading_with_canonical_ts() {
+        assert_eq!(
+            json_of(
+                "lentera/gh-1/telemetry",
+                br#"{"temperature":27.3,"ts":"2026-11-22T08:00:00+07:00"}"#
+            ),
+            Some(
+                json!({"type":"reading","device":"gh-1","ts":"2026-11-22T01:00:00.000Z",
+                        "metrics":{"temperature":27.3}})
+            )
+        );
+        // No ts: stamped with the receive time.
+        assert_eq!(
+            json_of("lentera/gh-1/telemetry", br#"{"lux":3}"#).unwrap()["ts"],
+            "2026-11-22T01:00:00.000Z"
+        );
+    }
+
+    #[test]
+    fn lamp_topics_become_lamp_messages() {
+        assert_eq!(
+            json_of("lentera/lamp-1/lamp/state", b"ON\r\n"),
+            Some(json!({"type":"lamp","device":"lamp-1","state":"on"}))
+        );
+        assert_eq!(
+            json_of("lentera/lamp-1/lamp/set", b"off"),
+            Some(json!({"type":"lamp","device":"lamp-1","command":"off"}))
+        );
+        assert_eq!(
+            json_of(
+                "lentera/lamp-1/lamp/mode",
+                br#"{"mode":"on","until":"2026-11-22T05:00:00Z"}"#
+            ),
+            Some(json!({"type":"lamp","device":"lamp-1","mode":"on",
+                        "until":"2026-11-22T05:00:00.000Z"}))
+        );
+    }
+
+    #[test]
+    fn status_becomes_a_status_message() {
+        assert_eq!(
+            json_of("lentera/gh-1/status", b"offline"),
+            Some(json!({"type":"status","device":"gh-1","status":"offline"}))
+        );
+    }
+
+    #[test]
+    fn foreign_topics_and_bad_payloads_are_dropped() {
+        for (topic, payload) in [
+            ("other/gh-1/telemetry", &br#"{"t":1}"#[..]),
+            ("lentera/gh-1/unknown", b"x"),
+            ("lentera/gh-1/telemetry", b"not json"),
+            ("lentera/gh-1/telemetry", br#"{"device":"gh-2","t":1}"#),
+            ("lentera/gh-1/telemetry", br#"{"t":"hot"}"#),
+            ("lentera/lamp-1/lamp/state", b"dim"),
+            ("lentera/lamp-1/lamp/mode", br#"{"mode":"blink"}"#),
+            ("lentera/gh-1/status", b"sleeping"),
+        ] {
+            assert_eq!(json_of(topic, payload), None, "{topic} {payload:?}");
+        }
+    }
+
+    #[test]
+    fn subscriptions_follow_the_prefix() {
+        let subs = subscriptions(&Topics::new("v/lentera"));
+        assert!(subs.contains(&"v/lentera/+/telemetry".to_owned()));
+        assert!(subs.contains(&"v/lentera/+/lamp/set".to_owned()));
+        assert_eq!(subs.len(), 5);
+    }
+
+    #[tokio::test]
+    async fn late_subscribers_get_the_latest_state_per_slot() {
+        let (_tx, closing) = watch::channel(false);
+        let obs = lentera_bootstrap::Observability::new("test");
+        let hub = Hub::new(16, closing, obs.gauge("c", "c"), obs.counter("l", "l", &[]));
+        let t = Topics::default();
+        for (topic, payload) in [
+            ("lentera/lamp-1/lamp/state", &b"on"[..]),
+            ("lentera/lamp-1/lamp/state", b"off"),
+            ("lentera/lamp-1/lamp/set", b"off"),
+            ("lentera/lamp-1/status", b"online"),
+        ] {
+            hub.publish(&message_from(&t, topic, payload, now()).unwrap());
+        }
+        let (mut rx, snap) = hub.subscribe();
+        let mut jsons: Vec<&str> = snap.iter().map(|e| e.json.as_str()).collect();
+        jsons.sort();
+        assert_eq!(
+            jsons,
+            [
+                r#"{"type":"lamp","device":"lamp-1","command":"off"}"#,
+                r#"{"type":"lamp","device":"lamp-1","state":"off"}"#,
+                r#"{"type":"status","device":"lamp-1","status":"online"}"#,
+            ]
+        );
+        hub.publish(&message_from(&t, "lentera/gh-1/status", b"offline", now()).unwrap());
+        assert_eq!(rx.recv().await.unwrap().device.as_str(), "gh-1");
+    }
+}
