@@ -152,11 +152,14 @@ fn slot(msg: &LiveMessage) -> &'static str {
     }
 }
 
+/// The latest message per (device, slot), replayed to a client when it connects.
+type Snapshot = HashMap<(DeviceId, &'static str), Arc<LiveEvent>>;
+
 /// Cloneable handle to the fan-out; every clone is the same hub.
 #[derive(Clone)]
 pub struct Hub {
     tx: broadcast::Sender<Arc<LiveEvent>>,
-    snapshot: Arc<Mutex<HashMap<(DeviceId, &'static str), Arc<LiveEvent>>>>,
+    snapshot: Arc<Mutex<Snapshot>>,
     /// Flips to true on shutdown so WebSocket tasks close with "going away" instead of
     /// holding the server's graceful stop open until its timeout.
     closing: watch::Receiver<bool>,
