@@ -1,0 +1,53 @@
+//! `lentera-broker` settings: `[broker]` plus the shared `[telemetry]` and `ready_file`.
+//!
+//! There is no `[mqtt]` section: that one configures MQTT *clients*; the broker is the
+//! server they connect to. `LENTERA_BROKER__MQTT_ADDR=127.0.0.1:0` picks any free port.
+
+use std::path::PathBuf;
+
+use lentera_bootstrap::TelemetrySettings;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+pub struct Settings {
+    pub telemetry: TelemetrySettings,
+    pub broker: BrokerSettings,
+    /// Where to write `{"mqtt": …, "admin": …}` once both listeners are bound.
+    pub ready_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct BrokerSettings {
+    /// MQTT/TCP listener (3.1.1 and 5.0 on the same port).
+    pub mqtt_addr: String,
+    /// `/healthz`, `/readyz`, `/metrics`.
+    pub admin_addr: String,
+    /// ntex worker threads; connections are spread over them.
+    pub workers: usize,
+    /// Messages queued per subscriber; beyond it new messages for that subscriber are
+    /// dropped and counted, so one stalled client cannot grow the broker's memory.
+    pub queue_capacity: usize,
+    /// Unacknowledged QoS 1 messages in flight per subscriber (MQTT 5 Receive Maximum
+    /// caps it further when the client asks for less).
+    pub max_inflight: u16,
+    /// Largest packet accepted from a client, in bytes.
+    pub max_packet_bytes: u32,
+    /// A client must send CONNECT within this many seconds of opening the socket.
+    pub connect_timeout_secs: u16,
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        Self {
+            mqtt_addr: "0.0.0.0:1883".into(),
+            admin_addr: "0.0.0.0:9100".into(),
+            workers: 2,
+            queue_capacity: 1024,
+            max_inflight: 64,
+            max_packet_bytes: 1024 * 1024,
+            connect_timeout_secs: 10,
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! Builds the broker from its settings: binds both listeners (port 0 allowed), runs
+//! ntex-mqtt on its own thread, serves the admin endpoints on the caller's tokio/actix
+//! runtime, writes the ready file, and stops both on shutdown.
+//!
+//! ntex and tokio share the process only with ntex on a thread of its own: ntex's
+//! default runtime drives its own I/O reactor and cannot run inside a tokio runtime.
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::thread::JoinHandle;
+
+use anyhow::Context;
+use lentera_bootstrap::{Check, Observability, ready_file};
+use ntex_mqtt::{MqttServer, MqttServiceConfig, QoS, v3, v5};
+use ntex_service::cfg::SharedCfg;
+use ntex_util::time::Seconds;
+
+use crate::metrics::Metrics;
+use crate::router::Router;
+use crate::session::{ConnState, Shared};
+use crate::settings::{BrokerSettings, Settings};
+
+type NtexServer = ntex_server::Server<ntex_server::net::Connection>;
+
+/// A bound, running broker.
+pub struct Application {
+    mqtt_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    ntex: NtexServer,
+    ntex_thread: JoinHandle<()>,
+    admin: actix_web::dev::ServerHandle,
+    router: Router,
+}
+
+impl Application {
+    /// Binds and starts everything; must be called inside a tokio runtime (the admin
+    /// server is spawned on it).
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let obs = Observability::new("broker");
+        let mqtt_check = obs.check("mqtt");
+        let router = Router::new(Metrics::new(&obs));
+
+        let cfg = &settings.broker;
+        let listener = TcpListener::bind(&cfg.mqtt_addr)
+            .with_context(|| format!("binding MQTT listener {}", cfg.mqtt_addr))?;
+        let mqtt_addr = listener.local_addr()?;
+        let shared = Shared::new(router.clone(), cfg.queue_capacity);
+        let (ntex, ntex_thread) = start_ntex(listener, cfg.clone(), shared, mqtt_check)?;
+
+        let (admin_addr, admin) = obs
+            .serve_admin(&cfg.admin_addr)
+            .with_context(|| format!("binding admin listener {}", cfg.admin_addr))?;
+        let admin_handle = admin.handle();
+        tokio::spawn(admin);
+
+        tracing::info!(%mqtt_addr, %admin_addr, "broker listening");
+        if let Some(path) = &settings.ready_file {
+            let addrs = serde_json::json!({
+                "mqtt": mqtt_addr.to_string(),
+                "admin": admin_addr.to_string(),
+            });
+            ready_file::write(path, &addrs)
+                .with_context(|| format!("writing ready file {}", path.display()))?;
+        }
+        Ok(Self {
+            mqtt_addr,
+            admin_addr,
+            ntex,
+            ntex_thread,
+            admin: admin_handle,
+            router,
+        })
+    }
+
+    pub fn mqtt_addr(&self) -> SocketAddr {
+        self.mqtt_addr
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, lets the workers close
+    /// their connections, and stops the admin server.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        shutdown.await;
+        tracing::info!("stopping MQTT listener");
+        self.ntex.stop(true).await;
+        let thread = self.ntex_thread;
+        tokio::task::spawn_blocking(move || thread.join())
+            .await?
+            .map_err(|_| anyhow::anyhow!("ntex thread panicked"))?;
+        self.admin.stop(true).await;
+        tracing::info!("broker stopped");
+        Ok(())
+    }
+}
+
+/// `run` for `main.rs`: build, then serve until `shutdown`.
+pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    Application::build(settings)
+        .await?
+        .run_until_stopped(shutdown)
+        .await
+}
+
+/// Starts the ntex system on its own thread and returns its server handle once the
+/// listener is being served.
+fn start_ntex(
+    listener: TcpListener,
+    cfg: BrokerSettings,
+    shared: Shared,
+    ready: Check,
+) -> anyhow::Result<(NtexServer, JoinHandle<()>)> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name("ntex-mqtt".into())
+        .spawn(move || {
+            let sys = ntex_rt::System::new("broker", ntex_net::DefaultRuntime);
+            sys.block_on(async move {
+                let server = match build_server(listener, &cfg, shared) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
+                ready.set(true);
+                let _ = tx.send(Ok(server.clone()));
+                if let Err(e) = server.await {
+                    tracing::error!(error = %e, "MQTT server failed");
+                }
+                ready.set(false);
+            });
+        })?;
+    let server = rx
+        .recv()
+        .context("ntex thread ended before starting")?
+        .context("starting MQTT server")?;
+    Ok((server, thread))
+}
+
+fn build_server(
+    listener: TcpListener,
+    cfg: &BrokerSettings,
+    shared: Shared,
+) -> std::io::Result<NtexServer> {
+    let mqtt_cfg = MqttServiceConfig::new()
+        // Accept QoS 2 publishers (routed at PUBLISH, acknowledged with PUBREC/PUBCOMP)
+        // instead of disconnecting them; delivery to subscribers is capped at QoS 1.
+        .set_max_qos(QoS::ExactlyOnce)
+        // A PUBLISH that arrives together with DISCONNECT must still be routed.
+        .set_handle_qos_after_disconnect(Some(QoS::ExactlyOnce))
+        .set_max_size(cfg.max_packet_bytes)
+        .set_max_send(cfg.max_inflight.max(1))
+        .set_connect_timeout(Seconds(cfg.connect_timeout_secs));
+    let shared_cfg = SharedCfg::new("MQTT").add(mqtt_cfg);
+
+    ntex_server::net::build()
+        .workers(cfg.workers.max(1))
+        // SIGTERM is handled once, by `shutdown::signal()` on the tokio side.
+        .disable_signals()
+        .listen("mqtt", listener, shared_cfg, async move |_| {
+            let (s3, s5) = (shared.clone(), shared.clone());
+            MqttServer::new()
+                .v3(v3::MqttServer::new(async |s: &v3::Session<ConnState>, p| {
+                    crate::v3::publish(s, p).await
+                })
+                .protocol(async |s: &v3::Session<ConnState>, m| crate::v3::protocol(s, m).await)
+                .build(async move |c| crate::v3::connect(&s3, c).await))
+                .v5(v5::MqttServer::new(async |s: &v5::Session<ConnState>, p| {
+                    crate::v5::publish(s, p).await
+                })
+                .protocol(async |s: &v5::Session<ConnState>, m| crate::v5::protocol(s, m).await)
+                .build(async move |c| crate::v5::connect(&s5, c).await))
+        })
+        .map(|b| b.run())
+}

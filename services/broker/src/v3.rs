@@ -1,0 +1,114 @@
+//! MQTT 3.1.1 connection handling: CONNECT, PUBLISH, and the protocol packets
+//! (SUBSCRIBE, UNSUBSCRIBE, DISCONNECT, PINGREQ, PUBREL) ntex-mqtt hands to `.protocol(…)`.
+
+use ntex_mqtt::{QoS, v3};
+use ntex_util::time::Seconds;
+
+use crate::error::BrokerError;
+use crate::router::{Message, SendRetained, Subscription};
+use crate::session::{ConnState, Shared, Sink};
+use crate::topic_filter::{Filter, validate_name};
+
+pub async fn connect(
+    shared: &Shared,
+    c: v3::Connect,
+) -> Result<v3::ConnectAck<ConnState>, BrokerError> {
+    let pkt = c.packet();
+    let mut client_id = pkt.client_id.to_string();
+    if client_id.is_empty() {
+        // A client without an id must ask for a clean session [MQTT-3.1.3-8]; it then gets
+        // one we make up [MQTT-3.1.3-6].
+        if !pkt.clean_session {
+            return Ok(c.identifier_rejected());
+        }
+        client_id = shared.generated_client_id();
+    }
+    let keep_alive = pkt.keep_alive;
+    let will = pkt.last_will.as_ref().map(|w| Message {
+        topic: w.topic.clone(),
+        payload: w.message.clone(),
+        qos: w.qos,
+        retain: w.retain,
+        properties: None,
+    });
+    if let Some(w) = &will
+        && validate_name(&w.topic).is_err()
+    {
+        return Ok(c.identifier_rejected());
+    }
+    tracing::debug!(%client_id, clean_session = pkt.clean_session, keep_alive, "v3 connect");
+
+    let state = shared.register(client_id, will, Sink::V3(c.sink()), c.io().on_disconnect());
+    // Persistent sessions are not kept yet: the client learns it must resubscribe.
+    let ack = c.ack(state, false);
+    Ok(if keep_alive == 0 {
+        // Keep-alive 0 turns the mechanism off [MQTT-3.1.2-24]; ntex-mqtt would otherwise
+        // default to a 30 s idle timeout.
+        ack.idle_timeout(Seconds::ZERO)
+    } else {
+        ack
+    })
+}
+
+pub async fn publish(s: &v3::Session<ConnState>, p: v3::Publish) -> Result<(), BrokerError> {
+    // The codec already refuses wildcards [MQTT-3.3.2-2]; an empty name closes the
+    // connection, the only answer MQTT 3.1.1 has.
+    validate_name(&p.packet().topic).map_err(BrokerError::Topic)?;
+    let payload = p.read_all().await.map_err(|_| BrokerError::Payload)?;
+    s.router.publish(
+        Some(s.id),
+        Message {
+            topic: p.packet().topic.clone(),
+            payload,
+            qos: p.qos(),
+            retain: p.retain(),
+            properties: None,
+        },
+    );
+    Ok(())
+}
+
+pub async fn protocol(
+    s: &v3::Session<ConnState>,
+    msg: v3::ProtocolMessage,
+) -> Result<v3::ProtocolMessageAck, BrokerError> {
+    match msg {
+        v3::ProtocolMessage::Subscribe(mut sub) => {
+            for mut item in sub.iter_mut() {
+                let raw = item.topic().clone();
+                match Filter::parse(&raw) {
+                    Ok(filter) => {
+                        // Delivery is at most QoS 1, so a QoS 2 request is granted QoS 1
+                        // [MQTT-3.8.4-6: the server may grant a lower QoS].
+                        let qos = item.qos().min(QoS::AtLeastOnce);
+                        let s2 = Subscription {
+                            filter,
+                            qos,
+                            no_local: false,
+                            retain_as_published: false,
+                        };
+                        s.router.subscribe(s.id, &raw, s2, SendRetained::Always);
+                        item.confirm(qos);
+                    }
+                    Err(e) => {
+                        tracing::debug!(filter = %raw, code = e.code(), "subscription refused");
+                        item.fail();
+                    }
+                }
+            }
+            Ok(sub.ack())
+        }
+        v3::ProtocolMessage::Unsubscribe(unsub) => {
+            for raw in unsub.iter() {
+                s.router.unsubscribe(s.id, raw);
+            }
+            Ok(unsub.ack())
+        }
+        v3::ProtocolMessage::Disconnect(d) => {
+            s.router.clear_will(s.id);
+            Ok(d.ack())
+        }
+        // PINGREQ → PINGRESP, PUBREL → PUBCOMP: QoS 2 messages were routed at PUBLISH.
+        other => Ok(other.ack()),
+    }
+}

@@ -1,0 +1,164 @@
+//! MQTT 5.0 connection handling: CONNECT, PUBLISH, and the protocol packets
+//! (SUBSCRIBE, UNSUBSCRIBE, DISCONNECT, AUTH, PINGREQ, PUBREL) ntex-mqtt hands to
+//! `.protocol(…)`. Differences from 3.1.1 that matter here: reason codes instead of
+//! closing the connection, subscription options, forwarded PUBLISH properties, and a
+//! DISCONNECT that may ask for the will to be published.
+
+use std::sync::Arc;
+
+use ntex_bytes::ByteString;
+use ntex_mqtt::{QoS, v5};
+use v5::codec::{
+    DisconnectReasonCode, PublishAckReason, RetainHandling, SubscribeAckReason,
+    UnsubscribeAckReason,
+};
+
+use crate::error::BrokerError;
+use crate::router::{Message, Properties, SendRetained, Subscription};
+use crate::session::{ConnState, Shared, Sink};
+use crate::topic_filter::{Filter, validate_name};
+
+pub async fn connect(
+    shared: &Shared,
+    c: v5::Connect,
+) -> Result<v5::ConnectAck<ConnState>, BrokerError> {
+    let pkt = c.packet();
+    let mut assigned = None;
+    let client_id = if pkt.client_id.is_empty() {
+        // MQTT 5 lets the server assign an id and tell the client [MQTT-3.1.3-7].
+        let id = shared.generated_client_id();
+        assigned = Some(ByteString::from(id.clone()));
+        id
+    } else {
+        pkt.client_id.to_string()
+    };
+    let keep_alive = pkt.keep_alive;
+    let will = pkt.last_will.as_ref().map(|w| Message {
+        topic: w.topic.clone(),
+        payload: w.message.clone(),
+        qos: w.qos,
+        retain: w.retain,
+        properties: Some(Arc::new(Properties {
+            user_properties: w.user_properties.clone(),
+            content_type: w.content_type.clone(),
+            response_topic: w.response_topic.clone(),
+            correlation_data: w.correlation_data.clone(),
+            is_utf8_payload: w.is_utf8_payload.unwrap_or(false),
+        })),
+    });
+    if let Some(w) = &will
+        && validate_name(&w.topic).is_err()
+    {
+        return Ok(c.failed(v5::codec::ConnectAckReason::TopicNameInvalid));
+    }
+    tracing::debug!(%client_id, clean_start = pkt.clean_start, keep_alive, "v5 connect");
+
+    let state = shared.register(client_id, will, Sink::V5(c.sink()), c.io().on_disconnect());
+    let mut ack = c.ack(state).with(|a| {
+        // Persistent sessions are not kept yet: the client learns it must resubscribe.
+        a.session_present = false;
+        a.assigned_client_id = assigned;
+        a.retain_available = true;
+        a.wildcard_subscription_available = true;
+        a.shared_subscription_available = true;
+        a.subscription_identifiers_available = false;
+    });
+    if keep_alive == 0 {
+        // Keep-alive 0 turns the mechanism off [MQTT-3.1.2-21]. ntex-mqtt defaults to a
+        // 30 s idle timeout and refuses 0 here, so use the largest value (~18 h), which
+        // is never announced to the client because it exceeds the client's own value.
+        ack = ack.keep_alive(u16::MAX);
+    }
+    Ok(ack)
+}
+
+pub async fn publish(
+    s: &v5::Session<ConnState>,
+    p: v5::Publish,
+) -> Result<v5::PublishAck, BrokerError> {
+    let pkt = p.packet();
+    if let Err(e) = validate_name(&pkt.topic) {
+        tracing::debug!(topic = %pkt.topic, code = e.code(), "publish refused");
+        return Ok(p.ack().reason_code(PublishAckReason::TopicNameInvalid));
+    }
+    let props = &pkt.properties;
+    let properties = Properties {
+        user_properties: props.user_properties.clone(),
+        content_type: props.content_type.clone(),
+        response_topic: props.response_topic.clone(),
+        correlation_data: props.correlation_data.clone(),
+        is_utf8_payload: props.is_utf8_payload,
+    };
+    let msg = Message {
+        topic: pkt.topic.clone(),
+        payload: p.read_all().await.map_err(|_| BrokerError::Payload)?,
+        qos: p.qos(),
+        retain: p.retain(),
+        properties: Some(Arc::new(properties)),
+    };
+    s.router.publish(Some(s.id), msg);
+    Ok(p.ack())
+}
+
+pub async fn protocol(
+    s: &v5::Session<ConnState>,
+    msg: v5::ProtocolMessage,
+) -> Result<v5::ProtocolMessageAck, BrokerError> {
+    match msg {
+        v5::ProtocolMessage::Subscribe(mut sub) => {
+            for mut item in sub.iter_mut() {
+                let raw = item.topic().clone();
+                let opts = *item.options();
+                let filter = match Filter::parse(&raw) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        tracing::debug!(filter = %raw, code = e.code(), "subscription refused");
+                        item.fail(SubscribeAckReason::TopicFilterInvalid);
+                        continue;
+                    }
+                };
+                // No Local on a shared subscription is a protocol error [MQTT-3.8.3-4].
+                if filter.group.is_some() && opts.no_local {
+                    item.fail(SubscribeAckReason::TopicFilterInvalid);
+                    continue;
+                }
+                // Delivery is at most QoS 1: a QoS 2 request is granted QoS 1.
+                let qos = opts.qos.min(QoS::AtLeastOnce);
+                let send = match opts.retain_handling {
+                    RetainHandling::AtSubscribe => SendRetained::Always,
+                    RetainHandling::AtSubscribeNew => SendRetained::IfNewSubscription,
+                    RetainHandling::NoAtSubscribe => SendRetained::Never,
+                };
+                let entry = Subscription {
+                    filter,
+                    qos,
+                    no_local: opts.no_local,
+                    retain_as_published: opts.retain_as_published,
+                };
+                s.router.subscribe(s.id, &raw, entry, send);
+                item.confirm(qos);
+            }
+            Ok(sub.ack())
+        }
+        v5::ProtocolMessage::Unsubscribe(mut unsub) => {
+            for mut item in unsub.iter_mut() {
+                if s.router.unsubscribe(s.id, item.topic()) {
+                    item.success();
+                } else {
+                    item.fail(UnsubscribeAckReason::NoSubscriptionExisted);
+                }
+            }
+            Ok(unsub.ack())
+        }
+        v5::ProtocolMessage::Disconnect(d) => {
+            // Reason 0x04 asks the server to publish the will anyway (MQTT 5 §3.14.2.1).
+            if d.packet().reason_code != DisconnectReasonCode::DisconnectWithWillMessage {
+                s.router.clear_will(s.id);
+            }
+            Ok(d.ack())
+        }
+        // Enhanced authentication is not offered; PINGREQ → PINGRESP, PUBREL → PUBCOMP
+        // (QoS 2 messages were routed at PUBLISH).
+        other => Ok(other.ack()),
+    }
+}
