@@ -67,7 +67,8 @@ impl Metrics {
                 "Valid deliveries deliberately not stored (retained replays).",
                 &[],
             ),
-            last_batch_size: obs.gauge("last_batch_size", "Deliveries in the last committed batch."),
+            last_batch_size: obs
+                .gauge("last_batch_size", "Deliveries in the last committed batch."),
             invalid,
         }
     }
@@ -177,7 +178,10 @@ impl Consumer {
             if *stop.borrow() {
                 let limit = *give_up_at.get_or_insert_with(|| Instant::now() + SHUTDOWN_GRACE);
                 if Instant::now() >= limit {
-                    tracing::error!(size = batch.len(), "giving up on the last batch at shutdown; unacknowledged, the broker will redeliver it");
+                    tracing::error!(
+                        size = batch.len(),
+                        "giving up on the last batch at shutdown; unacknowledged, the broker will redeliver it"
+                    );
                     return false;
                 }
                 tokio::time::sleep(backoff.min(limit - Instant::now())).await;

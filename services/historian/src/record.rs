@@ -126,11 +126,19 @@ mod tests {
     fn every_invalid_outcome_uses_a_registered_code() {
         let cases: &[(&str, &[u8], &str)] = &[
             ("lentera/gh-1/telemetry", b"{", "malformed_json"),
-            ("lentera/gh-1/telemetry", br#"{"t":"hot"}"#, "non_numeric_value"),
+            (
+                "lentera/gh-1/telemetry",
+                br#"{"t":"hot"}"#,
+                "non_numeric_value",
+            ),
             ("lentera/bad.id/telemetry", b"{}", "invalid_topic"),
             ("lentera/l1/lamp/set", b"dim", "invalid_lamp_command"),
             ("lentera/l1/lamp/state", b"blink", "invalid_lamp_state"),
-            ("lentera/l1/lamp/mode", b"{\"mode\":\"x\"}", "invalid_lamp_mode"),
+            (
+                "lentera/l1/lamp/mode",
+                b"{\"mode\":\"x\"}",
+                "invalid_lamp_mode",
+            ),
             ("lentera/l1/status", b"sleepy", "invalid_status"),
         ];
         for (topic, payload, code) in cases {
@@ -148,11 +156,17 @@ mod tests {
     fn lamp_topics_become_lamp_records() {
         assert!(matches!(
             classify("lentera/l1/lamp/set", b"on", false),
-            Outcome::Store(Record::LampCommand { command: LampCommand::On, .. })
+            Outcome::Store(Record::LampCommand {
+                command: LampCommand::On,
+                ..
+            })
         ));
         assert!(matches!(
             classify("lentera/l1/lamp/state", b"OFF\n", false),
-            Outcome::Store(Record::LampState { state: LampCommand::Off, .. })
+            Outcome::Store(Record::LampState {
+                state: LampCommand::Off,
+                ..
+            })
         ));
         assert!(matches!(
             classify("lentera/l1/lamp/mode", br#"{"mode":"on"}"#, false),
@@ -160,7 +174,10 @@ mod tests {
         ));
         assert!(matches!(
             classify("lentera/l1/status", b"offline", true),
-            Outcome::Store(Record::Status { status: DeviceStatus::Offline, .. })
+            Outcome::Store(Record::Status {
+                status: DeviceStatus::Offline,
+                ..
+            })
         ));
     }
 

@@ -47,8 +47,11 @@ impl Application {
             .serve_admin(&settings.historian.admin_addr)
             .with_context(|| format!("binding admin {}", settings.historian.admin_addr))?;
         if let Some(path) = &settings.ready_file {
-            ready_file::write(path, &serde_json::json!({ "admin": admin_addr.to_string() }))
-                .with_context(|| format!("writing {}", path.display()))?;
+            ready_file::write(
+                path,
+                &serde_json::json!({ "admin": admin_addr.to_string() }),
+            )
+            .with_context(|| format!("writing {}", path.display()))?;
         }
         tracing::info!(%admin_addr, "admin endpoints listening");
         Ok(Self {
@@ -91,7 +94,9 @@ impl Application {
 
 /// Convenience for `main`: build, then run.
 pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    Application::build(settings)?.run_until_stopped(shutdown).await
+    Application::build(settings)?
+        .run_until_stopped(shutdown)
+        .await
 }
 
 async fn work(
@@ -109,7 +114,12 @@ async fn work(
     let topics = settings.mqtt.topics();
     let subscriptions = KINDS
         .iter()
-        .map(|k| (settings.historian.subscription(&topics.filter(*k)), QoS::AtLeastOnce))
+        .map(|k| {
+            (
+                settings.historian.subscription(&topics.filter(*k)),
+                QoS::AtLeastOnce,
+            )
+        })
         .collect();
     let (client, rx) = Client::start(
         &settings.mqtt,

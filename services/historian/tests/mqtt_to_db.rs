@@ -1,0 +1,201 @@
+//! The whole path: MQTT (a real Mosquitto) → the real historian → a real PostgreSQL.
+//! Skipped, loudly, when `mosquitto` is not installed.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{RunningApp, TestDb, eventually};
+use rumqttc::{AsyncClient, QoS};
+
+/// Publishes a status message until the historian has stored it, which proves its
+/// subscriptions are in place (readiness only says the connection is up).
+async fn wait_until_subscribed(db: &TestDb, mqtt: &AsyncClient, probe: &str) {
+    let sql = format!("SELECT count(*) FROM devices WHERE id = '{probe}' AND status = 'online'");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        mqtt.publish(
+            format!("lentera/{probe}/status"),
+            QoS::AtLeastOnce,
+            false,
+            "online",
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if db.count(&sql).await == 1 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "historian never subscribed"
+        );
+    }
+}
+
+async fn metric(app: &RunningApp, series: &str) -> Option<u64> {
+    let (_, text) = app.get("/metrics").await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_are_stored_acked_after_commit_and_survive_a_restart() {
+    let Some(broker) =
+        common::mosquitto("messages_are_stored_acked_after_commit_and_survive_a_restart")
+    else {
+        return;
+    };
+    let db = TestDb::new().await;
+    let settings = common::settings(&db.url, broker.port);
+    let app = RunningApp::spawn(settings.clone());
+    let mqtt = common::publisher(broker.port);
+    eventually(15, "readyz 200", || async {
+        app.get("/readyz").await.0 == 200
+    })
+    .await;
+    wait_until_subscribed(&db, &mqtt, "probe-1").await;
+
+    let telemetry = r#"{"temperature":27.3,"lux":3.1,"ts":"2026-11-22T01:00:00Z"}"#;
+    for (topic, payload) in [
+        ("lentera/gh-1/telemetry", telemetry),
+        // Redelivery of the same reading must not add rows.
+        ("lentera/gh-1/telemetry", telemetry),
+        ("lentera/gh-1/telemetry", "{not json"),
+        ("lentera/lamp-1/lamp/set", "on"),
+        ("lentera/lamp-1/lamp/state", "on"),
+        ("lentera/lamp-1/lamp/mode", r#"{"mode":"off"}"#),
+    ] {
+        mqtt.publish(topic, QoS::AtLeastOnce, false, payload)
+            .await
+            .unwrap();
+    }
+    eventually(10, "lamp events stored", || async {
+        db.count("SELECT count(*) FROM lamp_events WHERE device = 'lamp-1'")
+            .await
+            == 3
+    })
+    .await;
+    assert_eq!(
+        db.count("SELECT count(*) FROM readings WHERE device = 'gh-1'")
+            .await,
+        2
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM lamp_modes WHERE mode = 'off'")
+            .await,
+        1
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM devices WHERE id = 'lamp-1' AND kind = 'lamp'")
+            .await,
+        1
+    );
+    assert_eq!(
+        metric(
+            &app,
+            "lentera_historian_invalid_payloads_total{code=\"malformed_json\"}"
+        )
+        .await,
+        Some(1)
+    );
+    assert_eq!(
+        metric(&app, "lentera_historian_readings_stored_total").await,
+        Some(2)
+    );
+    app.stop();
+
+    // While the historian is down its persistent session queues QoS 1 messages.
+    mqtt.publish(
+        "lentera/gh-2/telemetry",
+        QoS::AtLeastOnce,
+        false,
+        r#"{"humidity":60,"ts":"2026-11-22T01:01:00Z"}"#,
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let app = RunningApp::spawn(settings);
+    eventually(10, "the message queued while down is stored", || async {
+        db.count("SELECT count(*) FROM readings WHERE device = 'gh-2'")
+            .await
+            == 1
+    })
+    .await;
+    wait_until_subscribed(&db, &mqtt, "probe-2").await;
+    // Everything the first instance took was acknowledged after commit, so nothing
+    // (in particular not the invalid payload) comes back to the second one.
+    assert_eq!(
+        metric(
+            &app,
+            "lentera_historian_invalid_payloads_total{code=\"malformed_json\"}"
+        )
+        .await,
+        Some(0)
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM lamp_events WHERE device = 'lamp-1'")
+            .await,
+        3
+    );
+    app.stop();
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_write_is_kept_and_retried_until_it_commits() {
+    let Some(broker) = common::mosquitto("a_failed_write_is_kept_and_retried_until_it_commits")
+    else {
+        return;
+    };
+    let db = TestDb::new().await;
+    let app = RunningApp::spawn(common::settings(&db.url, broker.port));
+    let mqtt = common::publisher(broker.port);
+    eventually(15, "readyz 200", || async {
+        app.get("/readyz").await.0 == 200
+    })
+    .await;
+    wait_until_subscribed(&db, &mqtt, "probe").await;
+
+    // Make every write fail: the batch's INSERT INTO readings has no table to go to.
+    sqlx::query("ALTER TABLE readings RENAME TO readings_away")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    mqtt.publish(
+        "lentera/gh-1/telemetry",
+        QoS::AtLeastOnce,
+        false,
+        r#"{"lux":5}"#,
+    )
+    .await
+    .unwrap();
+    eventually(10, "readiness false while writes fail", || async {
+        app.get("/readyz").await.0 == 503
+    })
+    .await;
+    assert!(
+        metric(&app, "lentera_historian_batch_errors_total")
+            .await
+            .unwrap()
+            >= 1
+    );
+
+    sqlx::query("ALTER TABLE readings_away RENAME TO readings")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    eventually(15, "the kept batch commits", || async {
+        db.count("SELECT count(*) FROM readings WHERE device = 'gh-1'")
+            .await
+            == 1
+    })
+    .await;
+    eventually(5, "readiness true again", || async {
+        app.get("/readyz").await.0 == 200
+    })
+    .await;
+    app.stop();
+    db.drop_db().await;
+}
