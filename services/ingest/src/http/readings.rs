@@ -1,0 +1,119 @@
+//! `POST /api/v1/readings`: one reading object or an array of them.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use chrono::{DateTime, Utc};
+use lentera_protocol::{Reading, ReadingError};
+use serde_json::{Value, json};
+
+use super::error::ApiError;
+use super::{HttpState, read_json};
+
+/// Accepts readings and answers `202 {"accepted":N}` once the broker acknowledged all.
+///
+/// **All or nothing.** Every reading is validated before any is published; if one is
+/// bad the whole request is refused with 400 and
+/// `{"error":"invalid_reading","detail":{"index":3,"code":"non_numeric_value","message":"…"}}`
+/// naming the first bad element (index 0 for a single object). Partial acceptance would
+/// force a board to work out which readings to resend, which a small sketch cannot do;
+/// with all-or-nothing it simply fixes or drops the batch and retries.
+///
+/// Other answers: 413 `payload_too_large` / `batch_too_large`, 415 `unsupported_media_type`,
+/// 400 `malformed_json` / `empty_batch`, 503 `broker_unavailable` and 429 `overloaded`
+/// (both with `Retry-After: 1`).
+pub async fn post(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<HttpState>,
+) -> Result<HttpResponse, ApiError> {
+    let result = accept(&req, payload, &state).await;
+    match &result {
+        Ok(n) => state.stats.accepted_http.add(*n as u64),
+        Err(e) => state.stats.reject(e.code()),
+    }
+    result.map(|n| HttpResponse::Accepted().json(json!({ "accepted": n })))
+}
+
+async fn accept(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &HttpState,
+) -> Result<usize, ApiError> {
+    let body = read_json(req, payload, state.body_limit).await?;
+    let readings = validate(body, state.max_batch, Utc::now())?;
+    state.publisher.readings(&readings).await?;
+    tracing::debug!(count = readings.len(), "readings accepted over HTTP");
+    Ok(readings.len())
+}
+
+/// Turns a parsed body into readings, refusing the whole body on the first bad element.
+pub fn validate(
+    body: Value,
+    max_batch: usize,
+    now: DateTime<Utc>,
+) -> Result<Vec<Reading>, ApiError> {
+    let items = match body {
+        Value::Array(items) => {
+            if items.is_empty() {
+                return Err(ApiError::EmptyBatch);
+            }
+            if items.len() > max_batch {
+                return Err(ApiError::BatchTooLarge {
+                    max: max_batch,
+                    got: items.len(),
+                });
+            }
+            items
+        }
+        single => vec![single],
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(|(index, item)| {
+            let obj = item.as_object().ok_or(ReadingError::NotAnObject);
+            obj.and_then(|o| Reading::from_object(o, None, now))
+                .map_err(|error| ApiError::InvalidReading { index, error })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(body: Value) -> Result<Vec<Reading>, ApiError> {
+        validate(body, 3, Utc::now())
+    }
+
+    #[test]
+    fn a_single_object_is_a_batch_of_one() {
+        let r = check(json!({"device":"gh-1","temperature":27.3})).unwrap();
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].metrics["temperature"], 27.3);
+    }
+
+    #[test]
+    fn the_first_bad_element_is_reported_with_its_index() {
+        let err = check(json!([
+            {"device":"gh-1","t":1},
+            {"device":"gh-1","t":"hot"},
+            7
+        ]))
+        .unwrap_err();
+        match err {
+            ApiError::InvalidReading { index, error } => {
+                assert_eq!(index, 1);
+                assert_eq!(error.code(), "non_numeric_value");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn non_objects_empty_and_oversized_batches_are_refused() {
+        assert_eq!(check(json!(5)).unwrap_err().code(), "invalid_reading");
+        assert_eq!(check(json!([])).unwrap_err().code(), "empty_batch");
+        let four = json!([{"device":"a","t":1},{"device":"a","t":1},{"device":"a","t":1},{"device":"a","t":1}]);
+        assert_eq!(check(four).unwrap_err().code(), "batch_too_large");
+    }
+}

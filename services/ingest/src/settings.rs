@@ -1,0 +1,88 @@
+//! `[ingest]` settings and the service's whole settings tree.
+//!
+//! Every field has a default so the service starts with no file and no environment;
+//! override with `lentera.toml` or `LENTERA_INGEST__<FIELD>` (e.g. `LENTERA_INGEST__HTTP_ADDR=127.0.0.1:0`).
+
+use std::time::Duration;
+
+use lentera_bootstrap::TelemetrySettings;
+use lentera_mqtt::MqttSettings;
+use serde::Deserialize;
+
+/// Everything `lentera-ingest` reads at start-up.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+pub struct Settings {
+    pub telemetry: TelemetrySettings,
+    pub mqtt: MqttSettings,
+    pub ingest: IngestSettings,
+    /// When set, the bound addresses `{"http":…,"tcp":…}` are written here once both
+    /// listeners accept connections.
+    pub ready_file: Option<std::path::PathBuf>,
+}
+
+/// The device-facing knobs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct IngestSettings {
+    /// HTTP listener (port 0 lets the OS choose).
+    pub http_addr: String,
+    /// Raw TCP line-protocol listener.
+    pub tcp_addr: String,
+    /// Largest HTTP request body accepted; larger bodies get 413 before they are buffered.
+    pub body_limit_bytes: usize,
+    /// Most readings in one `POST /api/v1/readings` array.
+    pub max_batch: usize,
+    /// Device that `POST /sensor {"suhu":…}` readings are stored under: the seed's
+    /// client.py has no notion of a device id.
+    pub seed_device: String,
+    /// actix worker threads; 0 means one per CPU.
+    pub http_workers: usize,
+    /// How long shutdown waits for in-flight HTTP requests and TCP lines.
+    pub shutdown_timeout_secs: u64,
+    /// Longest TCP line (without its newline); a longer one gets `ERR line_too_long` and
+    /// the connection is closed, because the rest of the stream can no longer be framed.
+    pub tcp_max_line_bytes: usize,
+    /// A TCP connection that sends nothing for this long is closed.
+    pub tcp_idle_timeout_secs: u64,
+    /// Most concurrent TCP connections; one more gets `ERR too_many_connections`.
+    pub tcp_max_connections: usize,
+    /// Bytes without a newline that then sit unchanged for this long are treated as a
+    /// complete line. The seed's ESP8266 sketch sends `client.print("Hai from ESP8266")`
+    /// with no newline and waits one second for a reply line; this makes it get one.
+    /// 0 disables it (only newlines and EOF end a line).
+    pub tcp_partial_line_ms: u64,
+}
+
+impl Default for IngestSettings {
+    fn default() -> Self {
+        Self {
+            http_addr: "0.0.0.0:8080".into(),
+            tcp_addr: "0.0.0.0:2004".into(),
+            body_limit_bytes: 256 * 1024,
+            max_batch: 1000,
+            seed_device: "gh-1".into(),
+            http_workers: 0,
+            shutdown_timeout_secs: 30,
+            tcp_max_line_bytes: 4096,
+            tcp_idle_timeout_secs: 300,
+            tcp_max_connections: 1024,
+            tcp_partial_line_ms: 500,
+        }
+    }
+}
+
+impl IngestSettings {
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.shutdown_timeout_secs)
+    }
+
+    pub fn tcp_idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.tcp_idle_timeout_secs.max(1))
+    }
+
+    /// `None` when partial-line flushing is disabled.
+    pub fn tcp_partial_line(&self) -> Option<Duration> {
+        (self.tcp_partial_line_ms > 0).then(|| Duration::from_millis(self.tcp_partial_line_ms))
+    }
+}

@@ -1,0 +1,165 @@
+//! Building the whole service from [`Settings`] and running it until a shutdown future.
+//!
+//! [`Application::build`] binds both listeners (port 0 allowed) and starts the MQTT
+//! client, so tests learn the real addresses before anything runs;
+//! [`Application::run_until_stopped`] serves until the shutdown future resolves, then
+//! drains: HTTP stops accepting and finishes in-flight requests (actix graceful stop),
+//! TCP stops accepting and closes each connection after its current line.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use lentera_bootstrap::{Observability, ready_file};
+use lentera_mqtt::{Client, QoS};
+use lentera_protocol::{DeviceId, TopicKind};
+use tokio::sync::watch;
+
+use crate::http::{self, HttpState};
+use crate::publish::Publisher;
+use crate::settings::Settings;
+use crate::stats::Stats;
+use crate::tcp::{self, Limits, Shared, relay};
+
+pub struct Application {
+    http_addr: SocketAddr,
+    tcp_addr: SocketAddr,
+    http: actix_web::dev::Server,
+    tcp_listener: tokio::net::TcpListener,
+    tcp_shared: Shared,
+    client: Client,
+    settings: Settings,
+}
+
+impl Application {
+    /// Binds the listeners and connects (in the background) to the broker. Must be called
+    /// inside a tokio runtime.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let cfg = &settings.ingest;
+        let seed_device = DeviceId::parse(&cfg.seed_device)
+            .with_context(|| format!("ingest.seed_device {:?}", cfg.seed_device))?;
+
+        let obs = Observability::new("ingest");
+        let stats = Stats::new(&obs);
+        let topics = settings.mqtt.topics();
+        // Non-persistent session: lamp commands missed while ingest is down are not worth
+        // replaying to boards (the controller republishes the desired state).
+        let (client, deliveries) = Client::start(
+            &settings.mqtt,
+            "lentera-ingest",
+            true,
+            false,
+            vec![(topics.filter(TopicKind::LampSet), QoS::AtLeastOnce)],
+            Some(obs.check("mqtt")),
+        );
+        let publisher = Publisher::new(client.clone(), topics.clone());
+        let registry = relay::Registry::default();
+        tokio::spawn(relay::run(
+            deliveries,
+            topics,
+            registry.clone(),
+            stats.clone(),
+        ));
+
+        let http_listener = std::net::TcpListener::bind(&cfg.http_addr)
+            .with_context(|| format!("binding HTTP to {}", cfg.http_addr))?;
+        let http_addr = http_listener.local_addr()?;
+        let state = HttpState {
+            publisher: publisher.clone(),
+            stats: stats.clone(),
+            body_limit: cfg.body_limit_bytes,
+            max_batch: cfg.max_batch,
+            seed_device,
+        };
+        let http = http::server(
+            http_listener,
+            state,
+            &obs,
+            cfg.http_workers,
+            cfg.shutdown_timeout(),
+        )?;
+
+        let tcp_listener = tokio::net::TcpListener::bind(&cfg.tcp_addr)
+            .await
+            .with_context(|| format!("binding TCP to {}", cfg.tcp_addr))?;
+        let tcp_addr = tcp_listener.local_addr()?;
+        let tcp_shared = Shared {
+            publisher,
+            registry,
+            stats,
+            limits: Arc::new(Limits {
+                max_line_bytes: cfg.tcp_max_line_bytes,
+                idle_timeout: cfg.tcp_idle_timeout(),
+                partial_line: cfg.tcp_partial_line(),
+                max_connections: cfg.tcp_max_connections,
+            }),
+        };
+        tracing::info!(http = %http_addr, tcp = %tcp_addr, "ingest listening");
+        Ok(Self {
+            http_addr,
+            tcp_addr,
+            http,
+            tcp_listener,
+            tcp_shared,
+            client,
+            settings,
+        })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    pub fn tcp_addr(&self) -> SocketAddr {
+        self.tcp_addr
+    }
+
+    /// Serves until `shutdown` resolves (or the HTTP server fails), then drains.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let drain = self.settings.ingest.shutdown_timeout();
+        let handle = self.http.handle();
+        let mut http_task = tokio::spawn(self.http);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let tcp_task = tokio::spawn(tcp::serve(
+            self.tcp_listener,
+            self.tcp_shared,
+            stop_rx,
+            drain,
+        ));
+
+        tokio::select! {
+            _ = shutdown => tracing::info!("shutting down: draining HTTP requests and TCP lines"),
+            result = &mut http_task => {
+                let _ = stop_tx.send(true);
+                result.context("HTTP server task")?.context("HTTP server")?;
+                anyhow::bail!("HTTP server stopped unexpectedly");
+            }
+        }
+        let _ = stop_tx.send(true);
+        let (_, tcp) = tokio::join!(handle.stop(true), tcp_task);
+        tcp.context("TCP server task")?;
+        http_task
+            .await
+            .context("HTTP server task")?
+            .context("HTTP server")?;
+        // Everything acknowledged has been answered; leave the broker cleanly.
+        self.client.disconnect().await;
+        Ok(())
+    }
+}
+
+/// Builds, announces the bound addresses in the ready file, and runs until `shutdown`.
+pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let ready = settings.ready_file.clone();
+    let app = Application::build(settings).await?;
+    if let Some(path) = ready {
+        let addrs = serde_json::json!({
+            "http": app.http_addr().to_string(),
+            "tcp": app.tcp_addr().to_string(),
+        });
+        ready_file::write(&path, &addrs)
+            .with_context(|| format!("writing ready file {}", path.display()))?;
+    }
+    app.run_until_stopped(shutdown).await
+}

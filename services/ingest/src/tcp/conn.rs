@@ -1,0 +1,273 @@
+//! One TCP connection: framing, one reply per request line, HELLO binding and relay writes.
+//!
+//! Framing is done here by hand rather than with `LinesCodec` because two rules need the
+//! raw buffer: a partial line that sits still for `tcp_partial_line_ms` is treated as
+//! complete (the seed sketch never sends a newline), and a trailing line without a
+//! newline is still answered when the board half-closes.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use chrono::Utc;
+use lentera_protocol::{DeviceId, DeviceStatus, LampCommand};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, sleep_until};
+
+use super::Shared;
+use super::line::{self, LineError, Request};
+use super::relay::{CONNECTION_QUEUE, ConnId};
+use crate::publish::Publisher;
+
+/// Why the connection ended; only logged.
+#[derive(Debug)]
+enum End {
+    Eof,
+    Shutdown,
+    Idle,
+    LineTooLong,
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for End {
+    fn from(e: std::io::Error) -> Self {
+        End::Io(e)
+    }
+}
+
+pub struct Connection {
+    stream: TcpStream,
+    peer: SocketAddr,
+    id: ConnId,
+    shared: Shared,
+    /// Bytes received but not yet ended by a newline.
+    buf: Vec<u8>,
+    /// The device this connection said HELLO as; relay target and default device.
+    bound: Option<DeviceId>,
+    /// Cloned into the registry on HELLO; `commands` receives what the relay sends.
+    commands_tx: mpsc::Sender<LampCommand>,
+    commands: mpsc::Receiver<LampCommand>,
+}
+
+impl Connection {
+    pub fn new(stream: TcpStream, peer: SocketAddr, id: ConnId, shared: Shared) -> Self {
+        let (commands_tx, commands) = mpsc::channel(CONNECTION_QUEUE);
+        Self {
+            stream,
+            peer,
+            id,
+            shared,
+            buf: Vec::new(),
+            bound: None,
+            commands_tx,
+            commands,
+        }
+    }
+
+    /// Serves until EOF, error, idle timeout, an over-long line or shutdown; then releases
+    /// the device binding and announces the device offline if it was still ours.
+    pub async fn run(mut self, shutdown: watch::Receiver<bool>) {
+        self.shared.stats.tcp_connections.inc();
+        tracing::debug!(peer = %self.peer, "TCP connection opened");
+        let end = self.serve(shutdown).await;
+        match &end {
+            End::Io(e) => tracing::debug!(peer = %self.peer, error = %e, "TCP connection failed"),
+            other => tracing::debug!(peer = %self.peer, end = ?other, "TCP connection closed"),
+        }
+        self.release();
+        self.shared.stats.tcp_connections.dec();
+        if matches!(end, End::LineTooLong) {
+            linger_close(self.stream).await;
+        }
+    }
+
+    async fn serve(&mut self, shutdown: watch::Receiver<bool>) -> End {
+        // Waited on in the select; `shutdown` itself is read between lines.
+        let mut stopping = shutdown.clone();
+        let limits = self.shared.limits.clone();
+        let mut chunk = vec![0u8; 4096];
+        let mut idle_deadline = Instant::now() + limits.idle_timeout;
+        let mut partial_deadline: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                // Shutdown is checked between lines only, so a line being handled
+                // (possibly waiting for PUBACK) is always answered first.
+                biased;
+                () = stopped(&mut stopping) => return End::Shutdown,
+                Some(cmd) = self.commands.recv() => {
+                    if let Err(e) = self.write_line(cmd.tcp_line()).await {
+                        return e;
+                    }
+                    self.shared.stats.relayed.inc();
+                }
+                read = self.stream.read(&mut chunk) => {
+                    let n = match read {
+                        Ok(n) => n,
+                        Err(e) => return End::Io(e),
+                    };
+                    if n == 0 {
+                        // A final line without newline still deserves its answer.
+                        let rest = std::mem::take(&mut self.buf);
+                        if !rest.is_empty() && rest.len() <= limits.max_line_bytes {
+                            let _ = self.handle_line(&rest).await;
+                        }
+                        return End::Eof;
+                    }
+                    idle_deadline = Instant::now() + limits.idle_timeout;
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    if let Err(end) = self.handle_complete_lines(&shutdown).await {
+                        return end;
+                    }
+                    partial_deadline = match (self.buf.is_empty(), limits.partial_line) {
+                        (false, Some(wait)) => Some(Instant::now() + wait),
+                        _ => None,
+                    };
+                }
+                _ = sleep_until(idle_deadline) => return End::Idle,
+                _ = sleep_until(partial_deadline.unwrap_or(idle_deadline)), if partial_deadline.is_some() => {
+                    partial_deadline = None;
+                    let line = std::mem::take(&mut self.buf);
+                    if let Err(end) = self.handle_line(&line).await {
+                        return end;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Answers every newline-terminated line in the buffer, stopping early on shutdown.
+    async fn handle_complete_lines(&mut self, shutdown: &watch::Receiver<bool>) -> Result<(), End> {
+        let max = self.shared.limits.max_line_bytes;
+        while let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
+            let mut line: Vec<u8> = self.buf.drain(..=pos).collect();
+            line.pop();
+            if line.len() > max {
+                return Err(self.line_too_long().await);
+            }
+            self.handle_line(&line).await?;
+            if *shutdown.borrow() {
+                return Err(End::Shutdown);
+            }
+        }
+        if self.buf.len() > max {
+            return Err(self.line_too_long().await);
+        }
+        Ok(())
+    }
+
+    /// After an over-long line the stream cannot be re-synchronised: say so and close.
+    async fn line_too_long(&mut self) -> End {
+        let max = self.shared.limits.max_line_bytes;
+        self.shared.stats.reject("line_too_long");
+        let err = LineError::new(
+            "line_too_long",
+            format!("lines are limited to {max} bytes; closing"),
+        );
+        match self.write_line(&err.reply()).await {
+            Ok(()) => End::LineTooLong,
+            Err(e) => e,
+        }
+    }
+
+    async fn handle_line(&mut self, raw: &[u8]) -> Result<(), End> {
+        let parsed = match std::str::from_utf8(raw) {
+            Ok(text) => line::parse(text, self.bound.as_ref(), Utc::now()),
+            Err(_) => Err(LineError::not_utf8()),
+        };
+        let reply = match parsed {
+            Ok(Request::Empty) => return Ok(()),
+            Ok(Request::Ping) => Ok("PONG".to_owned()),
+            Ok(Request::Hello { device, token: _ }) => return self.hello(device).await,
+            Ok(Request::Reading(reading)) => {
+                match self
+                    .shared
+                    .publisher
+                    .readings(std::slice::from_ref(&reading))
+                    .await
+                {
+                    Ok(()) => {
+                        self.shared.stats.accepted_tcp.inc();
+                        Ok("OK".to_owned())
+                    }
+                    Err(e) => Err(LineError::new(Publisher::error_code(&e), e.to_string())),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        let reply = reply.unwrap_or_else(|e| {
+            self.shared.stats.reject(e.code);
+            e.reply()
+        });
+        self.write_line(&reply).await
+    }
+
+    /// Binds this connection to `device` (replacing any other connection's binding),
+    /// answers `OK`, then sends the device's last known lamp command, if any.
+    async fn hello(&mut self, device: DeviceId) -> Result<(), End> {
+        if self.bound.as_ref().is_some_and(|d| *d != device) {
+            self.release();
+        }
+        let last = self
+            .shared
+            .registry
+            .bind(&device, self.id, self.commands_tx.clone());
+        self.shared.publisher.status(&device, DeviceStatus::Online);
+        tracing::info!(peer = %self.peer, %device, "TCP board bound");
+        self.bound = Some(device);
+        self.write_line("OK").await?;
+        if let Some(cmd) = last {
+            self.write_line(cmd.tcp_line()).await?;
+            self.shared.stats.relayed.inc();
+        }
+        Ok(())
+    }
+
+    /// Drops the binding if it is still ours and announces the device offline.
+    fn release(&mut self) {
+        if let Some(device) = self.bound.take()
+            && self.shared.registry.unbind(&device, self.id)
+        {
+            self.shared.publisher.status(&device, DeviceStatus::Offline);
+        }
+    }
+
+    /// Writes one line; a board that stops reading for the idle timeout is dropped rather
+    /// than pinning this task forever.
+    async fn write_line(&mut self, line: &str) -> Result<(), End> {
+        let mut out = Vec::with_capacity(line.len() + 1);
+        out.extend_from_slice(line.as_bytes());
+        out.push(b'\n');
+        match tokio::time::timeout(self.shared.limits.idle_timeout, self.stream.write_all(&out))
+            .await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(End::Io(e)),
+            Err(_) => Err(End::Idle),
+        }
+    }
+}
+
+/// Resolves once shutdown has been requested (or its sender is gone). Returns `()` so
+/// no non-`Send` watch guard ends up inside a `select!` output held across an await.
+pub async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// Closes so that the peer reliably reads what we wrote last: a close with unread input
+/// makes the kernel send RST, which can destroy our final `ERR` line in flight. So: send
+/// FIN, then discard input briefly until the peer closes too.
+pub async fn linger_close(mut stream: TcpStream) {
+    let _ = stream.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let drain = async {
+        let mut total = 0usize;
+        while let Ok(n) = stream.read(&mut sink).await {
+            total += n;
+            if n == 0 || total > 1 << 20 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+}

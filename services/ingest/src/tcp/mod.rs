@@ -1,0 +1,99 @@
+//! The raw-TCP entry (default port 2004): newline-delimited text, one reply per line.
+//!
+//! - [`line`]: the grammar, pure and unit-tested.
+//! - [`conn`]: one connection — framing, replies, HELLO binding, relay writes.
+//! - [`relay`]: the device → connection registry fed by MQTT `lamp/set`.
+//!
+//! This file is the accept loop: it caps concurrent connections with a semaphore (the
+//! connection after the cap gets `ERR too_many_connections` and is closed), and on
+//! shutdown stops accepting, then waits until every connection has finished its current
+//! line and closed — observed as every semaphore permit being back.
+
+pub mod conn;
+pub mod line;
+pub mod relay;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+
+use crate::publish::Publisher;
+use crate::stats::Stats;
+use relay::Registry;
+
+/// Limits of the line protocol, from `[ingest]`.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_line_bytes: usize,
+    pub idle_timeout: Duration,
+    pub partial_line: Option<Duration>,
+    pub max_connections: usize,
+}
+
+/// What every connection task shares.
+#[derive(Clone)]
+pub struct Shared {
+    pub publisher: Publisher,
+    pub registry: Registry,
+    pub stats: Stats,
+    pub limits: Arc<Limits>,
+}
+
+/// Accepts until `shutdown` turns true, then waits up to `drain` for open connections.
+pub async fn serve(
+    listener: TcpListener,
+    shared: Shared,
+    shutdown: watch::Receiver<bool>,
+    drain: Duration,
+) {
+    let max = shared.limits.max_connections.max(1);
+    let permits = Arc::new(Semaphore::new(max));
+    let mut next_id: relay::ConnId = 0;
+    // A second receiver to wait on, so the first can be cloned for connections meanwhile.
+    let mut stopping = shutdown.clone();
+    loop {
+        tokio::select! {
+            () = conn::stopped(&mut stopping) => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => match permits.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        next_id += 1;
+                        let conn = conn::Connection::new(stream, peer, next_id, shared.clone());
+                        let stop = shutdown.clone();
+                        tokio::spawn(async move {
+                            conn.run(stop).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => {
+                        shared.stats.reject("too_many_connections");
+                        tokio::spawn(refuse(stream));
+                    }
+                },
+                Err(e) => {
+                    // Usually out of file descriptors: back off instead of spinning.
+                    tracing::warn!(error = %e, "TCP accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    let all = u32::try_from(max).unwrap_or(u32::MAX);
+    if tokio::time::timeout(drain, permits.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::warn!("TCP connections still open after the shutdown timeout");
+    }
+}
+
+/// Tells a connection over the cap why it is being closed.
+async fn refuse(mut stream: TcpStream) {
+    let line = b"ERR too_many_connections the server is at its connection limit\n";
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(line)).await;
+    conn::linger_close(stream).await;
+}
