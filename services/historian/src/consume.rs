@@ -34,6 +34,7 @@ pub struct Metrics {
     batch_errors: Counter,
     skipped: Counter,
     last_batch_size: Gauge,
+    pending: Gauge,
     invalid: HashMap<&'static str, Counter>,
 }
 
@@ -69,6 +70,10 @@ impl Metrics {
             ),
             last_batch_size: obs
                 .gauge("last_batch_size", "Deliveries in the last committed batch."),
+            pending: obs.gauge(
+                "pending_deliveries",
+                "Deliveries in the batch being built, not yet committed nor acknowledged.",
+            ),
             invalid,
         }
     }
@@ -142,6 +147,7 @@ impl Consumer {
             }
         };
         batch.push(Pending { delivery, record }, Instant::now().into_std());
+        self.metrics.pending.set(batch.len() as i64);
     }
 
     /// Writes the batch, retrying with backoff until it commits, then acknowledges every
@@ -159,6 +165,7 @@ impl Consumer {
             match write::store(&self.pool, &records).await {
                 Ok(inserted) => {
                     let done = batch.take();
+                    self.metrics.pending.set(0);
                     for p in &done {
                         self.client.ack(&p.delivery);
                     }

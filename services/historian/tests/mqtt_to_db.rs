@@ -199,3 +199,50 @@ async fn a_failed_write_is_kept_and_retried_until_it_commits() {
     app.stop();
     db.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_commits_the_batch_in_hand() {
+    let Some(broker) = common::mosquitto("shutdown_commits_the_batch_in_hand") else {
+        return;
+    };
+    let db = TestDb::new().await;
+    let mut settings = common::settings(&db.url, broker.port);
+    let mqtt = common::publisher(broker.port);
+    // A first run creates the persistent session with its subscriptions.
+    let app = RunningApp::spawn(settings.clone());
+    eventually(15, "readyz 200", || async {
+        app.get("/readyz").await.0 == 200
+    })
+    .await;
+    wait_until_subscribed(&db, &mqtt, "probe").await;
+    app.stop();
+
+    mqtt.publish(
+        "lentera/gh-1/telemetry",
+        QoS::AtLeastOnce,
+        false,
+        r#"{"lux":7}"#,
+    )
+    .await
+    .unwrap();
+    // A batch that would otherwise wait a minute: only shutdown can write it.
+    settings.historian.batch_size = 1000;
+    settings.historian.batch_interval_ms = 60_000;
+    let app = RunningApp::spawn(settings);
+    eventually(10, "the queued message is in the batch", || async {
+        metric(&app, "lentera_historian_pending_deliveries").await == Some(1)
+    })
+    .await;
+    assert_eq!(
+        db.count("SELECT count(*) FROM readings WHERE device = 'gh-1'")
+            .await,
+        0
+    );
+    app.stop();
+    assert_eq!(
+        db.count("SELECT count(*) FROM readings WHERE device = 'gh-1'")
+            .await,
+        1
+    );
+    db.drop_db().await;
+}
