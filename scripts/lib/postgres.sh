@@ -41,3 +41,27 @@ start_throwaway_postgres() {
   trap "${run_as[*]} '$bin/pg_ctl' -D '$dir/data' -m immediate stop >/dev/null 2>&1; rm -rf '$dir'" EXIT
   export DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
 }
+
+# A cluster that keeps its data between runs (scripts/run-local), in $1 on port $2.
+start_persistent_postgres() {
+  local dir=$1 port=$2 bin run_as=()
+  bin=$(pg_bindir) || { install_postgres; bin=$(pg_bindir); }
+  mkdir -p "$dir"
+  if [ "$(id -u)" -eq 0 ]; then
+    chown postgres:postgres "$dir"
+    run_as=(runuser -u postgres --)
+  fi
+  if [ ! -f "$dir/data/PG_VERSION" ]; then
+    "${run_as[@]}" "$bin/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 >/dev/null
+  fi
+  "${run_as[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w \
+    -o "-p $port -k $dir -c listen_addresses=127.0.0.1" start >/dev/null
+  PERSISTENT_PG=("${run_as[@]}" "$bin/pg_ctl" -D "$dir/data" -m fast stop)
+  psql -h 127.0.0.1 -p "$port" -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname='lentera'" | grep -q 1 \
+    || psql -h 127.0.0.1 -p "$port" -U postgres -qc "CREATE DATABASE lentera"
+  export DATABASE_URL="postgres://postgres@127.0.0.1:$port/lentera"
+}
+
+stop_persistent_postgres() {
+  if [ -n "${PERSISTENT_PG+x}" ]; then "${PERSISTENT_PG[@]}" >/dev/null 2>&1 || true; fi
+}
