@@ -1,0 +1,246 @@
+//! Publish/subscribe through the real broker with real MQTT 3.1.1 and 5 clients.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Broker, Client};
+
+const QUIET: Duration = Duration::from_millis(400);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v3_qos0_and_qos1_reach_subscriber_and_qos1_publisher_gets_puback() {
+    let broker = Broker::start().await;
+    let mut sub = Client::v3(&broker, "sub").await;
+    assert_eq!(sub.subscribe("lentera/gh-1/telemetry", 1).await, 1);
+    let mut publisher = Client::v3(&broker, "pub").await;
+
+    publisher
+        .publish("lentera/gh-1/telemetry", b"{\"lux\":1}", 0, false)
+        .await;
+    let m = sub.next_publish().await;
+    assert_eq!(
+        (m.topic.as_str(), &m.payload[..], m.qos),
+        ("lentera/gh-1/telemetry", &b"{\"lux\":1}"[..], 0)
+    );
+
+    publisher
+        .publish("lentera/gh-1/telemetry", b"{\"lux\":2}", 1, false)
+        .await;
+    publisher.expect_puback().await;
+    let m = sub.next_publish().await;
+    assert_eq!(
+        (&m.payload[..], m.qos, m.retain),
+        (&b"{\"lux\":2}"[..], 1, false)
+    );
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v5_qos0_and_qos1_reach_subscriber_with_user_properties() {
+    use rumqttc::v5::mqttbytes::{QoS, v5::PublishProperties};
+    let broker = Broker::start().await;
+    let mut sub = Client::v5(&broker, "sub5").await;
+    assert_eq!(sub.subscribe("lentera/+/telemetry", 1).await, 1);
+    let mut publisher = Client::v5(&broker, "pub5").await;
+
+    publisher
+        .publish("lentera/gh-2/telemetry", b"a", 0, false)
+        .await;
+    let m = sub.next_publish().await;
+    assert_eq!(
+        (m.topic.as_str(), &m.payload[..], m.qos),
+        ("lentera/gh-2/telemetry", &b"a"[..], 0)
+    );
+
+    // Trace context travels in MQTT 5 user properties; the broker must forward them.
+    let props = PublishProperties {
+        user_properties: vec![("traceparent".into(), "00-abc-def-01".into())],
+        ..Default::default()
+    };
+    publisher
+        .v5_client()
+        .publish_with_properties(
+            "lentera/gh-2/telemetry",
+            QoS::AtLeastOnce,
+            false,
+            b"b".to_vec(),
+            props,
+        )
+        .await
+        .unwrap();
+    publisher.expect_puback().await;
+    let m = sub.next_publish().await;
+    assert_eq!((&m.payload[..], m.qos), (&b"b"[..], 1));
+    assert_eq!(
+        m.user_properties,
+        vec![("traceparent".to_string(), "00-abc-def-01".to_string())]
+    );
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v3_and_v5_clients_exchange_messages() {
+    let broker = Broker::start().await;
+    let mut v3 = Client::v3(&broker, "old").await;
+    let mut v5 = Client::v5(&broker, "new").await;
+    v3.subscribe("from/v5", 1).await;
+    v5.subscribe("from/v3", 1).await;
+    v3.publish("from/v3", b"hi5", 1, false).await;
+    v5.publish("from/v5", b"hi3", 1, false).await;
+    assert_eq!(v5.next_publish().await.payload, b"hi5");
+    assert_eq!(v3.next_publish().await.payload, b"hi3");
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcards_match_per_spec_and_dollar_topics_are_hidden_from_leading_wildcards() {
+    let broker = Broker::start().await;
+    let mut plus = Client::v3(&broker, "plus").await;
+    let mut hash = Client::v5(&broker, "hash").await;
+    let mut all = Client::v3(&broker, "all").await;
+    let mut sys = Client::v3(&broker, "sys").await;
+    plus.subscribe("lentera/+/status", 0).await;
+    hash.subscribe("lentera/#", 0).await;
+    all.subscribe("#", 0).await;
+    sys.subscribe("$SYS/#", 0).await;
+    let publisher = Client::v3(&broker, "p").await;
+
+    publisher
+        .publish("$SYS/broker/uptime", b"1", 0, false)
+        .await;
+    publisher
+        .publish("lentera/gh-1/lamp/state", b"on", 0, false)
+        .await;
+    publisher
+        .publish("lentera/gh-1/status", b"online", 0, false)
+        .await;
+
+    assert_eq!(sys.next_publish().await.topic, "$SYS/broker/uptime");
+    // `#` sees the two lentera topics, in order, and never the `$SYS` one [MQTT-4.7.2-1].
+    assert_eq!(all.next_publish().await.topic, "lentera/gh-1/lamp/state");
+    assert_eq!(all.next_publish().await.topic, "lentera/gh-1/status");
+    assert_eq!(all.try_next_publish(QUIET).await, None);
+    assert_eq!(hash.next_publish().await.topic, "lentera/gh-1/lamp/state");
+    assert_eq!(hash.next_publish().await.topic, "lentera/gh-1/status");
+    // `+` matches exactly one level: not `lamp/state`.
+    assert_eq!(plus.next_publish().await.topic, "lentera/gh-1/status");
+    assert_eq!(plus.try_next_publish(QUIET).await, None);
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_message_reaches_late_subscriber_and_empty_payload_deletes_it() {
+    let broker = Broker::start().await;
+    let mut publisher = Client::v3(&broker, "board").await;
+    publisher
+        .publish("lentera/lamp-1/lamp/state", b"off", 1, true)
+        .await;
+    publisher.expect_puback().await;
+    publisher
+        .publish("lentera/lamp-1/lamp/state", b"on", 1, true)
+        .await;
+    publisher.expect_puback().await;
+
+    // Late subscribers of both versions get the latest value, flagged as retained.
+    let mut late3 = Client::v3(&broker, "late3").await;
+    late3.subscribe("lentera/+/lamp/state", 1).await;
+    let m = late3.next_publish().await;
+    assert_eq!((&m.payload[..], m.retain, m.qos), (&b"on"[..], true, 1));
+    assert_eq!(
+        late3.try_next_publish(QUIET).await,
+        None,
+        "replaced value was kept"
+    );
+    let mut late5 = Client::v5(&broker, "late5").await;
+    late5.subscribe("lentera/#", 0).await;
+    let m = late5.next_publish().await;
+    assert_eq!((&m.payload[..], m.retain, m.qos), (&b"on"[..], true, 0));
+
+    // A live subscriber sees new retained publications with RETAIN cleared [MQTT-3.3.1-9].
+    publisher
+        .publish("lentera/lamp-1/lamp/state", b"", 1, true)
+        .await;
+    publisher.expect_puback().await;
+    let m = late3.next_publish().await;
+    assert_eq!((&m.payload[..], m.retain), (&b""[..], false));
+
+    let mut later = Client::v3(&broker, "later").await;
+    later.subscribe("lentera/#", 1).await;
+    assert_eq!(
+        later.try_next_publish(QUIET).await,
+        None,
+        "deleted retained message delivered"
+    );
+    assert!(
+        broker
+            .metrics()
+            .await
+            .contains("lentera_broker_retained_messages 0\n")
+    );
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos2_publisher_is_served_and_qos2_subscription_is_granted_qos1() {
+    let broker = Broker::start().await;
+    let mut sub = Client::v3(&broker, "s").await;
+    assert_eq!(sub.subscribe("q2/#", 2).await, 1);
+    let mut sub5 = Client::v5(&broker, "s5").await;
+    assert_eq!(sub5.subscribe("q2/#", 2).await, 1);
+    let p3 = Client::v3(&broker, "p3").await;
+    let p5 = Client::v5(&broker, "p5").await;
+    p3.publish("q2/a", b"3", 2, false).await;
+    p5.publish("q2/b", b"5", 2, false).await;
+    for s in [&mut sub, &mut sub5] {
+        let mut got = vec![s.next_publish().await, s.next_publish().await];
+        got.sort_by(|a, b| a.topic.cmp(&b.topic));
+        assert_eq!((got[0].topic.as_str(), got[0].qos), ("q2/a", 1));
+        assert_eq!((got[1].topic.as_str(), got[1].qos), ("q2/b", 1));
+    }
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsubscribe_stops_delivery() {
+    let broker = Broker::start().await;
+    let mut sub = Client::v3(&broker, "u").await;
+    sub.subscribe("t/1", 0).await;
+    let p = Client::v3(&broker, "p").await;
+    p.publish("t/1", b"a", 0, false).await;
+    assert_eq!(sub.next_publish().await.payload, b"a");
+    sub.unsubscribe("t/1").await;
+    p.publish("t/1", b"b", 0, false).await;
+    assert_eq!(sub.try_next_publish(QUIET).await, None);
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoints_report_health_readiness_and_metrics() {
+    let broker = Broker::start().await;
+    let ready = reqwest::get(format!("http://{}/readyz", broker.admin))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    let health = reqwest::get(format!("http://{}/healthz", broker.admin))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+
+    let mut sub = Client::v3(&broker, "m").await;
+    sub.subscribe("m/#", 1).await;
+    let p = Client::v3(&broker, "mp").await;
+    p.publish("m/1", b"x", 1, false).await;
+    sub.next_publish().await;
+    let text = broker.metrics().await;
+    assert!(text.contains("lentera_broker_connections 2\n"), "{text}");
+    assert!(
+        text.contains("lentera_broker_messages_received_total 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("lentera_broker_messages_delivered_total 1\n"),
+        "{text}"
+    );
+    broker.stop().await;
+}
