@@ -51,6 +51,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     )
     .service(
         web::scope("/api/v1")
+            // Inside the scope: a scope owns every path under its prefix.
+            .route("/openapi.json", web::get().to(crate::dashboard::openapi))
             .route("/devices", web::get().to(devices::list))
             .route(
                 "/devices/{device}/readings",

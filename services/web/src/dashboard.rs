@@ -1,5 +1,5 @@
 //! The two static documents compiled into the binary: the dashboard at `/` and the
-//! OpenAPI description at `/api/v1/openapi.json`. No files to deploy, no CDN to reach —
+//! OpenAPI description at `/api/v1/openapi.json` (routed inside the `/api/v1` scope). No files to deploy, no CDN to reach —
 //! a village network may have no internet at all.
 
 use actix_web::{HttpResponse, web};
@@ -8,8 +8,7 @@ const INDEX_HTML: &str = include_str!("../static/index.html");
 const OPENAPI_JSON: &str = include_str!("../static/openapi.json");
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/", web::get().to(index))
-        .route("/api/v1/openapi.json", web::get().to(openapi));
+    cfg.route("/", web::get().to(index));
 }
 
 async fn index() -> HttpResponse {
@@ -18,7 +17,7 @@ async fn index() -> HttpResponse {
         .body(INDEX_HTML)
 }
 
-async fn openapi() -> HttpResponse {
+pub async fn openapi() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")
         .body(OPENAPI_JSON)
