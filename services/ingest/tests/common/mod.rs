@@ -200,6 +200,16 @@ impl Mqtt {
     }
 }
 
+impl Mqtt {
+    /// The first message arriving within `wait`, if any (for "nothing happens" checks).
+    pub async fn quiet_for(&mut self, wait: Duration) -> Option<(String, Vec<u8>)> {
+        tokio::time::timeout(wait, self.rx.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+}
+
 /// A line-oriented TCP client for the ingest's line protocol.
 pub struct Line {
     reader: BufReader<OwnedReadHalf>,
