@@ -75,7 +75,8 @@ impl Shared {
             kick,
             sink,
         };
-        let _ = ntex_rt::spawn(delivery.run(disconnected));
+        // Dropping the handle detaches the task; it ends with the connection.
+        drop(ntex_rt::spawn(delivery.run(disconnected)));
         ConnState {
             id,
             client_id,

@@ -193,7 +193,7 @@ async fn qos2_publisher_is_served_and_qos2_subscription_is_granted_qos1() {
     p3.publish("q2/a", b"3", 2, false).await;
     p5.publish("q2/b", b"5", 2, false).await;
     for s in [&mut sub, &mut sub5] {
-        let mut got = vec![s.next_publish().await, s.next_publish().await];
+        let mut got = [s.next_publish().await, s.next_publish().await];
         got.sort_by(|a, b| a.topic.cmp(&b.topic));
         assert_eq!((got[0].topic.as_str(), got[0].qos), ("q2/a", 1));
         assert_eq!((got[1].topic.as_str(), got[1].qos), ("q2/b", 1));
