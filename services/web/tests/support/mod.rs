@@ -46,13 +46,19 @@ fn with_database(url: &str, name: &str) -> String {
 }
 
 /// A port nothing listens on: bound by us, then released.
-fn closed_port() -> u16 {
+pub fn closed_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
 }
 
 impl TestApp {
+    /// The app with MQTT pointed at a closed port.
     pub async fn spawn() -> TestApp {
+        Self::spawn_with_mqtt(closed_port()).await
+    }
+
+    /// The app with MQTT at `127.0.0.1:{mqtt_port}`.
+    pub async fn spawn_with_mqtt(mqtt_port: u16) -> TestApp {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_URL.into());
         let nanos = SystemTime::now()
@@ -82,7 +88,8 @@ impl TestApp {
         settings.database.url = db_url;
         settings.database.migrate = false;
         settings.database.max_connections = 4;
-        settings.mqtt.port = closed_port();
+        settings.mqtt.port = mqtt_port;
+        settings.mqtt.client_id = Some(db_name.clone());
         settings.mqtt.ack_timeout_ms = 1_000;
         settings.web.http_addr = "127.0.0.1:0".into();
         settings.web.workers = Some(1);

@@ -1,0 +1,173 @@
+//! The live path with a real broker: MQTT → hub → `/ws`, and `PUT .../mode` → retained
+//! MQTT publish → back through the hub. Uses `mosquitto` when installed (skips loudly
+//! otherwise); the end-to-end suite covers the same path with the project's own broker.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use lentera_db::write::Record;
+use lentera_protocol::LampCommand;
+use rumqttc::{AsyncClient, MqttOptions, QoS};
+use serde_json::{Value, json};
+use support::{TestApp, closed_port, t0};
+use tokio_tungstenite::tungstenite::Message;
+
+struct Mosquitto(Child, u16);
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn mosquitto() -> Option<Mosquitto> {
+    let bin = [
+        "/usr/sbin/mosquitto",
+        "/usr/local/sbin/mosquitto",
+        "/usr/bin/mosquitto",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).is_file());
+    let Some(bin) = bin else {
+        eprintln!("!!! SKIPPING: mosquitto not installed; the live /ws path is NOT exercised");
+        return None;
+    };
+    let port = closed_port();
+    let child = Command::new(bin)
+        .args(["-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let m = Mosquitto(child, port);
+    for _ in 0..250 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return Some(m);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("mosquitto did not listen");
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The next JSON text message, within 5 s.
+async fn next_json(ws: &mut Ws) -> Value {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("a WebSocket message within 5 s")
+            .expect("the stream is open")
+            .unwrap();
+        if let Message::Text(t) = msg {
+            return serde_json::from_str(&t).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mqtt_messages_reach_ws_clients_filtered_and_put_mode_round_trips() {
+    let Some(broker) = mosquitto().await else {
+        return;
+    };
+    let app = TestApp::spawn_with_mqtt(broker.1).await;
+    app.store(&[Record::LampState {
+        device: "lamp-1".into(),
+        at: t0(0),
+        state: LampCommand::On,
+    }])
+    .await;
+    for _ in 0..100 {
+        let (_, body) = app.get_json("/readyz").await;
+        if body["checks"]["mqtt"] == true {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", app.addr))
+        .await
+        .unwrap();
+    ws.send(Message::text("not json")).await.unwrap();
+    let err = next_json(&mut ws).await;
+    assert_eq!(err["type"], "error", "{err}");
+    ws.send(Message::text(r#"{"subscribe":["gh-1"]}"#))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({"type":"subscribed","devices":["gh-1"]})
+    );
+
+    let mut opts = MqttOptions::new("web-live-test", "127.0.0.1", broker.1);
+    opts.set_keep_alive(Duration::from_secs(5));
+    let (mqtt, mut eventloop) = AsyncClient::new(opts, 16);
+    tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    // gh-2 is filtered out; MQTT keeps one publisher's order, so gh-1's reading is next.
+    mqtt.publish(
+        "lentera/gh-2/telemetry",
+        QoS::AtLeastOnce,
+        false,
+        r#"{"lux":1}"#,
+    )
+    .await
+    .unwrap();
+    mqtt.publish(
+        "lentera/gh-1/telemetry",
+        QoS::AtLeastOnce,
+        false,
+        r#"{"temperature":27.3,"ts":"2026-11-22T01:00:00Z"}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({"type":"reading","device":"gh-1","ts":"2026-11-22T01:00:00.000Z",
+               "metrics":{"temperature":27.3}})
+    );
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(metrics.contains("lentera_web_ws_clients 1"), "{metrics}");
+
+    // The override is published retained and comes back through the hub.
+    ws.send(Message::text(r#"{"subscribe":"*"}"#))
+        .await
+        .unwrap();
+    assert_eq!(next_json(&mut ws).await["devices"], "*");
+    let r = app
+        .http
+        .put(app.url("/api/v1/lamps/lamp-1/mode"))
+        .body(r#"{"mode":"on"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body, json!({"device":"lamp-1","mode":"on","until":null}));
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({"type":"lamp","device":"lamp-1","mode":"on"})
+    );
+
+    // Shutdown closes the WebSocket with "going away" instead of waiting for the client.
+    let stopping = tokio::spawn(app.stop());
+    let close = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(msg)) = ws.next().await {
+            if let Message::Close(frame) = msg {
+                return frame.map(|f| u16::from(f.code));
+            }
+        }
+        None
+    })
+    .await
+    .expect("closed within 5 s");
+    assert_eq!(close, Some(1001));
+    stopping.await.unwrap();
+}
