@@ -179,23 +179,38 @@ impl Delivery {
         let mut disconnected = pin!(disconnected);
         let mut queue_open = true;
         loop {
-            tokio::select! {
-                // `biased`: no RNG needed (this runs on ntex, not tokio) and a closed
-                // connection is noticed before more work is attempted.
+            // `biased`: no RNG needed (this runs on ntex, not tokio) and a closed or
+            // replaced connection is noticed before more work is attempted.
+            let next = tokio::select! {
                 biased;
                 () = &mut disconnected => break,
                 () = self.kick.notified() => {
-                    tracing::info!(client_id = %self.client_id, "session taken over");
-                    self.sink.close_taken_over();
+                    self.taken_over();
+                    continue;
                 }
-                m = self.rx.recv(), if queue_open => match m {
-                    Some(m) => match self.sink.send(m).await {
-                        Ok(()) => metrics.delivered.inc(),
-                        Err(()) => metrics.dropped_send_error.inc(),
-                    },
-                    // The router dropped our sender: we were taken over. Wait for the
-                    // socket to close so the gauge and the log stay truthful.
-                    None => queue_open = false,
+                m = self.rx.recv(), if queue_open => m,
+            };
+            let Some(m) = next else {
+                // The router dropped our sender: we were taken over. Wait for the socket
+                // to close so the gauge and the log stay truthful.
+                queue_open = false;
+                continue;
+            };
+            // Waiting for room in a stalled client's in-flight window must not keep a
+            // takeover or a disconnect from being handled.
+            tokio::select! {
+                biased;
+                () = &mut disconnected => {
+                    metrics.dropped_disconnected.inc();
+                    break;
+                }
+                () = self.kick.notified() => {
+                    metrics.dropped_disconnected.inc();
+                    self.taken_over();
+                }
+                sent = self.sink.send(m) => match sent {
+                    Ok(()) => metrics.delivered.inc(),
+                    Err(()) => metrics.dropped_send_error.inc(),
                 },
             }
         }
@@ -211,5 +226,10 @@ impl Delivery {
             self.router.publish(Some(self.conn), will);
         }
         tracing::debug!(client_id = %self.client_id, "connection closed");
+    }
+
+    fn taken_over(&self) {
+        tracing::info!(client_id = %self.client_id, "session taken over");
+        self.sink.close_taken_over();
     }
 }

@@ -36,6 +36,10 @@ pub struct BrokerSettings {
     pub max_packet_bytes: u32,
     /// A client must send CONNECT within this many seconds of opening the socket.
     pub connect_timeout_secs: u16,
+    /// On SIGTERM, how long connections may take to finish what they are doing before
+    /// they are dropped. MQTT connections are long-lived and do not end on their own,
+    /// so this bounds shutdown rather than waiting for clients to leave.
+    pub shutdown_timeout_ms: u64,
 }
 
 impl Default for BrokerSettings {
@@ -48,6 +52,7 @@ impl Default for BrokerSettings {
             max_inflight: 64,
             max_packet_bytes: 1024 * 1024,
             connect_timeout_secs: 10,
+            shutdown_timeout_ms: 2_000,
         }
     }
 }

@@ -162,6 +162,9 @@ fn build_server(
 
     ntex_server::net::build()
         .workers(cfg.workers.max(1))
+        .shutdown_timeout(ntex_util::time::Millis(
+            cfg.shutdown_timeout_ms.min(u32::MAX as u64) as u32,
+        ))
         // SIGTERM is handled once, by `shutdown::signal()` on the tokio side.
         .disable_signals()
         .listen("mqtt", listener, shared_cfg, async move |_| {

@@ -30,6 +30,14 @@ impl Broker {
     }
 
     pub async fn start_with(settings: Settings) -> Self {
+        // Logs only when asked for (`RUST_LOG=debug cargo test -- --nocapture`).
+        static LOGS: std::sync::Once = std::sync::Once::new();
+        if std::env::var_os("RUST_LOG").is_some() {
+            LOGS.call_once(|| {
+                let t = lentera_bootstrap::TelemetrySettings::default();
+                std::mem::forget(lentera_bootstrap::telemetry::init("broker-test", &t));
+            });
+        }
         let app = Application::build(settings).await.expect("broker starts");
         let (mqtt, admin) = (app.mqtt_addr(), app.admin_addr());
         let (tx, rx) = oneshot::channel();
