@@ -246,3 +246,49 @@ async fn shutdown_commits_the_batch_in_hand() {
     );
     db.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_in_a_shared_group_split_the_stream() {
+    let Some(broker) = common::mosquitto("two_instances_in_a_shared_group_split_the_stream") else {
+        return;
+    };
+    let db = TestDb::new().await;
+    let mut settings = common::settings(&db.url, broker.port);
+    settings.historian.shared_group = Some("historian".into());
+    let a = RunningApp::spawn(settings.clone());
+    settings.mqtt.client_id = Some(common::unique("hist"));
+    let b = RunningApp::spawn(settings);
+    let mqtt = common::publisher(broker.port);
+    for app in [&a, &b] {
+        eventually(15, "readyz 200", || async {
+            app.get("/readyz").await.0 == 200
+        })
+        .await;
+    }
+    wait_until_subscribed(&db, &mqtt, "probe").await;
+    // Let both instances' subscriptions settle before counting who gets what.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    for i in 0..40 {
+        let payload = format!(r#"{{"lux":{i},"ts":{}}}"#, 1_790_000_000_000i64 + i);
+        mqtt.publish("lentera/gh-1/telemetry", QoS::AtLeastOnce, false, payload)
+            .await
+            .unwrap();
+    }
+    eventually(10, "all 40 readings stored", || async {
+        db.count("SELECT count(*) FROM readings WHERE device = 'gh-1'")
+            .await
+            == 40
+    })
+    .await;
+    let series = "lentera_historian_readings_stored_total";
+    let (na, nb) = (
+        metric(&a, series).await.unwrap(),
+        metric(&b, series).await.unwrap(),
+    );
+    assert_eq!(na + nb, 40, "each reading stored by exactly one instance");
+    assert!(na > 0 && nb > 0, "both instances took a share: {na} / {nb}");
+    a.stop();
+    b.stop();
+    db.drop_db().await;
+}
