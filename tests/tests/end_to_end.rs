@@ -252,7 +252,7 @@ async fn readings_flow_to_storage_and_browsers_and_darkness_lights_the_lamp() {
         .await
         .unwrap();
     assert!(
-        lamps
+        lamps["lamps"]
             .as_array()
             .is_some_and(|a| a.iter().any(|l| l["device"] == "lamp-1")),
         "{lamps}"
