@@ -1,4 +1,6 @@
 # shellcheck shell=bash
+# What the tests and run-local need on the machine.
+#
 # A throw-away PostgreSQL for tests: its own data directory and port, stopped on exit,
 # so the tests never touch a cluster someone relies on.
 
@@ -64,4 +66,26 @@ start_persistent_postgres() {
 
 stop_persistent_postgres() {
   if [ -n "${PERSISTENT_PG+x}" ]; then "${PERSISTENT_PG[@]}" >/dev/null 2>&1 || true; fi
+}
+
+# Mosquitto, for the tests that check our services also run on it (and, until our broker
+# keeps offline sessions, the historian restart test). Only the binary is needed: the
+# package's own daemon is kept from starting so it cannot take port 1883.
+ensure_mosquitto() {
+  if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+      echo "note: mosquitto is not installed; the tests that need it will say SKIPPING" >&2
+      return 0
+    fi
+    echo "==> installing Mosquitto with apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    local made_policy=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && made_policy=1
+    fi
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends mosquitto >/dev/null
+    [ $made_policy = 1 ] && rm -f /usr/sbin/policy-rc.d
+  fi
+  export LENTERA_REQUIRE_MOSQUITTO=1
 }
