@@ -7,10 +7,15 @@
 //! printed, so a failure can be read afterwards.
 //!
 //! Build the binaries first (`cargo build --workspace --bins`, which `scripts/test` does).
+//!
+//! The services' own integration tests use this crate too (as a dev-dependency), for
+//! [`TestBroker`]: a throw-away `lentera-broker` per test.
 
+mod broker;
 mod db;
 mod process;
 
+pub use broker::{REQUIRE_MOSQUITTO, TestBroker};
 pub use db::TestDb;
 pub use process::{Service, bin_path};
 

@@ -1,9 +1,10 @@
-//! The HTTP entry against the real app: every documented error, and (with Mosquitto)
+//! The HTTP entry against the real app: every documented error, and (with our broker)
 //! the acknowledged happy path.
 
 mod common;
 
-use common::{Mosquitto, Mqtt, TestApp, closed_port, settings};
+use common::{Mqtt, TestApp, closed_port, settings};
+use lentera_tests::TestBroker;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -215,13 +216,9 @@ async fn unknown_paths_and_methods_answer_json() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accepted_readings_are_202_after_the_broker_has_them() {
-    let Some(broker) =
-        Mosquitto::start("accepted_readings_are_202_after_the_broker_has_them").await
-    else {
-        return;
-    };
-    let mut sub = Mqtt::connect(broker.port, "lentera/+/telemetry").await;
-    let app = TestApp::spawn(settings(broker.port)).await;
+    let broker = TestBroker::start();
+    let mut sub = Mqtt::connect(broker.port(), "lentera/+/telemetry").await;
+    let app = TestApp::spawn(settings(broker.port())).await;
     app.wait_ready().await;
 
     let batch = json!([

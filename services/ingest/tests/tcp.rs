@@ -1,11 +1,12 @@
 //! The TCP line protocol against the real app: every refusal, the limits, shutdown and
-//! (with Mosquitto) acknowledged readings and the lamp relay.
+//! (with our broker) acknowledged readings and the lamp relay.
 
 mod common;
 
 use std::time::Duration;
 
-use common::{Line, Mosquitto, Mqtt, TestApp, WAIT, closed_port, settings};
+use common::{Line, Mqtt, TestApp, WAIT, closed_port, settings};
+use lentera_tests::TestBroker;
 use rumqttc::QoS;
 use serde_json::Value;
 
@@ -159,11 +160,9 @@ async fn shutdown_closes_tcp_connections_and_stops_listening() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readings_are_ok_after_the_broker_has_them() {
-    let Some(broker) = Mosquitto::start("readings_are_ok_after_the_broker_has_them").await else {
-        return;
-    };
-    let mut sub = Mqtt::connect(broker.port, "lentera/+/telemetry").await;
-    let app = TestApp::spawn(settings(broker.port)).await;
+    let broker = TestBroker::start();
+    let mut sub = Mqtt::connect(broker.port(), "lentera/+/telemetry").await;
+    let app = TestApp::spawn(settings(broker.port())).await;
     app.wait_ready().await;
     let mut c = Line::connect(app.tcp).await;
 
@@ -190,13 +189,11 @@ async fn readings_are_ok_after_the_broker_has_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lamp_commands_reach_the_hello_bound_socket() {
-    let Some(broker) = Mosquitto::start("lamp_commands_reach_the_hello_bound_socket").await else {
-        return;
-    };
-    let mut status = Mqtt::connect(broker.port, "lentera/dev/status").await;
-    let app = TestApp::spawn(settings(broker.port)).await;
+    let broker = TestBroker::start();
+    let mut status = Mqtt::connect(broker.port(), "lentera/dev/status").await;
+    let app = TestApp::spawn(settings(broker.port())).await;
     app.wait_ready().await;
-    let controller = Mqtt::connect(broker.port, "unused/#").await;
+    let controller = Mqtt::connect(broker.port(), "unused/#").await;
     let set = |payload: &'static str| {
         let client = controller.client.clone();
         async move {

@@ -1,11 +1,12 @@
-//! The real lamp controller against a real Mosquitto and real MQTT clients playing boards.
-//! Skipped, loudly, when `mosquitto` is not installed.
+//! The real lamp controller against our broker (a real process) and real MQTT clients
+//! playing boards.
 
 mod common;
 
 use std::time::Duration;
 
 use common::{Board, RunningApp};
+use lentera_tests::TestBroker;
 
 /// Publishes a lux reading for `device` until a command arrives (the controller may not
 /// have subscribed yet when the first one is sent), and returns that command.
@@ -38,13 +39,9 @@ fn lamp<'a>(view: &'a serde_json::Value, device: &str) -> &'a serde_json::Value 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lux_hysteresis_override_and_resend_drive_the_lamp_set_topic() {
-    let Some(broker) =
-        common::mosquitto("lux_hysteresis_override_and_resend_drive_the_lamp_set_topic")
-    else {
-        return;
-    };
-    let mut board = Board::connect(broker.port).await;
-    let app = RunningApp::spawn(common::settings(broker.port));
+    let broker = TestBroker::start();
+    let mut board = Board::connect(broker.port()).await;
+    let app = RunningApp::spawn(common::settings(broker.port()));
     app.wait_ready().await;
 
     // Dark → on.
@@ -116,18 +113,14 @@ async fn lux_hysteresis_override_and_resend_drive_the_lamp_set_topic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retained_override_is_respected_from_the_first_command_after_restart() {
-    let Some(broker) =
-        common::mosquitto("a_retained_override_is_respected_from_the_first_command_after_restart")
-    else {
-        return;
-    };
-    let mut board = Board::connect(broker.port).await;
+    let broker = TestBroker::start();
+    let mut board = Board::connect(broker.port()).await;
     // Set while the controller is not running; the broker keeps it (retained).
     board
         .publish("lentera/lamp-2/lamp/mode", r#"{"mode":"off"}"#, true)
         .await;
     board.publish("lentera/lamp-2/lamp/state", "on", true).await;
-    let app = RunningApp::spawn(common::settings(broker.port));
+    let app = RunningApp::spawn(common::settings(broker.port()));
     app.wait_ready().await;
 
     // Dark, but the operator said off: the very first command must be off.

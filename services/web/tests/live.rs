@@ -1,60 +1,18 @@
-//! The live path with a real broker: MQTT → hub → `/ws`, and `PUT .../mode` → retained
-//! MQTT publish → back through the hub. Uses `mosquitto` when installed (skips loudly
-//! otherwise); the end-to-end suite covers the same path with the project's own broker.
+//! The live path with a real broker (ours, as a process): MQTT → hub → `/ws`, and
+//! `PUT .../mode` → retained MQTT publish → back through the hub.
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use lentera_db::write::Record;
 use lentera_protocol::LampCommand;
+use lentera_tests::TestBroker;
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use serde_json::{Value, json};
-use support::{TestApp, closed_port, t0};
+use support::{TestApp, t0};
 use tokio_tungstenite::tungstenite::Message;
-
-struct Mosquitto(Child, u16);
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn mosquitto() -> Option<Mosquitto> {
-    let bin = [
-        "/usr/sbin/mosquitto",
-        "/usr/local/sbin/mosquitto",
-        "/usr/bin/mosquitto",
-    ]
-    .into_iter()
-    .find(|p| std::path::Path::new(p).is_file());
-    let Some(bin) = bin else {
-        eprintln!("!!! SKIPPING: mosquitto not installed; the live /ws path is NOT exercised");
-        return None;
-    };
-    let port = closed_port();
-    let child = Command::new(bin)
-        .args(["-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let m = Mosquitto(child, port);
-    for _ in 0..250 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return Some(m);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("mosquitto did not listen");
-}
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -75,10 +33,8 @@ async fn next_json(ws: &mut Ws) -> Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn mqtt_messages_reach_ws_clients_filtered_and_put_mode_round_trips() {
-    let Some(broker) = mosquitto().await else {
-        return;
-    };
-    let app = TestApp::spawn_with_mqtt(broker.1).await;
+    let broker = TestBroker::start();
+    let app = TestApp::spawn_with_mqtt(broker.port()).await;
     app.store(&[Record::LampState {
         device: "lamp-1".into(),
         at: t0(0),
@@ -107,7 +63,7 @@ async fn mqtt_messages_reach_ws_clients_filtered_and_put_mode_round_trips() {
         json!({"type":"subscribed","devices":["gh-1"]})
     );
 
-    let mut opts = MqttOptions::new("web-live-test", "127.0.0.1", broker.1);
+    let mut opts = MqttOptions::new("web-live-test", "127.0.0.1", broker.port());
     opts.set_keep_alive(Duration::from_secs(5));
     let (mqtt, mut eventloop) = AsyncClient::new(opts, 16);
     tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });

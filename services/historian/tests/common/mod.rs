@@ -1,11 +1,9 @@
-//! Test helpers: a fresh migrated database per test, a throw-away Mosquitto, and the
-//! real historian running in-process on OS-chosen ports.
+//! Test helpers: a fresh migrated database per test and the real historian running
+//! in-process on OS-chosen ports. The broker is `lentera_tests::TestBroker`.
 
 #![allow(dead_code)]
 
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -86,54 +84,6 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-/// A Mosquitto child process on a free port, killed on drop.
-pub struct Mosquitto {
-    pub port: u16,
-    child: Child,
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn mosquitto_binary() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin")])
-        .map(|d| d.join("mosquitto"))
-        .find(|p| p.is_file())
-}
-
-/// Starts Mosquitto, or returns `None` (after saying so loudly) when it is not installed.
-pub fn mosquitto(test: &str) -> Option<Mosquitto> {
-    let Some(bin) = mosquitto_binary() else {
-        eprintln!(
-            "\n*** SKIPPING {test}: `mosquitto` is not on PATH (apt-get install -y mosquitto) ***\n"
-        );
-        return None;
-    };
-    let port = free_port();
-    let mut child = Command::new(bin)
-        .args(["-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawning mosquitto");
-    // Ready when it accepts TCP.
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Some(Mosquitto { port, child });
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("mosquitto did not start on port {port}");
 }
 
 /// Settings for an in-process historian against `db` and a broker on `mqtt_port`.

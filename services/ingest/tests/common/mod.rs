@@ -1,9 +1,8 @@
-//! Shared test helpers: run the real ingest in-process on port 0, a throw-away
-//! Mosquitto when one is installed, an MQTT subscriber, and a line-oriented TCP client.
+//! Shared test helpers: run the real ingest in-process on port 0, an MQTT subscriber,
+//! and a line-oriented TCP client. The broker is `lentera_tests::TestBroker`.
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use lentera_ingest::Settings;
@@ -92,59 +91,6 @@ impl TestApp {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-}
-
-/// A Mosquitto on a free port, killed on drop.
-pub struct Mosquitto {
-    pub port: u16,
-    child: Child,
-}
-
-impl Mosquitto {
-    /// Starts `mosquitto` if it is installed; `None` (with a loud note) otherwise, so the
-    /// happy-path tests skip instead of failing on machines without it. The end-to-end
-    /// suite covers the same paths against the project's own broker.
-    pub async fn start(test: &str) -> Option<Mosquitto> {
-        let Some(bin) = find_mosquitto() else {
-            eprintln!(
-                "!!! SKIPPING {test}: `mosquitto` is not on PATH (apt-get install mosquitto); \
-                 the broker happy path is NOT exercised by this run"
-            );
-            return None;
-        };
-        let port = closed_port();
-        let child = Command::new(bin)
-            .args(["-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto starts");
-        let m = Mosquitto { port, child };
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "mosquitto did not listen"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Some(m)
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn find_mosquitto() -> Option<std::path::PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin".into(), "/usr/local/sbin".into()])
-        .map(|dir| dir.join("mosquitto"))
-        .find(|p| p.is_file())
 }
 
 /// An MQTT client whose received publishes arrive on a channel as (topic, payload).

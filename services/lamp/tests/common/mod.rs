@@ -1,11 +1,9 @@
-//! Test helpers: a throw-away Mosquitto, the real lamp controller in-process on OS-chosen
-//! ports, and an MQTT client that records the commands it sees.
+//! Test helpers: the real lamp controller in-process on OS-chosen ports, and an MQTT
+//! client that records the commands it sees. The broker is `lentera_tests::TestBroker`.
 
 #![allow(dead_code)]
 
-use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -22,53 +20,6 @@ pub fn unique(prefix: &str) -> String {
         std::process::id(),
         SEQ.fetch_add(1, Ordering::Relaxed)
     )
-}
-
-pub struct Mosquitto {
-    pub port: u16,
-    child: Child,
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts Mosquitto on a free port, or returns `None` (saying so loudly) when it is not installed.
-pub fn mosquitto(test: &str) -> Option<Mosquitto> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let Some(bin) = std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin")])
-        .map(|d| d.join("mosquitto"))
-        .find(|p| p.is_file())
-    else {
-        eprintln!(
-            "\n*** SKIPPING {test}: `mosquitto` is not on PATH (apt-get install -y mosquitto) ***\n"
-        );
-        return None;
-    };
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = Command::new(bin)
-        .args(["-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawning mosquitto");
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Some(Mosquitto { port, child });
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("mosquitto did not start on port {port}");
 }
 
 /// Fast settings: one-second tick and resend, short settle.
