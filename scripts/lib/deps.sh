@@ -89,3 +89,18 @@ ensure_mosquitto() {
   fi
   export LENTERA_REQUIRE_MOSQUITTO=1
 }
+
+# Debian's Chromium, for the dashboard test in a real (headless) browser.
+ensure_chromium() {
+  if [ ! -x /usr/bin/chromium ] && [ ! -x /usr/bin/chromium-browser ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+      echo "note: chromium is not installed; the dashboard browser test will say SKIPPING" >&2
+      return 0
+    fi
+    echo "==> installing Chromium with apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  fi
+  export LENTERA_REQUIRE_CHROMIUM=1
+}

@@ -63,6 +63,10 @@ pub async fn run(mqtt: MqttSettings, s: SimSettings) -> anyhow::Result<()> {
         vec![(topics.filter(TopicKind::LampSet), QoS::AtLeastOnce)],
         None,
     );
+    // Retained status messages published before the connection is up would be refused.
+    while !client.is_connected() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     if let Some((first, rest)) = greenhouses.split_first() {
         tokio::spawn(tcp_greenhouse(s.clone(), first.clone()));
         for gh in rest {
