@@ -32,6 +32,8 @@ struct Link {
     client: AsyncClient,
     generation: u64,
     connected: bool,
+    /// Set by [`Client::disconnect`]: the connection task ends instead of reconnecting.
+    stopping: bool,
     /// Publishes handed to rumqttc, in order, not yet given a packet id.
     sent: VecDeque<Waiter>,
     /// QoS 1 publishes on the wire, by packet id, awaiting PUBACK.
@@ -85,6 +87,7 @@ impl Client {
             client,
             generation: 0,
             connected: false,
+            stopping: false,
             sent: VecDeque::new(),
             inflight: HashMap::new(),
         }));
@@ -181,10 +184,17 @@ impl Client {
         self.link.lock().unwrap().connected
     }
 
-    /// Sends DISCONNECT, so the broker does not publish a Last Will and the session ends cleanly.
+    /// Sends DISCONNECT, so the broker does not publish a Last Will and the session ends
+    /// cleanly, and ends the connection task: the client does not reconnect afterwards.
     pub async fn disconnect(&self) {
-        let client = self.link.lock().unwrap().client.clone();
-        let _ = client.disconnect().await;
+        let client = {
+            let mut l = self.link.lock().unwrap();
+            l.stopping = true;
+            l.client.clone()
+        };
+        if client.disconnect().await.is_err() {
+            // The event loop is already gone or stuck reconnecting; it sees `stopping`.
+        }
     }
 }
 
@@ -247,8 +257,20 @@ async fn run(
             }
             Ok(Event::Outgoing(Outgoing::Disconnect)) => {
                 tracing::info!("disconnected from the MQTT broker");
+                let mut l = link.lock().unwrap();
+                if l.stopping {
+                    l.connected = false;
+                    l.fail_all();
+                    return;
+                }
             }
             Ok(_) => {}
+            Err(_) if link.lock().unwrap().stopping => {
+                let mut l = link.lock().unwrap();
+                l.connected = false;
+                l.fail_all();
+                return;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "MQTT connection failed");
                 if let Some(c) = &ready {
