@@ -8,16 +8,21 @@
 //! - [`topic`]: building and parsing `lentera/{device}/…` topics under a configurable prefix.
 //! - [`reading`]: the telemetry payload — parsing, validation with stable error codes,
 //!   and the canonical JSON the platform publishes.
+//! - [`limits`]: plausibility limits (physical ranges, clock skew), configurable.
+//! - [`senml`]: SenML (RFC 8428) packs resolved into readings.
 //! - [`lamp`]: lamp commands (`on`/`off`), lamp modes and device status.
 //!
 //! Nothing here does I/O; it is all unit-tested pure code.
 
 pub mod device;
 pub mod lamp;
+pub mod limits;
 pub mod reading;
+pub mod senml;
 pub mod topic;
 
 pub use device::{DeviceId, InvalidDeviceId};
 pub use lamp::{DeviceStatus, LampCommand, LampMode, ModeKind};
+pub use limits::{Limits, Range};
 pub use reading::{Reading, ReadingError};
 pub use topic::{TopicKind, Topics};

@@ -51,9 +51,43 @@ pub enum ReadingError {
     NoMetrics,
     #[error("a reading may carry at most {MAX_METRICS} metrics")]
     TooManyMetrics,
+    #[error("metric {metric:?} = {value} is outside its physical range {range}")]
+    OutOfRange {
+        metric: String,
+        value: f64,
+        range: String,
+    },
+    #[error("\"ts\" is more than {0} s ahead of the receiver's clock")]
+    TimestampInFuture(i64),
+    #[error("\"ts\" is more than {0} days in the past")]
+    TimestampTooOld(i64),
+    #[error("invalid SenML: {0}")]
+    InvalidSenml(String),
+    #[error("SenML field {0:?} must be understood and is not supported")]
+    UnsupportedSenmlField(String),
 }
 
 impl ReadingError {
+    /// Every code [`ReadingError::code`] can return, for counters registered up front.
+    pub const CODES: &'static [&'static str] = &[
+        "malformed_json",
+        "not_an_object",
+        "missing_device",
+        "invalid_device",
+        "device_mismatch",
+        "invalid_metric_name",
+        "non_numeric_value",
+        "non_finite_value",
+        "invalid_timestamp",
+        "no_metrics",
+        "too_many_metrics",
+        "out_of_range",
+        "timestamp_in_future",
+        "timestamp_too_old",
+        "invalid_senml",
+        "unsupported_senml_field",
+    ];
+
     /// Stable machine-readable code, used in HTTP error bodies and TCP `ERR` lines.
     pub fn code(&self) -> &'static str {
         match self {
@@ -68,6 +102,11 @@ impl ReadingError {
             ReadingError::InvalidTimestamp => "invalid_timestamp",
             ReadingError::NoMetrics => "no_metrics",
             ReadingError::TooManyMetrics => "too_many_metrics",
+            ReadingError::OutOfRange { .. } => "out_of_range",
+            ReadingError::TimestampInFuture(_) => "timestamp_in_future",
+            ReadingError::TimestampTooOld(_) => "timestamp_too_old",
+            ReadingError::InvalidSenml(_) => "invalid_senml",
+            ReadingError::UnsupportedSenmlField(_) => "unsupported_senml_field",
         }
     }
 }
