@@ -37,6 +37,7 @@ pub mod router;
 pub mod session;
 pub mod settings;
 pub mod startup;
+pub mod store;
 pub mod topic_filter;
 pub mod v3;
 pub mod v5;

@@ -13,6 +13,11 @@ pub struct Metrics {
     pub delivered: Counter,
     /// A subscriber's queue was full: it stalled, and we drop rather than buffer forever.
     pub dropped_queue_full: Counter,
+    /// A persistent session's queue was at `session_queue_capacity`; the newest message
+    /// was dropped (see `router.rs` for why newest).
+    pub dropped_session_queue_full: Counter,
+    /// Sessions held (connected, plus persistent ones whose client is away).
+    pub sessions: Gauge,
     /// The subscriber went away between routing and delivery.
     pub dropped_disconnected: Counter,
     /// The connection refused the packet (e.g. larger than the client's maximum).
@@ -47,6 +52,11 @@ impl Metrics {
                 &[],
             ),
             dropped_queue_full: dropped("queue_full"),
+            dropped_session_queue_full: dropped("session_queue_full"),
+            sessions: obs.gauge(
+                "sessions",
+                "Sessions held: connected, and persistent ones whose client is away.",
+            ),
             dropped_disconnected: dropped("disconnected"),
             dropped_send_error: dropped("send_error"),
             retained: obs.gauge("retained_messages", "Topics holding a retained message."),

@@ -1,27 +1,44 @@
-//! The one shared routing table: who is connected, what they subscribed to, the retained
-//! store and the Last Will of each connection.
+//! The one shared routing table: sessions (by client id) with their subscriptions and,
+//! for persistent sessions, the QoS 1/2 messages still owed to them; the live connection
+//! of each session; the retained store; Last Wills.
 //!
 //! `MqttSink`s are `Rc`-based and live on their worker thread, so the table never holds
 //! them: each connection registers a bounded `Send` channel and a takeover [`Notify`], and
 //! its delivery task (see `session.rs`) drains the channel into the sink. Routing only does
-//! `try_send` under the lock — it never waits on a slow subscriber; a full queue drops the
-//! message and counts it (`messages_dropped_total{reason="queue_full"}`).
+//! `try_send` under the lock — it never waits on a slow subscriber.
 //!
-//! A `std::sync::Mutex` suffices: every critical section is short and synchronous, and the
-//! table is far too small in a village deployment for lock contention to matter.
+//! Persistent sessions (v3 clean_session=0, v5 session expiry > 0) keep an `owed` queue:
+//! every QoS ≥ 1 message routed to them gets a per-session sequence number and stays in
+//! `owed` — and in the on-disk store — until the subscriber acknowledges it, whether it
+//! was sent or the client was away. On reconnect the whole `owed` queue is sent again in
+//! order (DUP=1 for those already handed to an earlier connection). The queue is bounded
+//! by `session_queue_capacity`; when full, the *newest* message is dropped and counted
+//! (`messages_dropped_total{reason="session_queue_full"}`): older messages may already be
+//! in flight, so dropping them would leave gaps the subscriber cannot notice, whereas
+//! refusing new ones keeps what was delivered a contiguous prefix (Mosquitto's
+//! `max_queued_messages` behaves the same way).
+//!
+//! A `std::sync::Mutex` suffices: every critical section is short and synchronous.
+//! Store records are encoded under it so the log order is the state-change order.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use ntex_bytes::{ByteString, Bytes};
 use ntex_mqtt::QoS;
 use tokio::sync::{Notify, mpsc};
 
 use crate::metrics::Metrics;
+use crate::store::recover::Recovered;
+use crate::store::{Record, Store, record};
 use crate::topic_filter::{Filter, matches};
 
 /// Identifies one network connection (not a client id: a client id outlives connections).
 pub type ConnId = u64;
+
+/// Session expiry interval meaning "never expires" (MQTT 5 §3.1.2.11.2).
+pub const NEVER: u32 = u32::MAX;
 
 /// An application message on its way to subscribers.
 #[derive(Debug, Clone)]
@@ -45,11 +62,22 @@ pub struct Properties {
     pub is_utf8_payload: bool,
 }
 
-/// One subscription of one connection.
+/// One message for one connection's delivery task.
+#[derive(Debug)]
+pub struct Outgoing {
+    pub msg: Message,
+    /// Sequence number in a persistent session's `owed` queue: the task reports the
+    /// acknowledgement back with [`Router::ack`] and derives the packet id from it.
+    pub seq: Option<u64>,
+    /// May have been sent before (on an earlier connection) [MQTT-3.3.1-1].
+    pub dup: bool,
+}
+
+/// One subscription of one session.
 #[derive(Debug, Clone)]
 pub struct Subscription {
     pub filter: Filter,
-    /// Granted QoS, at most 1: delivery to subscribers is QoS 0 or 1 in this broker.
+    /// Granted QoS.
     pub qos: QoS,
     /// MQTT 5: do not send the connection its own publications.
     pub no_local: bool,
@@ -68,48 +96,164 @@ pub enum SendRetained {
 /// What a connection hands the router when it registers.
 pub struct Registration {
     pub client_id: String,
-    pub tx: mpsc::Sender<Message>,
+    pub tx: mpsc::Sender<Outgoing>,
     /// Signalled when another connection takes over the client id.
     pub kick: Arc<Notify>,
     pub will: Option<Message>,
+    /// Discard any existing session (v3 clean_session, v5 clean start).
+    pub clean_start: bool,
+    /// Seconds the session outlives the connection: 0 = ends with it, [`NEVER`].
+    pub expiry: u32,
+}
+
+/// Limits the router enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Messages owed per persistent session before new ones are dropped.
+    pub session_queue_capacity: usize,
+    /// Upper bound on any session's expiry interval (seconds; [`NEVER`] = none).
+    pub max_session_expiry: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            session_queue_capacity: 10_000,
+            max_session_expiry: NEVER,
+        }
+    }
 }
 
 #[derive(Clone)]
 pub struct Router {
     state: Arc<Mutex<State>>,
     metrics: Metrics,
+    store: Store,
+    limits: Limits,
 }
 
 #[derive(Default)]
 struct State {
     next_id: ConnId,
-    conns: HashMap<ConnId, Conn>,
-    by_client: HashMap<String, ConnId>,
+    /// Live connection → its client id.
+    conns: HashMap<ConnId, String>,
+    sessions: HashMap<String, Session>,
     retained: BTreeMap<ByteString, Message>,
     /// Round-robin position for shared subscriptions.
     share_turn: usize,
 }
 
-struct Conn {
-    client_id: String,
-    tx: mpsc::Sender<Message>,
+struct Live {
+    id: ConnId,
+    tx: mpsc::Sender<Outgoing>,
     kick: Arc<Notify>,
     will: Option<Message>,
+}
+
+struct Owed {
+    seq: u64,
+    msg: Message,
+    /// Handed to a connection already, so a resend carries DUP=1.
+    dispatched: bool,
+}
+
+struct Session {
+    live: Option<Live>,
     /// Keyed by the filter exactly as subscribed, so a repeat SUBSCRIBE replaces it
     /// [MQTT-3.8.4-3] and UNSUBSCRIBE finds it.
     subs: HashMap<String, Subscription>,
+    expiry: u32,
+    /// When an offline session expires (`None` while connected or for [`NEVER`]).
+    expires_at: Option<Instant>,
+    /// Only persistent sessions track what they are owed.
+    owed: VecDeque<Owed>,
+    next_seq: u64,
+    /// Packet ids of inbound QoS 2 PUBLISHes not yet released: a resent PUBLISH with one
+    /// of these ids (after a reconnect) is acknowledged but not routed again
+    /// [MQTT-4.3.3-9]. Kept in memory only.
+    qos2_in: HashSet<u16>,
+}
+
+impl Session {
+    fn new(expiry: u32) -> Self {
+        Self {
+            live: None,
+            subs: HashMap::new(),
+            expiry,
+            expires_at: None,
+            owed: VecDeque::new(),
+            next_seq: 1,
+            qos2_in: HashSet::new(),
+        }
+    }
+
+    fn persistent(&self) -> bool {
+        self.expiry > 0
+    }
+}
+
+/// What [`Router::connect`] tells the connection.
+pub struct Connected {
+    pub id: ConnId,
+    /// [MQTT-3.2.2-2] / MQTT 5 §3.2.2.1.1.
+    pub session_present: bool,
 }
 
 impl Router {
+    /// An in-memory router with default limits.
     pub fn new(metrics: Metrics) -> Self {
-        Self {
-            state: Arc::default(),
-            metrics,
+        Self::new_with_limits(metrics, Limits::default())
+    }
+
+    /// An in-memory router (nothing survives a restart).
+    pub fn new_with_limits(metrics: Metrics, limits: Limits) -> Self {
+        Self::with_store(metrics, Store::disabled(), Recovered::default(), limits)
+    }
+
+    /// A router starting from recovered state, writing changes to `store`.
+    pub fn with_store(metrics: Metrics, store: Store, rec: Recovered, limits: Limits) -> Self {
+        let mut st = State {
+            retained: rec.retained,
+            ..State::default()
+        };
+        // The restart resets the expiry clock of offline sessions: the downtime is the
+        // broker's, not the client's.
+        let now = Instant::now();
+        for (client, r) in rec.sessions {
+            let mut s = Session::new(r.expiry.min(limits.max_session_expiry));
+            s.expires_at = expiry_deadline(now, s.expiry);
+            s.subs = r.subs;
+            s.next_seq = r.owed.keys().next_back().map_or(1, |k| k + 1);
+            s.owed = r
+                .owed
+                .into_iter()
+                .map(|(seq, msg)| Owed {
+                    seq,
+                    msg,
+                    dispatched: false,
+                })
+                .collect();
+            st.sessions.insert(client, s);
         }
+        metrics.retained.set(st.retained.len() as i64);
+        metrics.sessions.set(st.sessions.len() as i64);
+        let router = Self {
+            state: Arc::new(Mutex::new(st)),
+            metrics,
+            store,
+            limits,
+        };
+        // Start from a compact log: the replayed history collapses to the live state.
+        router.compact(&mut router.lock());
+        router
     }
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -118,49 +262,164 @@ impl Router {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers a new connection. An existing connection with the same client id is
-    /// disconnected [MQTT-3.1.4-2]; its subscriptions and its will are discarded with it:
-    /// the client is evidently alive, and a late "offline" will would overwrite the
-    /// "online" status the new connection is about to publish.
-    pub fn connect(&self, reg: Registration) -> ConnId {
-        let mut st = self.lock();
+    /// Registers a new connection, taking over the session of its client id: an existing
+    /// connection is closed [MQTT-3.1.4-2] and its will discarded (the client is evidently
+    /// alive). The session is resumed unless `clean_start` [MQTT-3.1.2-4/-5/-6]; a resumed
+    /// session's owed messages are queued to the new connection at once, in order.
+    pub fn connect(&self, reg: Registration) -> Connected {
+        let mut guard = self.lock();
+        let st = &mut *guard;
         st.next_id += 1;
         let id = st.next_id;
-        if let Some(old) = st.by_client.insert(reg.client_id.clone(), id)
-            && let Some(old) = st.conns.remove(&old)
-        {
-            old.kick.notify_one();
-            self.metrics.takeovers.inc();
+        let expiry = reg.expiry.min(self.limits.max_session_expiry);
+        let client = reg.client_id;
+
+        let mut present = false;
+        if let Some(s) = st.sessions.get_mut(&client) {
+            if let Some(old) = s.live.take() {
+                st.conns.remove(&old.id);
+                old.kick.notify_one();
+                self.metrics.takeovers.inc();
+            }
+            if reg.clean_start {
+                self.end_session(st, &client);
+            } else {
+                present = true;
+            }
         }
-        st.conns.insert(
+        st.conns.insert(id, client.clone());
+        let s = st.sessions.entry(client.clone()).or_insert_with(|| {
+            self.metrics.sessions.inc();
+            Session::new(0)
+        });
+        let was_persistent = s.persistent();
+        s.expiry = expiry;
+        s.expires_at = None;
+        if s.persistent() {
+            self.store.append(&Record::Session {
+                client: &client,
+                expiry,
+            });
+        } else if was_persistent {
+            // Resumed with expiry 0: the session now ends with this connection, so the
+            // store forgets it; what it was owed is still delivered, untracked.
+            self.store.append(&Record::EndSession { client: &client });
+        }
+        for o in &mut s.owed {
+            let out = Outgoing {
+                msg: o.msg.clone(),
+                seq: s.expiry.gt(&0).then_some(o.seq),
+                dup: o.dispatched,
+            };
+            o.dispatched = true;
+            if reg.tx.try_send(out).is_err() {
+                self.metrics.dropped_queue_full.inc();
+            }
+        }
+        if !s.persistent() {
+            s.owed.clear();
+        }
+        s.live = Some(Live {
             id,
-            Conn {
-                client_id: reg.client_id,
-                tx: reg.tx,
-                kick: reg.kick,
-                will: reg.will,
-                subs: HashMap::new(),
-            },
-        );
-        id
+            tx: reg.tx,
+            kick: reg.kick,
+            will: reg.will,
+        });
+        Connected {
+            id,
+            session_present: present,
+        }
+    }
+
+    /// Removes a session and everything it owns.
+    fn end_session(&self, st: &mut State, client: &str) {
+        if let Some(s) = st.sessions.remove(client) {
+            self.metrics.sessions.dec();
+            if s.persistent() {
+                self.store.append(&Record::EndSession { client });
+            }
+        }
     }
 
     /// A DISCONNECT packet arrived: the will must not be published [MQTT-3.14.4-3].
     pub fn clear_will(&self, conn: ConnId) {
-        if let Some(c) = self.lock().conns.get_mut(&conn) {
-            c.will = None;
+        self.with_live(conn, |_, s| {
+            if let Some(l) = &mut s.live {
+                l.will = None;
+            }
+        });
+    }
+
+    /// Runs `f` on the session whose live connection is `conn`.
+    fn with_live<R>(&self, conn: ConnId, f: impl FnOnce(&str, &mut Session) -> R) -> Option<R> {
+        let mut st = self.lock();
+        let State {
+            conns, sessions, ..
+        } = &mut *st;
+        let client = conns.get(&conn)?;
+        let s = sessions.get_mut(client)?;
+        Some(f(client, s))
+    }
+
+    /// The connection is gone; returns the will to publish, if it still has one. A
+    /// non-persistent session ends here [MQTT-3.1.2-6]; a persistent one waits, keeping
+    /// its subscriptions and queueing messages, until it is resumed or expires.
+    pub fn disconnect(&self, conn: ConnId) -> Option<Message> {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let client = st.conns.remove(&conn)?;
+        let s = st.sessions.get_mut(&client)?;
+        let live = s.live.take()?;
+        if s.persistent() {
+            s.expires_at = expiry_deadline(Instant::now(), s.expiry);
+        } else {
+            self.end_session(st, &client);
+        }
+        live.will
+    }
+
+    /// Ends persistent sessions whose expiry interval has passed while offline.
+    pub fn expire_sessions(&self, now: Instant) -> usize {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let due: Vec<String> = st
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.live.is_none() && s.expires_at.is_some_and(|t| t <= now))
+            .map(|(c, _)| c.clone())
+            .collect();
+        for c in &due {
+            tracing::debug!(client_id = %c, "session expired");
+            self.end_session(st, c);
+        }
+        due.len()
+    }
+
+    /// The subscriber acknowledged message `seq` of its session (PUBACK, or PUBCOMP).
+    pub fn ack(&self, client: &str, seq: u64) {
+        let mut st = self.lock();
+        let Some(s) = st.sessions.get_mut(client) else {
+            return;
+        };
+        // Acknowledgements arrive in order, so this is nearly always the front.
+        if let Ok(i) = s.owed.binary_search_by_key(&seq, |o| o.seq) {
+            s.owed.remove(i);
+            if s.persistent() {
+                self.store.append(&Record::Ack { client, seq });
+            }
         }
     }
 
-    /// The connection is gone; returns the will to publish, if it still has one.
-    pub fn disconnect(&self, conn: ConnId) -> Option<Message> {
-        let mut st = self.lock();
-        let c = st.conns.remove(&conn)?;
-        // Only forget the client id if it still points here, not at a newer connection.
-        if st.by_client.get(&c.client_id) == Some(&conn) {
-            st.by_client.remove(&c.client_id);
-        }
-        c.will
+    /// Inbound QoS 2: returns false when `packet_id` was already received on this session
+    /// and not yet released, i.e. the PUBLISH is a resend that must not be routed again.
+    pub fn qos2_received(&self, conn: ConnId, packet_id: u16) -> bool {
+        self.with_live(conn, |_, s| s.qos2_in.insert(packet_id))
+            .unwrap_or(true)
+    }
+
+    /// Inbound QoS 2: PUBREL arrived for `packet_id`.
+    pub fn qos2_released(&self, conn: ConnId, packet_id: u16) {
+        self.with_live(conn, |_, s| s.qos2_in.remove(&packet_id));
     }
 
     /// Adds or replaces a subscription and queues the matching retained messages.
@@ -172,14 +431,24 @@ impl Router {
         sub: Subscription,
         send: SendRetained,
     ) -> bool {
-        let mut st = self.lock();
-        let State {
-            conns, retained, ..
-        } = &mut *st;
-        let Some(c) = conns.get_mut(&conn) else {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let Some(client) = st.conns.get(&conn) else {
             return false;
         };
-        let is_new = c.subs.insert(raw.to_owned(), sub.clone()).is_none();
+        let Some(s) = st.sessions.get_mut(client) else {
+            return false;
+        };
+        if s.persistent() {
+            self.store.append(&Record::Sub {
+                client,
+                filter: raw,
+                qos: sub.qos,
+                no_local: sub.no_local,
+                retain_as_published: sub.retain_as_published,
+            });
+        }
+        let is_new = s.subs.insert(raw.to_owned(), sub.clone()).is_none();
         // Retained messages are not sent for shared subscriptions (MQTT 5 §4.8.2).
         let send = match send {
             SendRetained::Always => true,
@@ -187,7 +456,7 @@ impl Router {
             SendRetained::Never => false,
         } && sub.filter.group.is_none();
         if send {
-            for (topic, msg) in retained.iter() {
+            for (topic, msg) in st.retained.iter() {
                 if matches(&sub.filter.pattern, topic) {
                     // A retained message sent because of a subscription carries RETAIN=1
                     // [MQTT-3.3.1-8].
@@ -196,7 +465,7 @@ impl Router {
                         retain: true,
                         ..msg.clone()
                     };
-                    self.enqueue(&c.tx, m);
+                    self.deliver(client, s, m);
                 }
             }
         }
@@ -205,41 +474,62 @@ impl Router {
 
     /// Returns whether the subscription existed (MQTT 5 reports "no subscription existed").
     pub fn unsubscribe(&self, conn: ConnId, raw: &str) -> bool {
-        self.lock()
-            .conns
-            .get_mut(&conn)
-            .is_some_and(|c| c.subs.remove(raw).is_some())
+        self.with_live(conn, |client, s| {
+            let existed = s.subs.remove(raw).is_some();
+            if existed && s.persistent() {
+                self.store.append(&Record::Unsub {
+                    client,
+                    filter: raw,
+                });
+            }
+            existed
+        })
+        .unwrap_or(false)
     }
 
     /// Routes one message: updates the retained store, then queues a copy for every
-    /// connection with a matching subscription (once per connection, at the highest
-    /// matching QoS) and for one member of each matching shared-subscription group.
-    pub fn publish(&self, from: Option<ConnId>, msg: Message) {
+    /// session with a matching subscription (once per session, at the highest matching
+    /// QoS, lowered to it [MQTT-3.8.4-8]) and for one member of each matching shared
+    /// group. Returns the store sequence number the publisher's acknowledgement must wait
+    /// for (see [`Store::durable`]); 0 when nothing durable was written.
+    pub fn publish(&self, from: Option<ConnId>, msg: Message) -> u64 {
         self.metrics.received.inc();
-        let mut st = self.lock();
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let mut lsn = 0;
         if msg.retain {
             // An empty retained payload deletes the topic's retained message
             // [MQTT-3.3.1-10]; it is still forwarded to current subscribers [MQTT-3.3.1-12].
             if msg.payload.is_empty() {
-                st.retained.remove(&msg.topic);
+                if st.retained.remove(&msg.topic).is_some() {
+                    lsn = self.store.append(&Record::Unretain(&msg.topic));
+                }
             } else {
+                lsn = self.store.append(&Record::Retain(&msg));
                 st.retained.insert(msg.topic.clone(), msg.clone());
             }
             self.metrics.retained.set(st.retained.len() as i64);
         }
 
-        let mut groups: HashMap<(&str, &str), Vec<(ConnId, QoS)>> = HashMap::new();
-        for (&id, conn) in &st.conns {
+        // Shared groups allocate, but only when a shared subscription matches.
+        type Member = (String, QoS, bool);
+        let mut groups: HashMap<(String, String), Vec<Member>> = HashMap::new();
+        for (client, s) in st.sessions.iter_mut() {
+            let live_id = s.live.as_ref().map(|l| l.id);
+            if live_id.is_none() && !s.persistent() {
+                continue;
+            }
             let mut best: Option<(QoS, bool)> = None;
-            for sub in conn.subs.values() {
-                if !matches(&sub.filter.pattern, &msg.topic) || (sub.no_local && from == Some(id)) {
+            for sub in s.subs.values() {
+                if !matches(&sub.filter.pattern, &msg.topic)
+                    || (sub.no_local && from.is_some() && from == live_id)
+                {
                     continue;
                 }
                 if let Some(group) = &sub.filter.group {
-                    groups
-                        .entry((group, &sub.filter.pattern))
-                        .or_default()
-                        .push((id, sub.qos));
+                    let key = (group.clone(), sub.filter.pattern.clone());
+                    let member = (client.clone(), sub.qos, live_id.is_some());
+                    groups.entry(key).or_default().push(member);
                     continue;
                 }
                 let qos = msg.qos.min(sub.qos);
@@ -252,199 +542,143 @@ impl Router {
                 });
             }
             if let Some((qos, retain)) = best {
-                self.enqueue(
-                    &conn.tx,
-                    Message {
-                        qos,
-                        retain,
-                        ..msg.clone()
-                    },
-                );
+                let m = Message {
+                    qos,
+                    retain,
+                    ..msg.clone()
+                };
+                lsn = lsn.max(self.deliver(client, s, m));
             }
         }
-
-        let picks: Vec<(ConnId, QoS)> = groups
-            .into_values()
-            .map(|members| members[st.share_turn % members.len()])
-            .collect();
+        // One member per group; connected members first, so an offline persistent member
+        // queues only when nobody in its group is there to take the message.
+        let turn = st.share_turn;
         st.share_turn = st.share_turn.wrapping_add(1);
-        for (id, qos) in picks {
-            if let Some(conn) = st.conns.get(&id) {
+        for members in groups.into_values() {
+            let live: Vec<&Member> = members.iter().filter(|m| m.2).collect();
+            let (client, qos, _) = if live.is_empty() {
+                &members[turn % members.len()]
+            } else {
+                live[turn % live.len()]
+            };
+            if let Some(s) = st.sessions.get_mut(client) {
                 let m = Message {
-                    qos: msg.qos.min(qos),
+                    qos: msg.qos.min(*qos),
                     retain: false,
                     ..msg.clone()
                 };
-                self.enqueue(&conn.tx, m);
+                lsn = lsn.max(self.deliver(client, s, m));
             }
         }
+        if self.store.wants_compaction() {
+            self.compact(st);
+        }
+        if msg.qos == QoS::AtMostOnce { 0 } else { lsn }
     }
 
-    fn enqueue(&self, tx: &mpsc::Sender<Message>, msg: Message) {
-        match tx.try_send(msg) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => self.metrics.dropped_queue_full.inc(),
-            Err(mpsc::error::TrySendError::Closed(_)) => self.metrics.dropped_disconnected.inc(),
+    /// Hands one message to a session: to its connection, and for persistent sessions
+    /// at QoS ≥ 1 also to its `owed` queue and the store. Returns the store sequence
+    /// number written (0 if none).
+    fn deliver(&self, client: &str, s: &mut Session, msg: Message) -> u64 {
+        if s.persistent() && msg.qos != QoS::AtMostOnce {
+            if s.owed.len() >= self.limits.session_queue_capacity {
+                self.metrics.dropped_session_queue_full.inc();
+                return 0;
+            }
+            let seq = s.next_seq;
+            s.next_seq += 1;
+            let lsn = self.store.append(&Record::Enq {
+                client,
+                seq,
+                msg: &msg,
+            });
+            let dispatched = match &s.live {
+                Some(l) => {
+                    let out = Outgoing {
+                        msg: msg.clone(),
+                        seq: Some(seq),
+                        dup: false,
+                    };
+                    // The channel holds at least `session_queue_capacity` for persistent
+                    // sessions, so this fails only if the connection just closed; the
+                    // message stays owed either way.
+                    l.tx.try_send(out).is_ok()
+                }
+                None => false,
+            };
+            s.owed.push_back(Owed {
+                seq,
+                msg,
+                dispatched,
+            });
+            return lsn;
         }
+        // QoS 0, or a clean session: fire and forget. An offline persistent session does
+        // not queue QoS 0 (MQTT 5 §3.1.2.5 leaves it to the server; it is not durable).
+        if let Some(l) = &s.live {
+            match l.tx.try_send(Outgoing {
+                msg,
+                seq: None,
+                dup: false,
+            }) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => self.metrics.dropped_queue_full.inc(),
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    self.metrics.dropped_disconnected.inc()
+                }
+            }
+        }
+        0
     }
+
+    /// Replaces the log with the live state: retained messages, then each persistent
+    /// session with its subscriptions and owed messages.
+    fn compact(&self, st: &mut State) {
+        if !self.store.enabled() {
+            return;
+        }
+        let mut buf = Vec::new();
+        for m in st.retained.values() {
+            record::encode(&Record::Retain(m), &mut buf);
+        }
+        for (client, s) in &st.sessions {
+            if !s.persistent() {
+                continue;
+            }
+            record::encode(
+                &Record::Session {
+                    client,
+                    expiry: s.expiry,
+                },
+                &mut buf,
+            );
+            for (raw, sub) in &s.subs {
+                let rec = Record::Sub {
+                    client,
+                    filter: raw,
+                    qos: sub.qos,
+                    no_local: sub.no_local,
+                    retain_as_published: sub.retain_as_published,
+                };
+                record::encode(&rec, &mut buf);
+            }
+            for o in &s.owed {
+                let rec = Record::Enq {
+                    client,
+                    seq: o.seq,
+                    msg: &o.msg,
+                };
+                record::encode(&rec, &mut buf);
+            }
+        }
+        self.store.compact(buf);
+    }
+}
+
+fn expiry_deadline(now: Instant, expiry: u32) -> Option<Instant> {
+    (expiry != NEVER).then(|| now + Duration::from_secs(expiry.into()))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use lentera_bootstrap::Observability;
-
-    fn router() -> Router {
-        Router::new(Metrics::new(&Observability::new("broker_test")))
-    }
-
-    fn register(r: &Router, client: &str) -> (ConnId, mpsc::Receiver<Message>, Arc<Notify>) {
-        let (tx, rx) = mpsc::channel(8);
-        let kick = Arc::new(Notify::new());
-        let id = r.connect(Registration {
-            client_id: client.into(),
-            tx,
-            kick: kick.clone(),
-            will: None,
-        });
-        (id, rx, kick)
-    }
-
-    fn msg(topic: &'static str, payload: &'static str, qos: QoS, retain: bool) -> Message {
-        Message {
-            topic: ByteString::from_static(topic),
-            payload: Bytes::from_static(payload.as_bytes()),
-            qos,
-            retain,
-            properties: None,
-        }
-    }
-
-    fn sub(filter: &str, qos: QoS) -> Subscription {
-        Subscription {
-            filter: Filter::parse(filter).unwrap(),
-            qos,
-            no_local: false,
-            retain_as_published: false,
-        }
-    }
-
-    #[test]
-    fn overlapping_subscriptions_deliver_once_at_the_highest_qos() {
-        let r = router();
-        let (id, mut rx, _) = register(&r, "a");
-        r.subscribe(id, "x/#", sub("x/#", QoS::AtMostOnce), SendRetained::Always);
-        r.subscribe(
-            id,
-            "x/+",
-            sub("x/+", QoS::AtLeastOnce),
-            SendRetained::Always,
-        );
-        r.publish(None, msg("x/y", "1", QoS::ExactlyOnce, false));
-        let got = rx.try_recv().unwrap();
-        assert_eq!(got.qos, QoS::AtLeastOnce);
-        assert!(rx.try_recv().is_err(), "delivered twice");
-    }
-
-    #[test]
-    fn retained_message_is_stored_replaced_and_deleted_by_empty_payload() {
-        let r = router();
-        r.publish(None, msg("s/1", "old", QoS::AtLeastOnce, true));
-        r.publish(None, msg("s/1", "new", QoS::AtLeastOnce, true));
-        let (id, mut rx, _) = register(&r, "late");
-        r.subscribe(
-            id,
-            "s/+",
-            sub("s/+", QoS::AtLeastOnce),
-            SendRetained::Always,
-        );
-        let got = rx.try_recv().unwrap();
-        assert_eq!(&got.payload[..], b"new");
-        assert!(got.retain);
-        assert!(rx.try_recv().is_err());
-
-        r.publish(None, msg("s/1", "", QoS::AtMostOnce, true));
-        let (id2, mut rx2, _) = register(&r, "later");
-        r.subscribe(
-            id2,
-            "s/#",
-            sub("s/#", QoS::AtLeastOnce),
-            SendRetained::Always,
-        );
-        assert!(
-            rx2.try_recv().is_err(),
-            "deleted retained message was delivered"
-        );
-        assert_eq!(r.metrics().retained.get(), 0);
-    }
-
-    #[test]
-    fn forwarded_copies_clear_the_retain_flag() {
-        let r = router();
-        let (id, mut rx, _) = register(&r, "a");
-        r.subscribe(id, "s/1", sub("s/1", QoS::AtMostOnce), SendRetained::Always);
-        r.publish(None, msg("s/1", "on", QoS::AtMostOnce, true));
-        assert!(!rx.try_recv().unwrap().retain);
-    }
-
-    #[test]
-    fn takeover_kicks_the_old_connection_and_discards_its_will() {
-        let r = router();
-        let (tx, _rx) = mpsc::channel(8);
-        let kick = Arc::new(Notify::new());
-        let old = r.connect(Registration {
-            client_id: "board".into(),
-            tx,
-            kick: kick.clone(),
-            will: Some(msg(
-                "lentera/board/status",
-                "offline",
-                QoS::AtLeastOnce,
-                true,
-            )),
-        });
-        let (new, _rx2, _) = register(&r, "board");
-        assert_ne!(old, new);
-        assert!(
-            r.disconnect(old).is_none(),
-            "will of a taken-over connection survived"
-        );
-        assert_eq!(r.metrics().takeovers.get(), 1);
-        // The kick permit is stored, so the old task sees it even if it polls later.
-        let waited = std::pin::pin!(kick.notified());
-        assert!(futures_ready(waited));
-    }
-
-    #[test]
-    fn full_queue_drops_and_counts_instead_of_blocking() {
-        let r = router();
-        let (id, _rx, _) = register(&r, "slow");
-        r.subscribe(id, "t", sub("t", QoS::AtMostOnce), SendRetained::Always);
-        for _ in 0..10 {
-            r.publish(None, msg("t", "x", QoS::AtMostOnce, false));
-        }
-        assert_eq!(r.metrics().dropped_queue_full.get(), 2);
-    }
-
-    #[test]
-    fn shared_subscription_delivers_to_one_member_per_message() {
-        let r = router();
-        let (a, mut rx_a, _) = register(&r, "h1");
-        let (b, mut rx_b, _) = register(&r, "h2");
-        for id in [a, b] {
-            let f = "$share/hist/d/+";
-            r.subscribe(id, f, sub(f, QoS::AtLeastOnce), SendRetained::Always);
-        }
-        r.publish(None, msg("d/1", "1", QoS::AtLeastOnce, false));
-        r.publish(None, msg("d/1", "2", QoS::AtLeastOnce, false));
-        let count =
-            |rx: &mut mpsc::Receiver<Message>| std::iter::from_fn(|| rx.try_recv().ok()).count();
-        assert_eq!((count(&mut rx_a), count(&mut rx_b)), (1, 1));
-    }
-
-    /// Polls a future once with a no-op waker.
-    fn futures_ready<F: std::future::Future>(f: std::pin::Pin<&mut F>) -> bool {
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        f.poll(&mut cx).is_ready()
-    }
-}
+#[path = "router_tests.rs"]
+mod tests;

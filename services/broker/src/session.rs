@@ -6,16 +6,27 @@
 //! in-flight window (`sink.ready()`), never for each PUBACK, so one slow acknowledgement
 //! does not serialise delivery. A subscriber that stops reading fills its window, then
 //! its bounded queue, and the router starts dropping (and counting) its messages.
+//!
+//! QoS 2 sends are serialised (PUBLISH → PUBREC → PUBREL → PUBCOMP before the next
+//! message): ntex-mqtt 9.0 keeps one release slot per connection and requires
+//! acknowledgements in send order, so two QoS 2 flows at once would break it.
+//!
+//! Messages of a persistent session carry a sequence number: their packet id is derived
+//! from it (stable across reconnects and restarts, so a DUP resend reuses the id), and the
+//! PUBACK / PUBCOMP is reported to the router, which then forgets the message.
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::pin;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use ntex_mqtt::{QoS, v3, v5};
 use tokio::sync::{Notify, mpsc};
 
-use crate::router::{ConnId, Message, Registration, Router};
+use crate::router::{ConnId, Outgoing, Registration, Router};
 
 /// What every connection handler needs, shared by all workers (hence `Send`).
 #[derive(Clone)]
@@ -23,6 +34,11 @@ pub struct Shared {
     pub router: Router,
     /// Messages queued per subscriber before the router drops instead of buffering.
     pub queue_capacity: usize,
+    /// Messages owed per persistent session (the router enforces it; the channel of a
+    /// persistent session is this big so a resume can hand over everything at once).
+    pub session_queue_capacity: usize,
+    /// Cap on session expiry intervals, announced to MQTT 5 clients that ask for more.
+    pub max_session_expiry: u32,
     /// Source of ids for clients that connect without one.
     auto_ids: Arc<AtomicU64>,
 }
@@ -35,10 +51,12 @@ pub struct ConnState {
 }
 
 impl Shared {
-    pub fn new(router: Router, queue_capacity: usize) -> Self {
+    pub fn new(router: Router, queue_capacity: usize, limits: crate::router::Limits) -> Self {
         Self {
             router,
+            max_session_expiry: limits.max_session_expiry,
             queue_capacity: queue_capacity.max(1),
+            session_queue_capacity: limits.session_queue_capacity.max(1),
             auto_ids: Arc::default(),
         }
     }
@@ -50,23 +68,39 @@ impl Shared {
         )
     }
 
-    /// Registers an accepted connection with the router (taking over its client id) and
-    /// starts its delivery task on the current worker thread.
+    /// Registers an accepted connection with the router (taking over its client id's
+    /// session, or starting one) and starts its delivery task on the current worker
+    /// thread. Returns the session state and whether a session was resumed.
     pub fn register(
         &self,
-        client_id: String,
-        will: Option<Message>,
+        conn: Connection,
         sink: Sink,
         disconnected: impl Future<Output = ()> + 'static,
-    ) -> ConnState {
-        let (tx, rx) = mpsc::channel(self.queue_capacity);
+    ) -> (ConnState, bool) {
+        let Connection {
+            client_id,
+            will,
+            clean_start,
+            expiry,
+        } = conn;
+        // tokio's bounded channel allocates in blocks as it fills, so a large capacity
+        // costs nothing until a backlog actually builds up.
+        let cap = if expiry > 0 {
+            self.queue_capacity.max(self.session_queue_capacity)
+        } else {
+            self.queue_capacity
+        };
+        let (tx, rx) = mpsc::channel(cap);
         let kick = Arc::new(Notify::new());
-        let id = self.router.connect(Registration {
+        let connected = self.router.connect(Registration {
             client_id: client_id.clone(),
             tx,
             kick: kick.clone(),
             will,
+            clean_start,
+            expiry,
         });
+        let id = connected.id;
         let delivery = Delivery {
             conn: id,
             client_id: client_id.clone(),
@@ -77,12 +111,31 @@ impl Shared {
         };
         // Dropping the handle detaches the task; it ends with the connection.
         drop(ntex_rt::spawn(delivery.run(disconnected)));
-        ConnState {
+        let state = ConnState {
             id,
             client_id,
             router: self.router.clone(),
-        }
+        };
+        (state, connected.session_present)
     }
+}
+
+/// What CONNECT asked for, protocol-independent.
+pub struct Connection {
+    pub client_id: String,
+    pub will: Option<crate::router::Message>,
+    pub clean_start: bool,
+    /// Session expiry interval in seconds (0 = the session ends with the connection).
+    pub expiry: u32,
+}
+
+/// Persistent-session messages sent at QoS 1 and not yet acknowledged, in send order:
+/// (packet id, sequence number).
+type Pending = Rc<RefCell<VecDeque<(u16, u64)>>>;
+
+/// The packet id of owed message `seq`: 1..=65535, stable for the message.
+fn packet_id(seq: u64) -> u16 {
+    ((seq - 1) % 65_535 + 1) as u16
 }
 
 /// The protocol-specific sink of one connection.
@@ -92,12 +145,25 @@ pub enum Sink {
 }
 
 impl Sink {
-    /// QoS 1 non-blocking sends require an acknowledgement callback; PUBACKs need no
-    /// action from us (there is no persistent outbound queue to trim yet).
-    fn init(&self) {
+    /// QoS 1 non-blocking sends require an acknowledgement callback: it reports PUBACKs
+    /// of persistent-session messages to the router. (`disconnected == true` calls come
+    /// for messages that were never acknowledged; those stay owed.)
+    fn init(&self, router: Router, client_id: String, pending: Pending) {
+        let on_ack = move |id: u16, disconnected: bool| {
+            if disconnected {
+                return;
+            }
+            let mut p = pending.borrow_mut();
+            // PUBACKs arrive in send order (ntex-mqtt enforces it), so the front matches.
+            if p.front().is_some_and(|f| f.0 == id) {
+                let (_, seq) = p.pop_front().unwrap_or_default();
+                drop(p);
+                router.ack(&client_id, seq);
+            }
+        };
         match self {
-            Sink::V3(s) => s.publish_ack_cb(|_, _| {}),
-            Sink::V5(s) => s.publish_ack_cb(|_, _| {}),
+            Sink::V3(s) => s.publish_ack_cb(move |id, d| on_ack(id.get(), d)),
+            Sink::V5(s) => s.publish_ack_cb(move |ack, d| on_ack(ack.packet_id.get(), d)),
         }
     }
 
@@ -108,23 +174,45 @@ impl Sink {
         }
     }
 
-    /// Writes one PUBLISH. Waits only for room in the client's in-flight window.
-    async fn send(&self, m: Message) -> Result<(), ()> {
-        let qos1 = m.qos != QoS::AtMostOnce;
-        if qos1 && !self.ready().await {
+    /// Writes one PUBLISH. QoS 0/1 wait only for room in the client's in-flight window;
+    /// QoS 2 waits for the whole exchange. Returns the sequence number to acknowledge
+    /// now (QoS 2 completed), if any.
+    async fn send(&self, o: Outgoing, pending: &Pending) -> Result<Option<u64>, ()> {
+        let Outgoing { msg: m, seq, dup } = o;
+        if m.qos != QoS::AtMostOnce && !self.ready().await {
             return Err(());
         }
-        let result = match self {
+        let id = seq.map(packet_id);
+        let log = |e| tracing::debug!(error = ?e, "publish to subscriber failed");
+        macro_rules! send {
+            ($b:expr) => {{
+                let mut b = $b.dup(dup);
+                if let Some(id) = id {
+                    b = b.packet_id(id);
+                }
+                match m.qos {
+                    QoS::AtMostOnce => b.send_at_most_once(m.payload).map_err(log)?,
+                    QoS::AtLeastOnce => {
+                        b.send_at_least_once_no_block(m.payload).map_err(log)?;
+                        if let (Some(id), Some(seq)) = (id, seq) {
+                            pending.borrow_mut().push_back((id, seq));
+                        }
+                    }
+                    QoS::ExactlyOnce => {
+                        let received = b.send_exactly_once(m.payload).await.map_err(log)?;
+                        received.release().await.map_err(log)?;
+                        return Ok(seq);
+                    }
+                }
+            }};
+        }
+        match self {
             Sink::V3(s) => {
                 let mut b = s.publish(m.topic);
                 if m.retain {
                     b = b.retain();
                 }
-                if qos1 {
-                    b.send_at_least_once_no_block(m.payload)
-                } else {
-                    b.send_at_most_once(m.payload)
-                }
+                send!(b)
             }
             Sink::V5(s) => {
                 let mut b = s.publish(m.topic).retain(m.retain);
@@ -137,14 +225,10 @@ impl Sink {
                         p.is_utf8_payload = props.is_utf8_payload;
                     });
                 }
-                if qos1 {
-                    b.send_at_least_once_no_block(m.payload)
-                } else {
-                    b.send_at_most_once(m.payload)
-                }
+                send!(b)
             }
-        };
-        result.map_err(|e| tracing::debug!(error = ?e, "publish to subscriber failed"))
+        }
+        Ok(None)
     }
 
     /// Closes the connection because its client id connected again.
@@ -164,7 +248,7 @@ pub struct Delivery {
     pub conn: ConnId,
     pub client_id: String,
     pub router: Router,
-    pub rx: mpsc::Receiver<Message>,
+    pub rx: mpsc::Receiver<Outgoing>,
     pub kick: Arc<Notify>,
     pub sink: Sink,
 }
@@ -175,7 +259,9 @@ impl Delivery {
     pub async fn run(mut self, disconnected: impl Future<Output = ()>) {
         let metrics = self.router.metrics().clone();
         metrics.connections.inc();
-        self.sink.init();
+        let pending = Pending::default();
+        self.sink
+            .init(self.router.clone(), self.client_id.clone(), pending.clone());
         let mut disconnected = pin!(disconnected);
         let mut queue_open = true;
         loop {
@@ -197,27 +283,37 @@ impl Delivery {
                 continue;
             };
             // Waiting for room in a stalled client's in-flight window must not keep a
-            // takeover or a disconnect from being handled.
+            // takeover or a disconnect from being handled. (A persistent session's
+            // message is not lost then: it stays owed.)
+            let lost = u64::from(m.seq.is_none());
             tokio::select! {
                 biased;
                 () = &mut disconnected => {
-                    metrics.dropped_disconnected.inc();
+                    metrics.dropped_disconnected.add(lost);
                     break;
                 }
                 () = self.kick.notified() => {
-                    metrics.dropped_disconnected.inc();
+                    metrics.dropped_disconnected.add(lost);
                     self.taken_over();
                 }
-                sent = self.sink.send(m) => match sent {
-                    Ok(()) => metrics.delivered.inc(),
+                sent = self.sink.send(m, &pending) => match sent {
+                    Ok(done) => {
+                        metrics.delivered.inc();
+                        if let Some(seq) = done {
+                            self.router.ack(&self.client_id, seq);
+                        }
+                    }
                     Err(()) => metrics.dropped_send_error.inc(),
                 },
             }
         }
-        // Whatever was still queued will not be delivered.
+        // Whatever was still queued will not be delivered on this connection; messages
+        // of a persistent session stay owed and go out again on the next one.
         self.rx.close();
-        while self.rx.try_recv().is_ok() {
-            metrics.dropped_disconnected.inc();
+        while let Ok(o) = self.rx.try_recv() {
+            if o.seq.is_none() {
+                metrics.dropped_disconnected.inc();
+            }
         }
         metrics.connections.dec();
         if let Some(will) = self.router.disconnect(self.conn) {

@@ -29,6 +29,21 @@ pub struct BrokerSettings {
     /// Messages queued per subscriber; beyond it new messages for that subscriber are
     /// dropped and counted, so one stalled client cannot grow the broker's memory.
     pub queue_capacity: usize,
+    /// QoS 1/2 messages kept per persistent session (queued while the client is away,
+    /// or sent and not yet acknowledged). When full, the newest message is dropped and
+    /// counted as `messages_dropped_total{reason="session_queue_full"}`.
+    pub session_queue_capacity: usize,
+    /// Upper bound, in seconds, on a session's expiry interval: what an MQTT 3.1.1
+    /// clean_session=0 session gets, and the cap on what MQTT 5 clients ask for.
+    /// `4294967295` (the default) means never.
+    pub max_session_expiry_secs: u32,
+    /// Directory of the on-disk store (retained messages, persistent sessions and their
+    /// queued messages), relative to the working directory. Empty = keep everything in
+    /// memory only (nothing survives a restart).
+    pub data_dir: PathBuf,
+    /// The store's log is compacted (rewritten as a snapshot of the live state) once it
+    /// has grown by this many bytes.
+    pub store_compact_bytes: u64,
     /// Unacknowledged QoS 1 messages in flight per subscriber (MQTT 5 Receive Maximum
     /// caps it further when the client asks for less).
     pub max_inflight: u16,
@@ -49,6 +64,10 @@ impl Default for BrokerSettings {
             admin_addr: "0.0.0.0:9100".into(),
             workers: 2,
             queue_capacity: 1024,
+            session_queue_capacity: 10_000,
+            max_session_expiry_secs: u32::MAX,
+            data_dir: PathBuf::from("./data/broker"),
+            store_compact_bytes: 64 * 1024 * 1024,
             max_inflight: 64,
             max_packet_bytes: 1024 * 1024,
             connect_timeout_secs: 10,

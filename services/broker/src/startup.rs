@@ -16,9 +16,10 @@ use ntex_service::cfg::SharedCfg;
 use ntex_util::time::Seconds;
 
 use crate::metrics::Metrics;
-use crate::router::Router;
+use crate::router::{Limits, Router};
 use crate::session::{ConnState, Shared};
 use crate::settings::{BrokerSettings, Settings};
+use crate::store::{Store, recover};
 
 type NtexServer = ntex_server::Server<ntex_server::net::Connection>;
 
@@ -38,13 +39,27 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let obs = Observability::new("broker");
         let mqtt_check = obs.check("mqtt");
-        let router = Router::new(Metrics::new(&obs));
-
         let cfg = &settings.broker;
+        let limits = Limits {
+            session_queue_capacity: cfg.session_queue_capacity.max(1),
+            max_session_expiry: cfg.max_session_expiry_secs,
+        };
+        let router = open_store(cfg, Metrics::new(&obs), limits)?;
+        // Offline sessions past their expiry interval are ended once a second; finer
+        // precision buys nothing (MQTT gives intervals in seconds).
+        let sweeper = router.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                sweeper.expire_sessions(std::time::Instant::now());
+            }
+        });
+
         let listener = TcpListener::bind(&cfg.mqtt_addr)
             .with_context(|| format!("binding MQTT listener {}", cfg.mqtt_addr))?;
         let mqtt_addr = listener.local_addr()?;
-        let shared = Shared::new(router.clone(), cfg.queue_capacity);
+        let shared = Shared::new(router.clone(), cfg.queue_capacity, limits);
         let (ntex, ntex_thread) = start_ntex(listener, cfg.clone(), shared, mqtt_check)?;
 
         let (admin_addr, admin) = obs
@@ -95,9 +110,34 @@ impl Application {
             .await?
             .map_err(|_| anyhow::anyhow!("ntex thread panicked"))?;
         self.admin.stop(true).await;
+        // Everything acknowledged is already durable; this flushes acks and the rest.
+        self.router.store().close();
         tracing::info!("broker stopped");
         Ok(())
     }
+}
+
+/// Opens the on-disk store (unless `data_dir` is empty), replays it, and builds the
+/// router from what it held.
+fn open_store(cfg: &BrokerSettings, metrics: Metrics, limits: Limits) -> anyhow::Result<Router> {
+    if cfg.data_dir.as_os_str().is_empty() {
+        tracing::info!("no data_dir: retained messages and sessions are kept in memory only");
+        return Ok(Router::new_with_limits(metrics, limits));
+    }
+    let started = std::time::Instant::now();
+    let (store, records) = Store::open(&cfg.data_dir, cfg.store_compact_bytes)
+        .with_context(|| format!("opening broker store {}", cfg.data_dir.display()))?;
+    let n = records.len();
+    let recovered = recover::replay(records);
+    tracing::info!(
+        dir = %cfg.data_dir.display(),
+        records = n,
+        retained = recovered.retained.len(),
+        sessions = recovered.sessions.len(),
+        ms = started.elapsed().as_millis() as u64,
+        "broker store recovered"
+    );
+    Ok(Router::with_store(metrics, store, recovered, limits))
 }
 
 /// `run` for `main.rs`: build, then serve until `shutdown`.

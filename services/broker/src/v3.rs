@@ -5,8 +5,9 @@ use ntex_mqtt::{QoS, v3};
 use ntex_util::time::Seconds;
 
 use crate::error::BrokerError;
+use crate::router::NEVER;
 use crate::router::{Message, SendRetained, Subscription};
-use crate::session::{ConnState, Shared, Sink};
+use crate::session::{ConnState, Connection, Shared, Sink};
 use crate::topic_filter::{Filter, validate_name};
 
 pub async fn connect(
@@ -38,9 +39,18 @@ pub async fn connect(
     }
     tracing::debug!(%client_id, clean_session = pkt.clean_session, keep_alive, "v3 connect");
 
-    let state = shared.register(client_id, will, Sink::V3(c.sink()), c.io().on_disconnect());
-    // Persistent sessions are not kept yet: the client learns it must resubscribe.
-    let ack = c.ack(state, false);
+    let conn = Connection {
+        client_id,
+        will,
+        // clean_session=1 discards any session and ends the new one at disconnect
+        // [MQTT-3.1.2-6]; 0 resumes or creates a persistent one [MQTT-3.1.2-4]. 3.1.1 has
+        // no expiry interval: the configured maximum applies (the router caps NEVER).
+        clean_start: pkt.clean_session,
+        expiry: if pkt.clean_session { 0 } else { NEVER },
+    };
+    let (state, present) = shared.register(conn, Sink::V3(c.sink()), c.io().on_disconnect());
+    // session_present=1 only when a session was resumed [MQTT-3.2.2-1/-2].
+    let ack = c.ack(state, present);
     Ok(if keep_alive == 0 {
         // Keep-alive 0 turns the mechanism off [MQTT-3.1.2-24]; ntex-mqtt would otherwise
         // default to a 30 s idle timeout.
@@ -55,7 +65,14 @@ pub async fn publish(s: &v3::Session<ConnState>, p: v3::Publish) -> Result<(), B
     // connection, the only answer MQTT 3.1.1 has.
     validate_name(&p.packet().topic).map_err(BrokerError::Topic)?;
     let payload = p.read_all().await.map_err(|_| BrokerError::Payload)?;
-    s.router.publish(
+    if p.qos() == QoS::ExactlyOnce
+        && let Some(id) = p.id()
+        && !s.router.qos2_received(s.id, id.get())
+    {
+        // A resend of a QoS 2 message not yet released: PUBREC again, route once.
+        return Ok(());
+    }
+    let lsn = s.router.publish(
         Some(s.id),
         Message {
             topic: p.packet().topic.clone(),
@@ -65,6 +82,8 @@ pub async fn publish(s: &v3::Session<ConnState>, p: v3::Publish) -> Result<(), B
             properties: None,
         },
     );
+    // The PUBACK/PUBREC goes out when this returns: the message must be on disk first.
+    s.router.store().durable(lsn).await;
     Ok(())
 }
 
@@ -78,9 +97,9 @@ pub async fn protocol(
                 let raw = item.topic().clone();
                 match Filter::parse(&raw) {
                     Ok(filter) => {
-                        // Delivery is at most QoS 1, so a QoS 2 request is granted QoS 1
-                        // [MQTT-3.8.4-6: the server may grant a lower QoS].
-                        let qos = item.qos().min(QoS::AtLeastOnce);
+                        // Every QoS is granted as requested; delivery uses
+                        // min(published, granted) [MQTT-3.8.4-8].
+                        let qos = item.qos();
                         let s2 = Subscription {
                             filter,
                             qos,
@@ -108,7 +127,12 @@ pub async fn protocol(
             s.router.clear_will(s.id);
             Ok(d.ack())
         }
-        // PINGREQ → PINGRESP, PUBREL → PUBCOMP: QoS 2 messages were routed at PUBLISH.
+        v3::ProtocolMessage::PublishRelease(r) => {
+            // QoS 2 messages were routed at PUBLISH; the id may now be reused.
+            s.router.qos2_released(s.id, r.id().get());
+            Ok(r.ack())
+        }
+        // PINGREQ → PINGRESP.
         other => Ok(other.ack()),
     }
 }

@@ -15,7 +15,7 @@ use v5::codec::{
 
 use crate::error::BrokerError;
 use crate::router::{Message, Properties, SendRetained, Subscription};
-use crate::session::{ConnState, Shared, Sink};
+use crate::session::{ConnState, Connection, Shared, Sink};
 use crate::topic_filter::{Filter, validate_name};
 
 pub async fn connect(
@@ -53,10 +53,24 @@ pub async fn connect(
     }
     tracing::debug!(%client_id, clean_start = pkt.clean_start, keep_alive, "v5 connect");
 
-    let state = shared.register(client_id, will, Sink::V5(c.sink()), c.io().on_disconnect());
+    // Session Expiry Interval absent = 0: the session ends with the connection
+    // [MQTT-3.1.2-23 context]; clean start discards an existing one first.
+    let expiry = pkt.session_expiry_interval_secs;
+    let conn = Connection {
+        client_id,
+        will,
+        clean_start: pkt.clean_start,
+        expiry,
+    };
+    let (state, present) = shared.register(conn, Sink::V5(c.sink()), c.io().on_disconnect());
+    let max_expiry = shared.max_session_expiry;
     let mut ack = c.ack(state).with(|a| {
-        // Persistent sessions are not kept yet: the client learns it must resubscribe.
-        a.session_present = false;
+        // Session Present is 0 after clean start [MQTT-3.2.2-2], else whether one resumed.
+        a.session_present = present;
+        if expiry > max_expiry {
+            // The server's cap applies and must be announced (MQTT 5 §3.2.2.3.2).
+            a.session_expiry_interval_secs = Some(max_expiry);
+        }
         a.assigned_client_id = assigned;
         a.retain_available = true;
         a.wildcard_subscription_available = true;
@@ -96,7 +110,16 @@ pub async fn publish(
         retain: p.retain(),
         properties: Some(Arc::new(properties)),
     };
-    s.router.publish(Some(s.id), msg);
+    if p.qos() == QoS::ExactlyOnce
+        && let Some(id) = p.id()
+        && !s.router.qos2_received(s.id, id.get())
+    {
+        // A resend of a QoS 2 message not yet released: PUBREC again, route once.
+        return Ok(p.ack());
+    }
+    let lsn = s.router.publish(Some(s.id), msg);
+    // The PUBACK/PUBREC goes out when this returns: the message must be on disk first.
+    s.router.store().durable(lsn).await;
     Ok(p.ack())
 }
 
@@ -122,8 +145,8 @@ pub async fn protocol(
                     item.fail(SubscribeAckReason::TopicFilterInvalid);
                     continue;
                 }
-                // Delivery is at most QoS 1: a QoS 2 request is granted QoS 1.
-                let qos = opts.qos.min(QoS::AtLeastOnce);
+                // Granted as requested; delivery uses min(published, granted).
+                let qos = opts.qos;
                 let send = match opts.retain_handling {
                     RetainHandling::AtSubscribe => SendRetained::Always,
                     RetainHandling::AtSubscribeNew => SendRetained::IfNewSubscription,
@@ -157,8 +180,12 @@ pub async fn protocol(
             }
             Ok(d.ack())
         }
-        // Enhanced authentication is not offered; PINGREQ → PINGRESP, PUBREL → PUBCOMP
-        // (QoS 2 messages were routed at PUBLISH).
+        v5::ProtocolMessage::PublishRelease(r) => {
+            // QoS 2 messages were routed at PUBLISH; the id may now be reused.
+            s.router.qos2_released(s.id, r.packet().packet_id.get());
+            Ok(r.ack())
+        }
+        // Enhanced authentication is not offered; PINGREQ → PINGRESP.
         other => Ok(other.ack()),
     }
 }

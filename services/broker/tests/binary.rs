@@ -37,6 +37,7 @@ async fn binary_writes_ready_file_serves_mqtt_and_exits_on_sigterm() {
         .env("LENTERA_BROKER__MQTT_ADDR", "127.0.0.1:0")
         .env("LENTERA_BROKER__ADMIN_ADDR", "127.0.0.1:0")
         .env("LENTERA_READY_FILE", &ready)
+        .env("LENTERA_BROKER__DATA_DIR", "")
         .env_remove("LENTERA_CONFIG")
         .stdout(Stdio::null())
         .stderr(Stdio::null())

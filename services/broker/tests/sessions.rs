@@ -238,6 +238,7 @@ async fn takeover_closes_an_old_connection_stuck_on_a_full_inflight_window() {
     settings.broker.mqtt_addr = "127.0.0.1:0".into();
     settings.broker.admin_addr = "127.0.0.1:0".into();
     settings.broker.max_inflight = 2;
+    settings.broker.data_dir = Default::default();
     let broker = Broker::start_with(settings).await;
     let mut old = stalled_subscriber(broker.mqtt, "board-7", "cmd/#").await;
     let mut p = Client::v3(&broker, "p").await;
@@ -269,6 +270,7 @@ async fn stalled_subscriber_loses_messages_without_delaying_others() {
     // Big enough that the healthy subscriber never overflows on a loaded CI machine,
     // small enough that the stalled one overflows quickly.
     settings.broker.queue_capacity = 32;
+    settings.broker.data_dir = Default::default();
     settings.broker.max_inflight = 4;
     let broker = Broker::start_with(settings).await;
 

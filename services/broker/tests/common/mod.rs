@@ -26,7 +26,18 @@ impl Broker {
         settings.broker.mqtt_addr = "127.0.0.1:0".into();
         settings.broker.admin_addr = "127.0.0.1:0".into();
         settings.broker.workers = 2;
+        // In memory: parallel tests must not share the default ./data/broker.
+        settings.broker.data_dir = std::path::PathBuf::new();
         Self::start_with(settings).await
+    }
+
+    /// Settings for an in-process broker on port 0 with its store in `data_dir`.
+    pub fn settings_with_store(data_dir: &std::path::Path) -> Settings {
+        let mut settings = Settings::default();
+        settings.broker.mqtt_addr = "127.0.0.1:0".into();
+        settings.broker.admin_addr = "127.0.0.1:0".into();
+        settings.broker.data_dir = data_dir.to_owned();
+        settings
     }
 
     pub async fn start_with(settings: Settings) -> Self {

@@ -1,0 +1,241 @@
+//! Unit tests of the routing table (no sockets): delivery rules, retained store, sessions.
+
+use super::*;
+use lentera_bootstrap::Observability;
+
+fn router() -> Router {
+    Router::new(Metrics::new(&Observability::new("broker_test")))
+}
+
+fn register(r: &Router, client: &str) -> (ConnId, mpsc::Receiver<Outgoing>, Arc<Notify>) {
+    register_with(r, client, true, 0)
+}
+
+fn register_with(
+    r: &Router,
+    client: &str,
+    clean_start: bool,
+    expiry: u32,
+) -> (ConnId, mpsc::Receiver<Outgoing>, Arc<Notify>) {
+    let (tx, rx) = mpsc::channel(8);
+    let kick = Arc::new(Notify::new());
+    let c = r.connect(Registration {
+        client_id: client.into(),
+        tx,
+        kick: kick.clone(),
+        will: None,
+        clean_start,
+        expiry,
+    });
+    (c.id, rx, kick)
+}
+
+fn msg(topic: &'static str, payload: &'static str, qos: QoS, retain: bool) -> Message {
+    Message {
+        topic: ByteString::from_static(topic),
+        payload: Bytes::from_static(payload.as_bytes()),
+        qos,
+        retain,
+        properties: None,
+    }
+}
+
+fn sub(filter: &str, qos: QoS) -> Subscription {
+    Subscription {
+        filter: Filter::parse(filter).unwrap(),
+        qos,
+        no_local: false,
+        retain_as_published: false,
+    }
+}
+
+#[test]
+fn overlapping_subscriptions_deliver_once_at_the_highest_qos() {
+    let r = router();
+    let (id, mut rx, _) = register(&r, "a");
+    r.subscribe(id, "x/#", sub("x/#", QoS::AtMostOnce), SendRetained::Always);
+    r.subscribe(
+        id,
+        "x/+",
+        sub("x/+", QoS::AtLeastOnce),
+        SendRetained::Always,
+    );
+    r.publish(None, msg("x/y", "1", QoS::ExactlyOnce, false));
+    let got = rx.try_recv().unwrap().msg;
+    assert_eq!(got.qos, QoS::AtLeastOnce);
+    assert!(rx.try_recv().is_err(), "delivered twice");
+}
+
+#[test]
+fn retained_message_is_stored_replaced_and_deleted_by_empty_payload() {
+    let r = router();
+    r.publish(None, msg("s/1", "old", QoS::AtLeastOnce, true));
+    r.publish(None, msg("s/1", "new", QoS::AtLeastOnce, true));
+    let (id, mut rx, _) = register(&r, "late");
+    r.subscribe(
+        id,
+        "s/+",
+        sub("s/+", QoS::AtLeastOnce),
+        SendRetained::Always,
+    );
+    let got = rx.try_recv().unwrap().msg;
+    assert_eq!(&got.payload[..], b"new");
+    assert!(got.retain);
+    assert!(rx.try_recv().is_err());
+
+    r.publish(None, msg("s/1", "", QoS::AtMostOnce, true));
+    let (id2, mut rx2, _) = register(&r, "later");
+    r.subscribe(
+        id2,
+        "s/#",
+        sub("s/#", QoS::AtLeastOnce),
+        SendRetained::Always,
+    );
+    assert!(
+        rx2.try_recv().is_err(),
+        "deleted retained message was delivered"
+    );
+    assert_eq!(r.metrics().retained.get(), 0);
+}
+
+#[test]
+fn forwarded_copies_clear_the_retain_flag() {
+    let r = router();
+    let (id, mut rx, _) = register(&r, "a");
+    r.subscribe(id, "s/1", sub("s/1", QoS::AtMostOnce), SendRetained::Always);
+    r.publish(None, msg("s/1", "on", QoS::AtMostOnce, true));
+    assert!(!rx.try_recv().unwrap().msg.retain);
+}
+
+#[test]
+fn takeover_kicks_the_old_connection_and_discards_its_will() {
+    let r = router();
+    let (tx, _rx) = mpsc::channel(8);
+    let kick = Arc::new(Notify::new());
+    let old = r
+        .connect(Registration {
+            client_id: "board".into(),
+            tx,
+            kick: kick.clone(),
+            clean_start: true,
+            expiry: 0,
+            will: Some(msg(
+                "lentera/board/status",
+                "offline",
+                QoS::AtLeastOnce,
+                true,
+            )),
+        })
+        .id;
+    let (new, _rx2, _) = register(&r, "board");
+    assert_ne!(old, new);
+    assert!(
+        r.disconnect(old).is_none(),
+        "will of a taken-over connection survived"
+    );
+    assert_eq!(r.metrics().takeovers.get(), 1);
+    // The kick permit is stored, so the old task sees it even if it polls later.
+    let waited = std::pin::pin!(kick.notified());
+    assert!(futures_ready(waited));
+}
+
+#[test]
+fn full_queue_drops_and_counts_instead_of_blocking() {
+    let r = router();
+    let (id, _rx, _) = register(&r, "slow");
+    r.subscribe(id, "t", sub("t", QoS::AtMostOnce), SendRetained::Always);
+    for _ in 0..10 {
+        r.publish(None, msg("t", "x", QoS::AtMostOnce, false));
+    }
+    assert_eq!(r.metrics().dropped_queue_full.get(), 2);
+}
+
+#[test]
+fn shared_subscription_delivers_to_one_member_per_message() {
+    let r = router();
+    let (a, mut rx_a, _) = register(&r, "h1");
+    let (b, mut rx_b, _) = register(&r, "h2");
+    for id in [a, b] {
+        let f = "$share/hist/d/+";
+        r.subscribe(id, f, sub(f, QoS::AtLeastOnce), SendRetained::Always);
+    }
+    r.publish(None, msg("d/1", "1", QoS::AtLeastOnce, false));
+    r.publish(None, msg("d/1", "2", QoS::AtLeastOnce, false));
+    let count =
+        |rx: &mut mpsc::Receiver<Outgoing>| std::iter::from_fn(|| rx.try_recv().ok()).count();
+    assert_eq!((count(&mut rx_a), count(&mut rx_b)), (1, 1));
+}
+
+fn router_with_capacity(cap: usize) -> Router {
+    let limits = Limits {
+        session_queue_capacity: cap,
+        ..Limits::default()
+    };
+    let m = Metrics::new(&Observability::new("broker_test"));
+    Router::with_store(m, Store::disabled(), Recovered::default(), limits)
+}
+
+#[test]
+fn persistent_session_queues_while_offline_and_resends_unacked_in_order_with_dup() {
+    let r = router_with_capacity(3);
+    let (id, mut rx, _) = register_with(&r, "h", false, NEVER);
+    r.subscribe(id, "t", sub("t", QoS::AtLeastOnce), SendRetained::Always);
+    r.publish(None, msg("t", "1", QoS::AtLeastOnce, false));
+    let first = rx.try_recv().unwrap();
+    assert_eq!((first.seq, first.dup), (Some(1), false));
+    assert!(r.disconnect(id).is_none());
+    // Offline: QoS 1 queues (bounded: drop newest), QoS 0 does not.
+    for p in ["2", "3", "4"] {
+        r.publish(None, msg("t", p, QoS::AtLeastOnce, false));
+    }
+    r.publish(None, msg("t", "q0", QoS::AtMostOnce, false));
+    assert_eq!(r.metrics().dropped_session_queue_full.get(), 1);
+    let (id2, mut rx2, _) = register_with(&r, "h", false, NEVER);
+    let got: Vec<_> = std::iter::from_fn(|| rx2.try_recv().ok())
+        .map(|o| (o.msg.payload.clone(), o.dup))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (Bytes::from_static(b"1"), true),
+            (Bytes::from_static(b"2"), false),
+            (Bytes::from_static(b"3"), false)
+        ]
+    );
+    r.ack("h", 1);
+    assert!(r.disconnect(id2).is_none());
+    let (_, mut rx3, _) = register_with(&r, "h", false, NEVER);
+    assert_eq!(rx3.try_recv().unwrap().msg.payload, "2");
+}
+
+#[test]
+fn clean_start_discards_the_session_and_expiry_ends_it() {
+    let r = router();
+    let (id, _rx, _) = register_with(&r, "h", false, 1);
+    r.subscribe(id, "t", sub("t", QoS::AtLeastOnce), SendRetained::Always);
+    r.disconnect(id);
+    r.publish(None, msg("t", "1", QoS::AtLeastOnce, false));
+    assert_eq!(r.expire_sessions(Instant::now()), 0);
+    assert_eq!(
+        r.expire_sessions(Instant::now() + Duration::from_secs(2)),
+        1
+    );
+    let (_, mut rx, _) = register_with(&r, "h", false, 1);
+    assert!(rx.try_recv().is_err(), "expired session delivered");
+
+    let (id, _rx, _) = register_with(&r, "k", false, NEVER);
+    r.subscribe(id, "t", sub("t", QoS::AtLeastOnce), SendRetained::Always);
+    r.disconnect(id);
+    r.publish(None, msg("t", "1", QoS::AtLeastOnce, false));
+    let (id, mut rx, _) = register_with(&r, "k", true, 0);
+    assert!(rx.try_recv().is_err(), "clean start kept queued messages");
+    r.publish(None, msg("t", "2", QoS::AtLeastOnce, false));
+    assert!(rx.try_recv().is_err(), "clean start kept subscriptions");
+    r.disconnect(id);
+}
+
+/// Polls a future once with a no-op waker.
+fn futures_ready<F: std::future::Future>(f: std::pin::Pin<&mut F>) -> bool {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    f.poll(&mut cx).is_ready()
+}
