@@ -1,0 +1,134 @@
+//! `lentera-loadgen`: an MQTT load generator that measures any broker by host and port.
+//!
+//! Three modes, each printing a human-readable summary or, with `--json`, one JSON object:
+//!
+//! - `throughput`: N publishers × M subscribers as fast as they can (or at `--rate`);
+//!   sent and delivered messages per second, and messages lost at QoS ≥ 1.
+//! - `latency`: the same engine at a fixed input rate (default 4,000 msg/s); latency
+//!   percentiles from a send timestamp embedded in each payload.
+//! - `connections`: many idle connections held open; connect rate, and the broker's
+//!   memory per connection when given its `--pid`.
+//!
+//! # Layout
+//!
+//! - [`args`]: hand-rolled option parsing (no clap in the workspace).
+//! - [`pubsub`]: the publish/subscribe engine behind `throughput` and `latency`.
+//! - [`connections`]: the idle-connection mode, on raw sockets.
+//! - [`payload`]: the stamped payload; [`stats`]: percentiles, loss bitsets, `/proc` memory.
+//!
+//! The exact commands behind `docs/benchmarks.md` are listed there.
+
+pub mod args;
+pub mod connections;
+pub mod payload;
+pub mod pubsub;
+pub mod stats;
+
+use std::time::Duration;
+
+use anyhow::bail;
+use rumqttc::QoS;
+
+use args::Args;
+use connections::ConnConfig;
+use pubsub::{PubSubConfig, Topics};
+
+pub const USAGE: &str = "\
+usage: lentera-loadgen MODE [options] [--json]
+
+modes:
+  throughput   N publishers x M subscribers, as fast as possible (or --rate)
+  latency      fixed input rate, latency percentiles (defaults: 1x1, --rate 4000)
+  connections  open and hold idle connections; broker memory with --pid
+
+common:       --host 127.0.0.1  --port 1883  --json
+throughput / latency:
+  --publishers N (4 / 1)   --subscribers M (4 / 1)
+  --topics shared|distinct (shared: one topic for all; distinct: publisher i on its own
+                            topic, subscriber j hears publishers i = j mod min(N,M))
+  --qos 0|1|2 (0)  --size BYTES (64, min 20)  --rate MSG/S total (unthrottled / 4000)
+  --duration 10s   --count PER-PUBLISHER   --drain 3s   --inflight 100
+connections:
+  --connections N (1000)  --concurrency 64  --hold 10s  --keepalive 60  --pid BROKER_PID
+  (raise the open-files limit first for large N: ulimit -n 65536)";
+
+/// Runs the mode named in `args` and returns what to print.
+pub async fn run(args: impl IntoIterator<Item = String>) -> anyhow::Result<String> {
+    let args = Args::parse(args)?;
+    if args.flag("help") {
+        return Ok(USAGE.to_owned());
+    }
+    let json = args.flag("json");
+    let host: String = args.get("host", "127.0.0.1".to_owned())?;
+    let port: u16 = args.get("port", 1883)?;
+    let Some(mode) = args.mode.clone() else {
+        bail!("no mode given\n{USAGE}");
+    };
+    match mode.as_str() {
+        "throughput" | "latency" => {
+            let latency = mode == "latency";
+            let cfg = pubsub_config(&args, &host, port, latency)?;
+            args.finish()?;
+            let r = pubsub::run(cfg).await?;
+            Ok(if json {
+                r.json(&mode).to_string()
+            } else {
+                r.human(&mode)
+            })
+        }
+        "connections" => {
+            let cfg = ConnConfig {
+                host,
+                port,
+                connections: args.get("connections", 1000)?,
+                concurrency: args.get("concurrency", 64)?,
+                hold: args.duration("hold", Duration::from_secs(10))?,
+                keepalive_secs: args.get("keepalive", 60)?,
+                pid: args.opt("pid")?,
+            };
+            args.finish()?;
+            let r = connections::run(cfg).await?;
+            Ok(if json {
+                r.json().to_string()
+            } else {
+                r.human()
+            })
+        }
+        other => bail!("unknown mode {other:?}\n{USAGE}"),
+    }
+}
+
+fn pubsub_config(
+    args: &Args,
+    host: &str,
+    port: u16,
+    latency: bool,
+) -> anyhow::Result<PubSubConfig> {
+    let d = PubSubConfig::new(host, port);
+    let clients = if latency { 1 } else { 4 };
+    let qos = match args.get("qos", 0u8)? {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        2 => QoS::ExactlyOnce,
+        q => bail!("--qos {q}: must be 0, 1 or 2"),
+    };
+    let rate = match args.opt::<f64>("rate")? {
+        Some(r) if r <= 0.0 => bail!("--rate must be positive"),
+        Some(r) => Some(r),
+        None if latency => Some(4000.0),
+        None => None,
+    };
+    Ok(PubSubConfig {
+        publishers: args.get("publishers", clients)?,
+        subscribers: args.get("subscribers", clients)?,
+        topics: args.get("topics", Topics::Shared)?,
+        qos,
+        size: args.get("size", d.size)?,
+        rate,
+        duration: args.duration("duration", d.duration)?,
+        count: args.opt("count")?,
+        drain: args.duration("drain", d.drain)?,
+        inflight: args.get("inflight", d.inflight)?,
+        ..d
+    })
+}
