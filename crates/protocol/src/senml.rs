@@ -15,7 +15,8 @@
 //!   without any time is "now".
 //! - **value.** `bv + v`. `vs`, `vb` and `vd` (string, boolean, data) are
 //!   `non_numeric_value`; a record without `v` is `invalid_senml`.
-//! - **records sharing device and time** become one reading with several metrics.
+//! - **records sharing device and time** become one reading with several metrics; two
+//!   records for the same metric at the same instant are `invalid_senml`.
 //! - **unknown fields.** Fields ending in `_` are "must understand" (§4.4) and are
 //!   refused with `unsupported_senml_field`. Other fields we do not use (`u`, `bu`, `s`,
 //!   `bs`, `ut`, `bver`, extensions) are ignored: our metric names imply their units
@@ -45,15 +46,38 @@ struct Base {
     value: f64,
 }
 
-/// Records of one device at one instant: key, first record index, metrics.
-type Group = ((DeviceId, DateTime<Utc>), usize, BTreeMap<String, f64>);
+/// Records of one device at one instant: key, metric → (value, record index).
+type Group = ((DeviceId, DateTime<Utc>), BTreeMap<String, (f64, usize)>);
 
-/// A pack's readings, each with the index of its first record (for error reports).
-pub type Resolved = Vec<(usize, Reading)>;
+/// One reading of a pack, with the record indexes it came from (for error reports).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolved {
+    pub reading: Reading,
+    /// Metric → index of the record that carried it.
+    pub records: BTreeMap<String, usize>,
+}
+
+impl Resolved {
+    /// The record to blame for `e`: the metric's own record when the error names a
+    /// metric, otherwise the reading's first record.
+    pub fn index_for(&self, e: &ReadingError) -> usize {
+        let metric = match e {
+            ReadingError::OutOfRange { metric, .. } | ReadingError::NonFinite(metric) => {
+                Some(metric)
+            }
+            _ => None,
+        };
+        metric
+            .and_then(|m| self.records.get(m))
+            .or_else(|| self.records.values().min())
+            .copied()
+            .unwrap_or(0)
+    }
+}
 
 /// Parses a SenML pack into readings, grouped by device and instant in first-seen order.
 /// On error, returns the index of the offending record.
-pub fn parse(pack: &Value, now: DateTime<Utc>) -> Result<Resolved, (usize, ReadingError)> {
+pub fn parse(pack: &Value, now: DateTime<Utc>) -> Result<Vec<Resolved>, (usize, ReadingError)> {
     let records = pack.as_array().ok_or_else(|| {
         (
             0,
@@ -74,17 +98,29 @@ pub fn parse(pack: &Value, now: DateTime<Utc>) -> Result<Resolved, (usize, Readi
         let key = (device, ts);
         match groups.iter_mut().find(|g| g.0 == key) {
             Some(g) => {
-                g.2.insert(metric, value);
+                // Two values for one metric at one instant: keeping either would silently
+                // drop the other, so the pack is refused.
+                if let Some((_, first)) = g.1.insert(metric.clone(), (value, i)) {
+                    return Err((
+                        i,
+                        ReadingError::InvalidSenml(format!(
+                            "record repeats {metric:?} at the time of record {first}"
+                        )),
+                    ));
+                }
             }
-            None => groups.push((key, i, BTreeMap::from([(metric, value)]))),
+            None => groups.push((key, BTreeMap::from([(metric, (value, i))]))),
         }
     }
     groups
         .into_iter()
-        .map(|((device, ts), i, metrics)| {
-            Reading::new(device, ts, metrics)
-                .map(|r| (i, r))
-                .map_err(|e| (i, e))
+        .map(|((device, ts), metrics)| {
+            let records: BTreeMap<String, usize> =
+                metrics.iter().map(|(m, (_, i))| (m.clone(), *i)).collect();
+            let first = records.values().min().copied().unwrap_or(0);
+            Reading::new(device, ts, metrics.into_iter().map(|(m, (v, _))| (m, v)))
+                .map(|reading| Resolved { reading, records })
+                .map_err(|e| (first, e))
         })
         .collect()
 }
@@ -203,7 +239,7 @@ mod tests {
         parse(&pack, now())
             .unwrap()
             .into_iter()
-            .map(|(_, r)| r)
+            .map(|r| r.reading)
             .collect()
     }
 
@@ -281,10 +317,30 @@ mod tests {
                 json!([{"n":"gh-1/t","v":1,"crit_":1}]),
                 (0, "unsupported_senml_field"),
             ),
+            (
+                json!([{"n":"gh-1/t","v":1},{"n":"gh-1/t","v":2}]),
+                (1, "invalid_senml"),
+            ),
         ];
         for (pack, want) in cases {
             assert_eq!(err(pack.clone()), want, "{pack}");
         }
+    }
+
+    #[test]
+    fn errors_found_later_blame_the_metric_s_own_record() {
+        let r = parse(
+            &json!([{"bn":"gh-1/","n":"a","v":1},{"n":"b","v":2}]),
+            now(),
+        )
+        .unwrap();
+        let e = ReadingError::OutOfRange {
+            metric: "b".into(),
+            value: 2.0,
+            range: String::new(),
+        };
+        assert_eq!(r[0].index_for(&e), 1);
+        assert_eq!(r[0].index_for(&ReadingError::TimestampInFuture(1)), 0);
     }
 
     #[test]

@@ -12,13 +12,13 @@ use std::time::Duration;
 use lentera_bootstrap::{Check, Counter, Gauge, Observability};
 use lentera_db::write::{self, Record};
 use lentera_mqtt::{Client, Delivery};
-use lentera_protocol::Topics;
+use lentera_protocol::{Limits, Topics};
 use sqlx::PgPool;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::batch::{Batch, BatchPolicy};
-use crate::record::{self, INVALID_CODES, Outcome};
+use crate::record::{self, Outcome};
 
 /// First and longest pause between attempts to write a failed batch.
 const RETRY_MIN: Duration = Duration::from_millis(100);
@@ -40,15 +40,14 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new(obs: &Observability) -> Self {
-        let invalid = INVALID_CODES
-            .iter()
+        let invalid = record::invalid_codes()
             .map(|code| {
                 let c = obs.counter(
                     "invalid_payloads_total",
                     "Deliveries that can never be stored, acknowledged and dropped, by code.",
                     &[("code", code)],
                 );
-                (*code, c)
+                (code, c)
             })
             .collect();
         Self {
@@ -91,6 +90,8 @@ pub struct Consumer {
     pub pool: PgPool,
     pub client: Client,
     pub topics: Topics,
+    /// `[limits]`, applied to telemetry that boards publish straight to MQTT.
+    pub limits: Limits,
     pub policy: BatchPolicy,
     pub metrics: Metrics,
     /// False while the database refuses writes.
@@ -126,6 +127,7 @@ impl Consumer {
         let p = &delivery.publish;
         let outcome = record::classify(
             &self.topics,
+            &self.limits,
             &p.topic,
             &p.payload,
             p.retain,

@@ -7,22 +7,13 @@
 
 use chrono::{DateTime, Utc};
 use lentera_db::write::Record;
-use lentera_protocol::{DeviceStatus, LampCommand, LampMode, Reading, TopicKind, Topics};
+use lentera_protocol::{
+    DeviceStatus, LampCommand, LampMode, Limits, Reading, ReadingError, TopicKind, Topics,
+};
 
 /// Error codes counted in `lentera_historian_invalid_payloads_total{code=…}`: the
-/// protocol's reading codes plus the historian's own for the other topics.
-pub const INVALID_CODES: &[&str] = &[
-    "malformed_json",
-    "not_an_object",
-    "missing_device",
-    "invalid_device",
-    "device_mismatch",
-    "invalid_metric_name",
-    "non_numeric_value",
-    "non_finite_value",
-    "invalid_timestamp",
-    "no_metrics",
-    "too_many_metrics",
+/// protocol's reading codes ([`ReadingError::CODES`]) plus these, for the other topics.
+pub const OWN_CODES: &[&str] = &[
     "invalid_topic",
     "invalid_lamp_command",
     "invalid_lamp_state",
@@ -30,19 +21,27 @@ pub const INVALID_CODES: &[&str] = &[
     "invalid_status",
 ];
 
+/// Every code an [`Outcome::Invalid`] may carry.
+pub fn invalid_codes() -> impl Iterator<Item = &'static str> {
+    ReadingError::CODES.iter().chain(OWN_CODES).copied()
+}
+
 #[derive(Debug)]
 pub enum Outcome {
     Store(Record),
     /// Valid but deliberately not stored; the reason is for logs.
     Skip(&'static str),
-    /// The payload can never be stored; the code is one of [`INVALID_CODES`].
+    /// The payload can never be stored; the code is one of [`invalid_codes`].
     Invalid(&'static str, String),
 }
 
 /// Classifies one delivery. `retained` is the PUBLISH retain flag: the broker sets it on
 /// copies it replays to a new subscription, which the historian sees on every reconnect.
+/// Telemetry must also pass `limits`: boards may publish straight to MQTT, bypassing
+/// ingest, and must not get implausible values into history that way.
 pub fn classify(
     topics: &Topics,
+    limits: &Limits,
     topic: &str,
     payload: &[u8],
     retained: bool,
@@ -53,10 +52,14 @@ pub fn classify(
     };
     let text = || String::from_utf8_lossy(payload).into_owned();
     match kind {
-        TopicKind::Telemetry => match Reading::from_payload(payload, &device, now) {
-            Ok(r) => Outcome::Store(Record::Reading(r)),
-            Err(e) => Outcome::Invalid(e.code(), e.to_string()),
-        },
+        TopicKind::Telemetry => {
+            match Reading::from_payload(payload, &device, now)
+                .and_then(|r| limits.check(&r, now).map(|()| r))
+            {
+                Ok(r) => Outcome::Store(Record::Reading(r)),
+                Err(e) => Outcome::Invalid(e.code(), e.to_string()),
+            }
+        }
         // A retained lamp/state or lamp/mode copy repeats a message this persistent
         // session already stored live; storing it again would add a duplicate lamp event
         // on every reconnect.
@@ -107,7 +110,14 @@ mod tests {
     }
 
     fn classify(topic: &str, payload: &[u8], retained: bool) -> Outcome {
-        super::classify(&Topics::default(), topic, payload, retained, now())
+        super::classify(
+            &Topics::default(),
+            &Limits::default(),
+            topic,
+            payload,
+            retained,
+            now(),
+        )
     }
 
     #[test]
@@ -132,6 +142,21 @@ mod tests {
                 "non_numeric_value",
             ),
             ("lentera/bad.id/telemetry", b"{}", "invalid_topic"),
+            (
+                "lentera/gh-1/telemetry",
+                br#"{"humidity":140}"#,
+                "out_of_range",
+            ),
+            (
+                "lentera/gh-1/telemetry",
+                br#"{"lux":1,"ts":"2099-01-01T00:00:00Z"}"#,
+                "timestamp_in_future",
+            ),
+            (
+                "lentera/gh-1/telemetry",
+                br#"{"lux":1,"ts":"1970-01-01T00:00:00Z"}"#,
+                "timestamp_too_old",
+            ),
             ("lentera/l1/lamp/set", b"dim", "invalid_lamp_command"),
             ("lentera/l1/lamp/state", b"blink", "invalid_lamp_state"),
             (
@@ -145,7 +170,7 @@ mod tests {
             match classify(topic, payload, false) {
                 Outcome::Invalid(c, _) => {
                     assert_eq!(c, *code, "{topic}");
-                    assert!(INVALID_CODES.contains(&c), "{c} not registered");
+                    assert!(invalid_codes().any(|k| k == c), "{c} not registered");
                 }
                 other => panic!("{topic}: {other:?}"),
             }

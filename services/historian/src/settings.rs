@@ -6,6 +6,7 @@ use std::time::Duration;
 use lentera_bootstrap::TelemetrySettings;
 use lentera_db::DatabaseSettings;
 use lentera_mqtt::MqttSettings;
+use lentera_protocol::Limits;
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -15,6 +16,9 @@ pub struct Settings {
     pub mqtt: MqttSettings,
     pub database: DatabaseSettings,
     pub historian: HistorianSettings,
+    /// `[limits]`: the same plausibility rules as ingest, for boards publishing to MQTT
+    /// directly; invalid readings are counted and acknowledged (never stored).
+    pub limits: Limits,
     /// Where to write `{"admin": "<addr>"}` once the admin port is bound.
     pub ready_file: Option<PathBuf>,
 }

@@ -133,6 +133,7 @@ async fn work(
         pool,
         client: client.clone(),
         topics,
+        limits: settings.limits.clone(),
         policy: BatchPolicy::new(
             settings.historian.batch_size,
             settings.historian.batch_interval(),

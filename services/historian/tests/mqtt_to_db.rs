@@ -66,6 +66,8 @@ async fn messages_are_stored_acked_after_commit_and_survive_a_restart() {
         // Redelivery of the same reading must not add rows.
         ("lentera/gh-1/telemetry", telemetry),
         ("lentera/gh-1/telemetry", "{not json"),
+        // A board publishing straight to MQTT gets the same [limits] as ingest.
+        ("lentera/gh-1/telemetry", r#"{"humidity":140}"#),
         ("lentera/lamp-1/lamp/set", "on"),
         ("lentera/lamp-1/lamp/state", "on"),
         ("lentera/lamp-1/lamp/mode", r#"{"mode":"off"}"#),
@@ -99,6 +101,14 @@ async fn messages_are_stored_acked_after_commit_and_survive_a_restart() {
         metric(
             &app,
             "lentera_historian_invalid_payloads_total{code=\"malformed_json\"}"
+        )
+        .await,
+        Some(1)
+    );
+    assert_eq!(
+        metric(
+            &app,
+            "lentera_historian_invalid_payloads_total{code=\"out_of_range\"}"
         )
         .await,
         Some(1)

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use lentera_bootstrap::TelemetrySettings;
 use lentera_mqtt::MqttSettings;
+use lentera_protocol::Limits;
 use serde::Deserialize;
 
 /// Everything `lentera-ingest` reads at start-up.
@@ -16,6 +17,9 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     pub mqtt: MqttSettings,
     pub ingest: IngestSettings,
+    /// `[limits]`: physical ranges and timestamp skew, shared with the historian so
+    /// that what ingest accepts the historian stores.
+    pub limits: Limits,
     /// When set, the bound addresses `{"http":…,"tcp":…}` are written here once both
     /// listeners accept connections.
     pub ready_file: Option<std::path::PathBuf>,

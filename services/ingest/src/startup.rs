@@ -71,6 +71,7 @@ impl Application {
             body_limit: cfg.body_limit_bytes,
             max_batch: cfg.max_batch,
             seed_device,
+            limits: Arc::new(settings.limits.clone()),
         };
         let http = http::server(
             http_listener,
@@ -94,6 +95,7 @@ impl Application {
                 partial_line: cfg.tcp_partial_line(),
                 max_connections: cfg.tcp_max_connections,
             }),
+            reading_limits: Arc::new(settings.limits.clone()),
         };
         tracing::info!(http = %http_addr, tcp = %tcp_addr, "ingest listening");
         Ok(Self {

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 pub enum ApiError {
     #[error("body is not valid JSON: {0}")]
     MalformedJson(String),
-    #[error("content type must be application/json")]
+    #[error("content type must be application/json (or application/senml+json for readings)")]
     UnsupportedMediaType,
     #[error("body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },

@@ -20,12 +20,15 @@ use actix_web::http::header;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, ResponseError, web};
 use futures_util::StreamExt;
 use lentera_bootstrap::Observability;
-use lentera_protocol::DeviceId;
+use lentera_protocol::{DeviceId, Limits};
 use serde_json::Value;
 
 use crate::publish::Publisher;
 use crate::stats::Stats;
 use error::ApiError;
+
+/// Our JSON media type; [`lentera_protocol::senml::CONTENT_TYPE`] is the other one.
+pub const JSON: &str = "application/json";
 
 /// What the handlers share; cloned into every actix worker.
 #[derive(Clone)]
@@ -35,6 +38,7 @@ pub struct HttpState {
     pub body_limit: usize,
     pub max_batch: usize,
     pub seed_device: DeviceId,
+    pub limits: std::sync::Arc<Limits>,
 }
 
 /// Builds the server on an already-bound listener; it runs once polled (spawned).
@@ -79,15 +83,15 @@ async fn method_not_allowed() -> HttpResponse {
     ApiError::MethodNotAllowed.error_response()
 }
 
-/// Checks the content type, reads at most `limit` bytes and parses them as JSON.
+/// Checks the content type against `accepted` (media types without parameters), reads
+/// at most `limit` bytes and parses them as JSON. Returns the body and its media type.
 pub async fn read_json(
     req: &HttpRequest,
     mut payload: web::Payload,
     limit: usize,
-) -> Result<Value, ApiError> {
-    if !is_json(req) {
-        return Err(ApiError::UnsupportedMediaType);
-    }
+    accepted: &[&'static str],
+) -> Result<(Value, &'static str), ApiError> {
+    let media = media_type(req, accepted).ok_or(ApiError::UnsupportedMediaType)?;
     // An honest Content-Length lets us refuse before buffering anything.
     let declared = req
         .headers()
@@ -105,14 +109,22 @@ pub async fn read_json(
         }
         body.extend_from_slice(&chunk);
     }
-    serde_json::from_slice(&body).map_err(|e| ApiError::MalformedJson(e.to_string()))
+    let value =
+        serde_json::from_slice(&body).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+    Ok((value, media))
 }
 
-/// `application/json`, with or without parameters such as `charset=utf-8`.
-fn is_json(req: &HttpRequest) -> bool {
-    req.headers()
+/// The one of `accepted` the request's content type names, ignoring parameters such as
+/// `charset=utf-8` and case.
+fn media_type(req: &HttpRequest, accepted: &[&'static str]) -> Option<&'static str> {
+    let essence = req
+        .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
+        .and_then(|v| v.split(';').next())?
+        .trim();
+    accepted
+        .iter()
+        .copied()
+        .find(|m| essence.eq_ignore_ascii_case(m))
 }

@@ -1,12 +1,18 @@
-//! `POST /api/v1/readings`: one reading object or an array of them.
+//! `POST /api/v1/readings`: one reading object or an array of them
+//! (`application/json`), or a SenML pack (`application/senml+json`, see
+//! `lentera_protocol::senml` for how names map to device and metric).
+//!
+//! Both shapes end in the same checks: the reading syntax, then the `[limits]`
+//! (physical ranges, `ts` not too far ahead or too old). For SenML the batch size counts
+//! records and `detail.index` is the record's index.
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
-use lentera_protocol::{Reading, ReadingError};
+use lentera_protocol::{Limits, Reading, ReadingError, senml};
 use serde_json::{Value, json};
 
 use super::error::ApiError;
-use super::{HttpState, read_json};
+use super::{HttpState, JSON, read_json};
 
 /// Accepts readings and answers `202 {"accepted":N}` once the broker acknowledged all.
 ///
@@ -38,8 +44,14 @@ async fn accept(
     payload: web::Payload,
     state: &HttpState,
 ) -> Result<usize, ApiError> {
-    let body = read_json(req, payload, state.body_limit).await?;
-    let readings = validate(body, state.max_batch, Utc::now())?;
+    let (body, media) =
+        read_json(req, payload, state.body_limit, &[JSON, senml::CONTENT_TYPE]).await?;
+    let now = Utc::now();
+    let readings = if media == senml::CONTENT_TYPE {
+        validate_senml(&body, state.max_batch, now, &state.limits)?
+    } else {
+        validate(body, state.max_batch, now, &state.limits)?
+    };
     state.publisher.readings(&readings).await?;
     tracing::debug!(count = readings.len(), "readings accepted over HTTP");
     Ok(readings.len())
@@ -50,6 +62,7 @@ pub fn validate(
     body: Value,
     max_batch: usize,
     now: DateTime<Utc>,
+    limits: &Limits,
 ) -> Result<Vec<Reading>, ApiError> {
     let items = match body {
         Value::Array(items) => {
@@ -72,7 +85,39 @@ pub fn validate(
         .map(|(index, item)| {
             let obj = item.as_object().ok_or(ReadingError::NotAnObject);
             obj.and_then(|o| Reading::from_object(o, None, now))
+                .and_then(|r| limits.check(&r, now).map(|()| r))
                 .map_err(|error| ApiError::InvalidReading { index, error })
+        })
+        .collect()
+}
+
+/// A SenML pack into readings, with the same all-or-nothing rule as [`validate`].
+pub fn validate_senml(
+    pack: &Value,
+    max_batch: usize,
+    now: DateTime<Utc>,
+    limits: &Limits,
+) -> Result<Vec<Reading>, ApiError> {
+    match pack.as_array().map(Vec::len) {
+        Some(0) => return Err(ApiError::EmptyBatch),
+        Some(n) if n > max_batch => {
+            return Err(ApiError::BatchTooLarge {
+                max: max_batch,
+                got: n,
+            });
+        }
+        _ => {}
+    }
+    let resolved = senml::parse(pack, now)
+        .map_err(|(index, error)| ApiError::InvalidReading { index, error })?;
+    resolved
+        .into_iter()
+        .map(|r| match limits.check(&r.reading, now) {
+            Ok(()) => Ok(r.reading),
+            Err(error) => Err(ApiError::InvalidReading {
+                index: r.index_for(&error),
+                error,
+            }),
         })
         .collect()
 }
@@ -82,7 +127,54 @@ mod tests {
     use super::*;
 
     fn check(body: Value) -> Result<Vec<Reading>, ApiError> {
-        validate(body, 3, Utc::now())
+        validate(body, 3, Utc::now(), &Limits::default())
+    }
+
+    fn reading_code(e: ApiError) -> (usize, &'static str) {
+        match e {
+            ApiError::InvalidReading { index, error } => (index, error.code()),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn limits_apply_to_json_readings() {
+        let err = check(json!([{"device":"gh-1","humidity":50},{"device":"gh-1","humidity":120}]));
+        assert_eq!(reading_code(err.unwrap_err()), (1, "out_of_range"));
+        let future = (Utc::now() + chrono::Duration::hours(1)).timestamp_millis();
+        let err = check(json!({"device":"gh-1","lux":1,"ts":future}));
+        assert_eq!(reading_code(err.unwrap_err()), (0, "timestamp_in_future"));
+        let err = check(json!({"device":"gh-1","lux":1,"ts":0}));
+        assert_eq!(reading_code(err.unwrap_err()), (0, "timestamp_too_old"));
+    }
+
+    #[test]
+    fn senml_packs_are_sized_resolved_and_limited_by_record_index() {
+        let l = Limits::default();
+        let now = Utc::now();
+        let ok = validate_senml(
+            &json!([{"bn":"gh-1/","n":"temperature","v":27.5},{"n":"humidity","v":61}]),
+            3,
+            now,
+            &l,
+        )
+        .unwrap();
+        assert_eq!(ok.len(), 1);
+        assert_eq!(ok[0].metrics.len(), 2);
+        let bad = json!([{"bn":"gh-1/","n":"lux","v":1,"t":-60},{"n":"temperature","v":-80}]);
+        assert_eq!(
+            reading_code(validate_senml(&bad, 3, now, &l).unwrap_err()),
+            (1, "out_of_range")
+        );
+        let four = json!([{"n":"a/t","v":1},{"n":"a/t","v":1},{"n":"a/t","v":1},{"n":"a/t","v":1}]);
+        assert_eq!(
+            validate_senml(&four, 3, now, &l).unwrap_err().code(),
+            "batch_too_large"
+        );
+        assert_eq!(
+            validate_senml(&json!([]), 3, now, &l).unwrap_err().code(),
+            "empty_batch"
+        );
     }
 
     #[test]

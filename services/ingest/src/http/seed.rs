@@ -3,7 +3,8 @@
 //!
 //! The value becomes metric `temperature` of `ingest.seed_device`, and the answer is the
 //! seed's own `{"status":"success","message":"Suhu 27.5 diterima"}`, with the number
-//! printed the way Python's f-string printed it.
+//! printed the way Python's f-string printed it. The `[limits]` apply: an implausible
+//! value is `400 invalid_reading` with `detail.code` `out_of_range`.
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::Utc;
@@ -11,7 +12,7 @@ use lentera_protocol::Reading;
 use serde_json::{Number, Value, json};
 
 use super::error::ApiError;
-use super::{HttpState, read_json};
+use super::{HttpState, JSON, read_json};
 
 pub async fn post(
     req: HttpRequest,
@@ -36,18 +37,24 @@ async fn accept(
     payload: web::Payload,
     state: &HttpState,
 ) -> Result<String, ApiError> {
-    let body = read_json(req, payload, state.body_limit).await?;
+    let (body, _) = read_json(req, payload, state.body_limit, &[JSON]).await?;
     let number = match body.get("suhu") {
         Some(Value::Number(n)) => n.clone(),
         _ => return Err(ApiError::InvalidSuhu),
     };
     let value = number.as_f64().ok_or(ApiError::InvalidSuhu)?;
+    let now = Utc::now();
     let reading = Reading::new(
         state.seed_device.clone(),
-        Utc::now(),
+        now,
         [("temperature".to_owned(), value)],
     )
     .map_err(|_| ApiError::InvalidSuhu)?;
+    // Same plausibility rules as every other entry: a 500 °C "suhu" is a broken sensor.
+    state
+        .limits
+        .check(&reading, now)
+        .map_err(|error| ApiError::InvalidReading { index: 0, error })?;
     state.publisher.readings(&[reading]).await?;
     Ok(python_str(&number))
 }

@@ -171,10 +171,19 @@ impl Connection {
     }
 
     async fn handle_line(&mut self, raw: &[u8]) -> Result<(), End> {
+        let now = Utc::now();
         let parsed = match std::str::from_utf8(raw) {
-            Ok(text) => line::parse(text, self.bound.as_ref(), Utc::now()),
+            Ok(text) => line::parse(text, self.bound.as_ref(), now),
             Err(_) => Err(LineError::not_utf8()),
         };
+        // The grammar stays pure; plausibility is configuration, checked here.
+        let parsed = parsed.and_then(|req| match req {
+            Request::Reading(r) => match self.shared.reading_limits.check(&r, now) {
+                Ok(()) => Ok(Request::Reading(r)),
+                Err(e) => Err(e.into()),
+            },
+            other => Ok(other),
+        });
         let reply = match parsed {
             Ok(Request::Empty) => return Ok(()),
             Ok(Request::Ping) => Ok("PONG".to_owned()),

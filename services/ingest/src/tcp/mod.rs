@@ -40,6 +40,8 @@ pub struct Shared {
     pub registry: Registry,
     pub stats: Stats,
     pub limits: Arc<Limits>,
+    /// `[limits]`: the same plausibility rules as HTTP (`ERR out_of_range …`).
+    pub reading_limits: Arc<lentera_protocol::Limits>,
 }
 
 /// Accepts until `shutdown` turns true, then waits up to `drain` for open connections.
