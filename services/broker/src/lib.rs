@@ -25,6 +25,7 @@
 //!   abnormal close, takeover when a client id connects again.
 //! - [`router`]: subscriptions, shared subscriptions, retained messages, wills.
 //! - [`topic_filter`]: pure topic validation and wildcard matching.
+//! - [`transport_ws`]: MQTT over WebSocket (`/mqtt`), bridged to the MQTT listener.
 //! - [`metrics`], [`settings`], [`error`].
 //!
 //! Not yet: persistent sessions (clean_session=false is accepted but starts empty, with
@@ -39,5 +40,6 @@ pub mod settings;
 pub mod startup;
 pub mod store;
 pub mod topic_filter;
+pub mod transport_ws;
 pub mod v3;
 pub mod v5;

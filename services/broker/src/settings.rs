@@ -47,6 +47,12 @@ pub struct BrokerSettings {
     /// Unacknowledged QoS 1 messages in flight per subscriber (MQTT 5 Receive Maximum
     /// caps it further when the client asks for less).
     pub max_inflight: u16,
+    /// QoS 1/2 PUBLISHes a client may have unacknowledged towards the broker (announced
+    /// to MQTT 5 clients as Receive Maximum; MQTT 5 clients that exceed it are
+    /// disconnected, MQTT 3.1.1 clients are slowed down instead). Several clients
+    /// (rumqttc among them) ignore the announced value and keep ~100 in flight, so the
+    /// default is generous.
+    pub receive_maximum: u16,
     /// Largest packet accepted from a client, in bytes.
     pub max_packet_bytes: u32,
     /// A client must send CONNECT within this many seconds of opening the socket.
@@ -55,6 +61,44 @@ pub struct BrokerSettings {
     /// they are dropped. MQTT connections are long-lived and do not end on their own,
     /// so this bounds shutdown rather than waiting for clients to leave.
     pub shutdown_timeout_ms: u64,
+    /// MQTT over WebSocket listener (`ws://…/mqtt`, subprotocol `mqtt`). Unset: port 8083
+    /// on the MQTT listener's host, or port 0 when `mqtt_addr` uses port 0, so brokers
+    /// started on OS-chosen ports (tests) never fight over 8083. Empty: no WebSocket.
+    pub ws_addr: Option<String>,
+    /// MQTT over TLS listener, served only when `tls_cert` and `tls_key` are set. Unset:
+    /// port 8883 on the MQTT listener's host (port 0 when `mqtt_addr` uses port 0).
+    pub tls_addr: Option<String>,
+    /// PEM certificate chain (server certificate first) for the TLS listener.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) for the TLS listener.
+    pub tls_key: Option<PathBuf>,
+}
+
+impl BrokerSettings {
+    /// Where to serve MQTT over WebSocket, if anywhere.
+    pub fn ws_listen_addr(&self) -> Option<String> {
+        companion_addr(&self.mqtt_addr, self.ws_addr.as_deref(), 8083)
+    }
+
+    /// Where to serve MQTT over TLS, if a certificate and key are configured.
+    pub fn tls_listen_addr(&self) -> Option<String> {
+        self.tls_cert.as_ref().and(self.tls_key.as_ref())?;
+        companion_addr(&self.mqtt_addr, self.tls_addr.as_deref(), 8883)
+    }
+}
+
+/// An extra listener's address: `explicit` when given (empty = off), else `port` on the
+/// MQTT listener's host, or port 0 there when the MQTT listener itself uses port 0.
+fn companion_addr(mqtt_addr: &str, explicit: Option<&str>, port: u16) -> Option<String> {
+    match explicit {
+        Some("") => None,
+        Some(addr) => Some(addr.to_owned()),
+        None => {
+            let (host, mqtt_port) = mqtt_addr.rsplit_once(':')?;
+            let port = if mqtt_port == "0" { 0 } else { port };
+            Some(format!("{host}:{port}"))
+        }
+    }
 }
 
 impl Default for BrokerSettings {
@@ -69,9 +113,36 @@ impl Default for BrokerSettings {
             data_dir: PathBuf::from("./data/broker"),
             store_compact_bytes: 64 * 1024 * 1024,
             max_inflight: 64,
+            receive_maximum: 1024,
             max_packet_bytes: 1024 * 1024,
             connect_timeout_secs: 10,
             shutdown_timeout_ms: 2_000,
+            ws_addr: None,
+            tls_addr: None,
+            tls_cert: None,
+            tls_key: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn companion_listeners_follow_the_mqtt_host_and_ephemeral_port() {
+        let mut b = BrokerSettings::default();
+        assert_eq!(b.ws_listen_addr().as_deref(), Some("0.0.0.0:8083"));
+        assert_eq!(b.tls_listen_addr(), None, "TLS needs a certificate and key");
+        b.tls_cert = Some("c.pem".into());
+        b.tls_key = Some("k.pem".into());
+        assert_eq!(b.tls_listen_addr().as_deref(), Some("0.0.0.0:8883"));
+        b.mqtt_addr = "127.0.0.1:0".into();
+        assert_eq!(b.ws_listen_addr().as_deref(), Some("127.0.0.1:0"));
+        assert_eq!(b.tls_listen_addr().as_deref(), Some("127.0.0.1:0"));
+        b.ws_addr = Some(String::new());
+        assert_eq!(b.ws_listen_addr(), None, "empty turns it off");
+        b.ws_addr = Some("[::]:9001".into());
+        assert_eq!(b.ws_listen_addr().as_deref(), Some("[::]:9001"));
     }
 }

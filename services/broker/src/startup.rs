@@ -31,6 +31,8 @@ pub struct Application {
     ntex_thread: JoinHandle<()>,
     admin: actix_web::dev::ServerHandle,
     router: Router,
+    /// The MQTT-over-WebSocket listener's address and accept task, when enabled.
+    ws: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
 }
 
 impl Application {
@@ -61,6 +63,10 @@ impl Application {
         let mqtt_addr = listener.local_addr()?;
         let shared = Shared::new(router.clone(), cfg.queue_capacity, limits);
         let (ntex, ntex_thread) = start_ntex(listener, cfg.clone(), shared, mqtt_check)?;
+        let ws = match cfg.ws_listen_addr() {
+            Some(addr) => Some(crate::transport_ws::start(&addr, mqtt_addr).await?),
+            None => None,
+        };
 
         let (admin_addr, admin) = obs
             .serve_admin(&cfg.admin_addr)
@@ -70,10 +76,13 @@ impl Application {
 
         tracing::info!(%mqtt_addr, %admin_addr, "broker listening");
         if let Some(path) = &settings.ready_file {
-            let addrs = serde_json::json!({
+            let mut addrs = serde_json::json!({
                 "mqtt": mqtt_addr.to_string(),
                 "admin": admin_addr.to_string(),
             });
+            if let Some((ws_addr, _)) = &ws {
+                addrs["ws"] = ws_addr.to_string().into();
+            }
             ready_file::write(path, &addrs)
                 .with_context(|| format!("writing ready file {}", path.display()))?;
         }
@@ -84,6 +93,7 @@ impl Application {
             ntex_thread,
             admin: admin_handle,
             router,
+            ws,
         })
     }
 
@@ -95,6 +105,11 @@ impl Application {
         self.admin_addr
     }
 
+    /// The MQTT-over-WebSocket address, when that listener is enabled.
+    pub fn ws_addr(&self) -> Option<SocketAddr> {
+        self.ws.as_ref().map(|(addr, _)| *addr)
+    }
+
     pub fn router(&self) -> &Router {
         &self.router
     }
@@ -103,6 +118,10 @@ impl Application {
     /// their connections, and stops the admin server.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         shutdown.await;
+        if let Some((_, accept)) = &self.ws {
+            // Bridged WebSocket clients end as ntex closes their MQTT side below.
+            accept.abort();
+        }
         tracing::info!("stopping MQTT listener");
         self.ntex.stop(true).await;
         let thread = self.ntex_thread;
@@ -197,6 +216,7 @@ fn build_server(
         .set_handle_qos_after_disconnect(Some(QoS::ExactlyOnce))
         .set_max_size(cfg.max_packet_bytes)
         .set_max_send(cfg.max_inflight.max(1))
+        .set_max_receive(cfg.receive_maximum.max(1))
         .set_connect_timeout(Seconds(cfg.connect_timeout_secs));
     let shared_cfg = SharedCfg::new("MQTT").add(mqtt_cfg);
 

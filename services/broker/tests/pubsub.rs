@@ -183,7 +183,7 @@ async fn retained_message_reaches_late_subscriber_and_empty_payload_deletes_it()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qos2_publisher_is_served_and_effective_qos_is_min_of_published_and_granted() {
-    // [MQTT-3.8.4-8]: delivered at min(published, granted); QoS 1 granted here.
+    // [MQTT-3.8.4-6] (3.1.1) / [MQTT-3.8.4-8] (5.0): delivered at min(published, granted).
     let broker = Broker::start().await;
     let mut sub = Client::v3(&broker, "s").await;
     assert_eq!(sub.subscribe("q2/#", 1).await, 1);

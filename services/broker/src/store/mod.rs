@@ -49,6 +49,7 @@ struct Inner {
     compact_bytes: u64,
     /// Set while a compaction is queued, so the router asks for only one at a time.
     compacting: AtomicBool,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 #[derive(Default)]
@@ -95,15 +96,17 @@ impl Store {
             log_bytes: AtomicU64::new(valid as u64),
             compact_bytes: compact_bytes.max(4096),
             compacting: AtomicBool::new(false),
+            writer: Mutex::new(None),
         });
         let writer = Writer {
             inner: inner.clone(),
             dir: dir.to_owned(),
             file,
         };
-        std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name("broker-store".into())
             .spawn(move || writer.run())?;
+        *inner.writer.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
         Ok((Self { inner: Some(inner) }, records))
     }
 
@@ -162,11 +165,20 @@ impl Store {
         lsn
     }
 
-    /// Flushes what is queued and stops the writer thread.
+    /// Flushes what is queued, stops the writer thread and waits for it, so the same
+    /// directory can be opened again at once (tests restart brokers in-process).
     pub fn close(&self) {
         if let Some(inner) = &self.inner {
             inner.lock().stop = true;
             inner.wake.notify_one();
+            let handle = inner
+                .writer
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            if let Some(h) = handle {
+                let _ = h.join();
+            }
         }
     }
 }

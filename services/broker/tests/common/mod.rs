@@ -89,12 +89,20 @@ pub struct Msg {
     pub payload: Vec<u8>,
     pub qos: u8,
     pub retain: bool,
+    pub dup: bool,
+    pub pkid: u16,
     pub user_properties: Vec<(String, String)>,
 }
 
 #[derive(Debug)]
 pub enum Ev {
-    ConnAck,
+    /// Carries session_present.
+    ConnAck(bool),
+    /// QoS 2 publisher side: PUBREC, then PUBCOMP.
+    PubRec,
+    PubComp,
+    /// QoS 2 subscriber side: PUBREL after our PUBREC.
+    PubRel,
     SubAck(Vec<u8>),
     PubAck,
     UnsubAck,
@@ -108,6 +116,8 @@ pub struct Client {
     v5: Option<rumqttc::v5::AsyncClient>,
     events: mpsc::UnboundedReceiver<Ev>,
     task: JoinHandle<()>,
+    /// From CONNACK.
+    pub session_present: bool,
 }
 
 fn qos3(q: u8) -> rumqttc::QoS {
@@ -157,7 +167,10 @@ impl Client {
         let task = tokio::spawn(async move {
             loop {
                 let ev = match el.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => Ev::ConnAck,
+                    Ok(Event::Incoming(Packet::ConnAck(c))) => Ev::ConnAck(c.session_present),
+                    Ok(Event::Incoming(Packet::PubRec(_))) => Ev::PubRec,
+                    Ok(Event::Incoming(Packet::PubComp(_))) => Ev::PubComp,
+                    Ok(Event::Incoming(Packet::PubRel(_))) => Ev::PubRel,
                     Ok(Event::Incoming(Packet::SubAck(s))) => Ev::SubAck(
                         s.return_codes
                             .iter()
@@ -174,6 +187,8 @@ impl Client {
                         payload: p.payload.to_vec(),
                         qos: p.qos as u8,
                         retain: p.retain,
+                        dup: p.dup,
+                        pkid: p.pkid,
                         user_properties: vec![],
                     }),
                     Ok(_) => continue,
@@ -192,8 +207,9 @@ impl Client {
             v5: None,
             events,
             task,
+            session_present: false,
         };
-        c.expect_connack().await;
+        c.session_present = c.expect_connack().await;
         c
     }
 
@@ -205,7 +221,10 @@ impl Client {
         let task = tokio::spawn(async move {
             loop {
                 let ev = match el.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => Ev::ConnAck,
+                    Ok(Event::Incoming(Packet::ConnAck(c))) => Ev::ConnAck(c.session_present),
+                    Ok(Event::Incoming(Packet::PubRec(_))) => Ev::PubRec,
+                    Ok(Event::Incoming(Packet::PubComp(_))) => Ev::PubComp,
+                    Ok(Event::Incoming(Packet::PubRel(_))) => Ev::PubRel,
                     Ok(Event::Incoming(Packet::SubAck(s))) => Ev::SubAck(
                         s.return_codes
                             .iter()
@@ -222,6 +241,8 @@ impl Client {
                         payload: p.payload.to_vec(),
                         qos: p.qos as u8,
                         retain: p.retain,
+                        dup: p.dup,
+                        pkid: p.pkid,
                         user_properties: p
                             .properties
                             .map(|pr| pr.user_properties)
@@ -247,8 +268,9 @@ impl Client {
             v5: Some(client),
             events,
             task,
+            session_present: false,
         };
-        c.expect_connack().await;
+        c.session_present = c.expect_connack().await;
         c
     }
 
@@ -259,10 +281,22 @@ impl Client {
             .flatten()
     }
 
-    async fn expect_connack(&mut self) {
+    async fn expect_connack(&mut self) -> bool {
         match self.next_event(WAIT).await {
-            Some(Ev::ConnAck) => {}
+            Some(Ev::ConnAck(present)) => present,
             other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    /// Waits for the first event `want` accepts, skipping others; panics on close.
+    pub async fn expect(&mut self, what: &str, want: impl Fn(&Ev) -> bool) {
+        loop {
+            match self.next_event(WAIT).await {
+                Some(ev) if want(&ev) => return,
+                Some(Ev::Closed(e)) => panic!("closed while waiting for {what}: {e}"),
+                Some(_) => continue,
+                None => panic!("no {what} in time"),
+            }
         }
     }
 
@@ -277,7 +311,8 @@ impl Client {
         loop {
             match self.next_event(WAIT).await {
                 Some(Ev::SubAck(codes)) => return codes[0],
-                Some(Ev::Publish(_)) | Some(Ev::PubAck) => continue,
+                Some(Ev::Closed(e)) => panic!("closed while waiting for SUBACK: {e}"),
+                Some(_) => continue,
                 other => panic!("expected SUBACK, got {other:?}"),
             }
         }
@@ -292,7 +327,8 @@ impl Client {
         loop {
             match self.next_event(WAIT).await {
                 Some(Ev::UnsubAck) => return,
-                Some(Ev::Publish(_)) | Some(Ev::PubAck) => continue,
+                Some(Ev::Closed(e)) => panic!("closed while waiting for UNSUBACK: {e}"),
+                Some(_) => continue,
                 other => panic!("expected UNSUBACK, got {other:?}"),
             }
         }
@@ -339,8 +375,9 @@ impl Client {
         loop {
             match self.next_event(WAIT).await {
                 Some(Ev::PubAck) => return,
-                Some(Ev::Publish(_)) => continue,
-                other => panic!("expected PUBACK, got {other:?}"),
+                Some(Ev::Closed(e)) => panic!("closed while waiting for PUBACK: {e}"),
+                Some(_) => continue,
+                None => panic!("no PUBACK in time"),
             }
         }
     }
