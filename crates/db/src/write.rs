@@ -1,6 +1,11 @@
 //! Batched writes (the historian's side).
+//!
+//! Readings go into the month partitions of `readings` (created first, see
+//! [`ensure_partitions`]) and, in the same statement and transaction, into the hourly
+//! rollup `readings_hourly` — only the rows actually inserted are rolled up, so a
+//! redelivered batch changes neither table.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, TimeZone, Utc};
 use lentera_protocol::{DeviceStatus, LampCommand, LampMode, Reading};
 use sqlx::PgPool;
 
@@ -28,6 +33,36 @@ pub enum Record {
         at: DateTime<Utc>,
         status: DeviceStatus,
     },
+}
+
+/// Creates the month partitions that `instants` fall into, if missing; returns how many
+/// were created. Idempotent and safe under concurrent historians.
+pub async fn ensure_partitions(
+    pool: &PgPool,
+    instants: &[DateTime<Utc>],
+) -> Result<i32, sqlx::Error> {
+    let mut months: Vec<DateTime<Utc>> = instants
+        .iter()
+        .filter_map(|t| Utc.with_ymd_and_hms(t.year(), t.month(), 1, 0, 0, 0).single())
+        .collect();
+    months.sort_unstable();
+    months.dedup();
+    sqlx::query_scalar("SELECT lentera_ensure_partitions($1::timestamptz[])")
+        .bind(&months)
+        .fetch_one(pool)
+        .await
+}
+
+/// Drops the month partitions (and their rollup rows) that end at or before `cutoff`;
+/// returns the dropped partitions' names.
+pub async fn drop_partitions_before(
+    pool: &PgPool,
+    cutoff: DateTime<Utc>,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT lentera_drop_partitions_before($1)")
+        .bind(cutoff)
+        .fetch_all(pool)
+        .await
 }
 
 /// Writes a batch in one transaction. Readings already stored (same device, metric and
@@ -77,22 +112,49 @@ pub async fn store(pool: &PgPool, batch: &[Record]) -> Result<u64, sqlx::Error> 
         }
     }
 
+    // Outside the transaction: creating a partition locks the parent table, and holding
+    // that lock for the whole batch would stall history reads.
+    if !r.ts.is_empty() {
+        ensure_partitions(pool, &r.ts).await?;
+    }
     let mut tx = pool.begin().await?;
     let inserted = if r.device.is_empty() {
         0
     } else {
-        let n = sqlx::query(
-            "INSERT INTO readings (device, metric, ts, value)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::float8[])
-             ON CONFLICT DO NOTHING",
+        // ORDER BY in the rollup fixes the row-lock order, so two historians upserting
+        // the same hours cannot deadlock. `last` follows `last_ts`, so batches that
+        // arrive out of order still leave the newest value.
+        let n: i64 = sqlx::query_scalar(
+            "WITH ins AS (
+               INSERT INTO readings (device, metric, ts, value)
+               SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::float8[])
+               ON CONFLICT DO NOTHING
+               RETURNING device, metric, ts, value
+             ), rolled AS (
+               INSERT INTO readings_hourly AS h
+                 (device, metric, hour, min, max, sum, count, last_ts, last)
+               SELECT device, metric,
+                      date_bin('1 hour', ts, TIMESTAMPTZ '1970-01-01 00:00:00+00'),
+                      min(value), max(value), sum(value), count(*), max(ts),
+                      (array_agg(value ORDER BY ts DESC))[1]
+               FROM ins GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+               ON CONFLICT (device, metric, hour) DO UPDATE SET
+                 min = least(h.min, EXCLUDED.min),
+                 max = greatest(h.max, EXCLUDED.max),
+                 sum = h.sum + EXCLUDED.sum,
+                 count = h.count + EXCLUDED.count,
+                 last = CASE WHEN EXCLUDED.last_ts >= h.last_ts THEN EXCLUDED.last ELSE h.last END,
+                 last_ts = greatest(h.last_ts, EXCLUDED.last_ts)
+             )
+             SELECT count(*) FROM ins",
         )
         .bind(&r.device)
         .bind(&r.metric)
         .bind(&r.ts)
         .bind(&r.value)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        .fetch_one(&mut *tx)
+        .await?;
+        let n = n as u64;
         sqlx::query(
             "INSERT INTO latest_readings (device, metric, ts, value)
              SELECT DISTINCT ON (d, m) d, m, t, v

@@ -36,6 +36,8 @@ pub struct Metrics {
     last_batch_size: Gauge,
     pending: Gauge,
     invalid: HashMap<&'static str, Counter>,
+    /// Month partitions dropped by retention.
+    pub partitions_dropped: Counter,
 }
 
 impl Metrics {
@@ -74,6 +76,11 @@ impl Metrics {
                 "Deliveries in the batch being built, not yet committed nor acknowledged.",
             ),
             invalid,
+            partitions_dropped: obs.counter(
+                "partitions_dropped_total",
+                "Month partitions of readings dropped by retention.",
+                &[],
+            ),
         }
     }
 }

@@ -11,9 +11,11 @@
 //! - [`consume`]: the loop — classify, batch, write with retry, acknowledge; metrics.
 //! - [`record`]: pure classification of one delivery into a `Record` or an error code.
 //! - [`batch`]: pure "flush now?" decision by size and age.
+//! - [`maintenance`]: month partitions created ahead; retention drops old months.
 
 pub mod batch;
 pub mod consume;
+pub mod maintenance;
 pub mod record;
 pub mod settings;
 pub mod startup;

@@ -36,6 +36,13 @@ pub struct HistorianSettings {
     /// MQTT shared-subscription group. Set it to run several historians that split the
     /// stream (`$share/{group}/lentera/+/telemetry`); each instance needs its own client id.
     pub shared_group: Option<String>,
+    /// Readings older than this many days are dropped, a whole month partition at a
+    /// time (with their hourly rollup); 0 keeps everything forever.
+    pub retention_days: u32,
+    /// Month partitions created ahead of the current one.
+    pub partitions_ahead_months: u32,
+    /// Seconds between partition upkeep rounds (create ahead, apply retention).
+    pub maintenance_interval_secs: u64,
 }
 
 impl Default for HistorianSettings {
@@ -45,6 +52,9 @@ impl Default for HistorianSettings {
             batch_size: 500,
             batch_interval_ms: 100,
             shared_group: None,
+            retention_days: 730,
+            partitions_ahead_months: 2,
+            maintenance_interval_secs: 3600,
         }
     }
 }

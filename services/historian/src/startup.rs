@@ -111,6 +111,13 @@ async fn work(
         _ = prepare_database(&pool, settings.database.migrate, &db_ready) => {}
         _ = stopped(&mut stop) => return,
     }
+    let dropped = metrics.partitions_dropped.clone();
+    tokio::spawn(crate::maintenance::run(
+        pool.clone(),
+        settings.historian.clone(),
+        dropped,
+        stop.clone(),
+    ));
     let topics = settings.mqtt.topics();
     let subscriptions = KINDS
         .iter()
