@@ -26,6 +26,7 @@
 //! - [`router`]: subscriptions, shared subscriptions, retained messages, wills.
 //! - [`topic_filter`]: pure topic validation and wildcard matching.
 //! - [`transport_ws`]: MQTT over WebSocket (`/mqtt`), bridged to the MQTT listener.
+//! - [`transport_tls`]: MQTT over TLS (rustls) on the same ntex server, when configured.
 //! - [`metrics`], [`settings`], [`error`].
 //!
 //! Not yet: persistent sessions (clean_session=false is accepted but starts empty, with
@@ -40,6 +41,7 @@ pub mod settings;
 pub mod startup;
 pub mod store;
 pub mod topic_filter;
+pub mod transport_tls;
 pub mod transport_ws;
 pub mod v3;
 pub mod v5;

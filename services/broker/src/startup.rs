@@ -20,6 +20,7 @@ use crate::router::{Limits, Router};
 use crate::session::{ConnState, Shared};
 use crate::settings::{BrokerSettings, Settings};
 use crate::store::{Store, recover};
+use crate::transport_tls::TlsListener;
 
 type NtexServer = ntex_server::Server<ntex_server::net::Connection>;
 
@@ -33,6 +34,8 @@ pub struct Application {
     router: Router,
     /// The MQTT-over-WebSocket listener's address and accept task, when enabled.
     ws: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
+    /// The MQTT-over-TLS address, when a certificate and key are configured.
+    tls_addr: Option<SocketAddr>,
 }
 
 impl Application {
@@ -62,7 +65,12 @@ impl Application {
             .with_context(|| format!("binding MQTT listener {}", cfg.mqtt_addr))?;
         let mqtt_addr = listener.local_addr()?;
         let shared = Shared::new(router.clone(), cfg.queue_capacity, limits);
-        let (ntex, ntex_thread) = start_ntex(listener, cfg.clone(), shared, mqtt_check)?;
+        let tls = match (cfg.tls_listen_addr(), &cfg.tls_cert, &cfg.tls_key) {
+            (Some(addr), Some(cert), Some(key)) => Some(TlsListener::bind(&addr, cert, key)?),
+            _ => None,
+        };
+        let tls_addr = tls.as_ref().map(|t| t.addr);
+        let (ntex, ntex_thread) = start_ntex(listener, tls, cfg.clone(), shared, mqtt_check)?;
         let ws = match cfg.ws_listen_addr() {
             Some(addr) => Some(crate::transport_ws::start(&addr, mqtt_addr).await?),
             None => None,
@@ -83,6 +91,9 @@ impl Application {
             if let Some((ws_addr, _)) = &ws {
                 addrs["ws"] = ws_addr.to_string().into();
             }
+            if let Some(tls_addr) = tls_addr {
+                addrs["tls"] = tls_addr.to_string().into();
+            }
             ready_file::write(path, &addrs)
                 .with_context(|| format!("writing ready file {}", path.display()))?;
         }
@@ -94,6 +105,7 @@ impl Application {
             admin: admin_handle,
             router,
             ws,
+            tls_addr,
         })
     }
 
@@ -108,6 +120,11 @@ impl Application {
     /// The MQTT-over-WebSocket address, when that listener is enabled.
     pub fn ws_addr(&self) -> Option<SocketAddr> {
         self.ws.as_ref().map(|(addr, _)| *addr)
+    }
+
+    /// The MQTT-over-TLS address, when that listener is enabled.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
     }
 
     pub fn router(&self) -> &Router {
@@ -171,6 +188,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
 /// listener is being served.
 fn start_ntex(
     listener: TcpListener,
+    tls: Option<TlsListener>,
     cfg: BrokerSettings,
     shared: Shared,
     ready: Check,
@@ -181,7 +199,7 @@ fn start_ntex(
         .spawn(move || {
             let sys = ntex_rt::System::new("broker", ntex_net::DefaultRuntime);
             sys.block_on(async move {
-                let server = match build_server(listener, &cfg, shared) {
+                let server = match build_server(listener, tls, &cfg, shared) {
                     Ok(s) => s,
                     Err(e) => {
                         let _ = tx.send(Err(e));
@@ -203,8 +221,30 @@ fn start_ntex(
     Ok((server, thread))
 }
 
+/// The MQTT service (v3.1.1 and v5 handlers) for one listener. A macro, not a function:
+/// its closure types cannot be named, and each listener infers its own I/O type (plain
+/// TCP, or TCP under TLS).
+macro_rules! mqtt_service {
+    ($shared:expr) => {{
+        let shared = $shared.clone();
+        let (s3, s5) = (shared.clone(), shared.clone());
+        MqttServer::new()
+            .v3(v3::MqttServer::new(async |s: &v3::Session<ConnState>, p| {
+                crate::v3::publish(s, p).await
+            })
+            .protocol(async |s: &v3::Session<ConnState>, m| crate::v3::protocol(s, m).await)
+            .build(async move |c| crate::v3::connect(&s3, c).await))
+            .v5(v5::MqttServer::new(async |s: &v5::Session<ConnState>, p| {
+                crate::v5::publish(s, p).await
+            })
+            .protocol(async |s: &v5::Session<ConnState>, m| crate::v5::protocol(s, m).await)
+            .build(async move |c| crate::v5::connect(&s5, c).await))
+    }};
+}
+
 fn build_server(
     listener: TcpListener,
+    tls: Option<TlsListener>,
     cfg: &BrokerSettings,
     shared: Shared,
 ) -> std::io::Result<NtexServer> {
@@ -218,6 +258,9 @@ fn build_server(
         .set_max_send(cfg.max_inflight.max(1))
         .set_max_receive(cfg.receive_maximum.max(1))
         .set_connect_timeout(Seconds(cfg.connect_timeout_secs));
+    let tls_cfg = SharedCfg::new("MQTT-TLS")
+        .add(mqtt_cfg.clone())
+        .add(ntex_tls::TlsConfig::new());
     let shared_cfg = SharedCfg::new("MQTT").add(mqtt_cfg);
 
     ntex_server::net::build()
@@ -227,19 +270,21 @@ fn build_server(
         ))
         // SIGTERM is handled once, by `shutdown::signal()` on the tokio side.
         .disable_signals()
-        .listen("mqtt", listener, shared_cfg, async move |_| {
-            let (s3, s5) = (shared.clone(), shared.clone());
-            MqttServer::new()
-                .v3(v3::MqttServer::new(async |s: &v3::Session<ConnState>, p| {
-                    crate::v3::publish(s, p).await
+        .listen("mqtt", listener, shared_cfg, {
+            let shared = shared.clone();
+            async move |_| mqtt_service!(shared)
+        })
+        .and_then(|b| match tls {
+            None => Ok(b),
+            Some(tls) => {
+                let config = tls.config();
+                b.listen("mqtt-tls", tls.listener, tls_cfg, async move |_| {
+                    // TLS handshake first, then the very same MQTT service.
+                    let mqtt = ntex_service::service(mqtt_service!(shared))
+                        .map_err(|e| std::io::Error::other(format!("{e:?}")));
+                    ntex_service::service(TlsListener::acceptor(&config)).and_then(mqtt)
                 })
-                .protocol(async |s: &v3::Session<ConnState>, m| crate::v3::protocol(s, m).await)
-                .build(async move |c| crate::v3::connect(&s3, c).await))
-                .v5(v5::MqttServer::new(async |s: &v5::Session<ConnState>, p| {
-                    crate::v5::publish(s, p).await
-                })
-                .protocol(async |s: &v5::Session<ConnState>, m| crate::v5::protocol(s, m).await)
-                .build(async move |c| crate::v5::connect(&s5, c).await))
+            }
         })
         .map(|b| b.run())
 }

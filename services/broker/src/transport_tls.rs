@@ -1,0 +1,66 @@
+//! MQTT over TLS (rustls), served by the same ntex server and MQTT handlers as plain
+//! TCP: each connection passes through ntex-tls's acceptor first, then the MQTT service
+//! (see `startup::build_server`). Enabled only when `tls_cert` and `tls_key` are set.
+//!
+//! rustls runs on the *ring* provider, chosen explicitly rather than through rustls's
+//! process-wide default, so nothing depends on which other crate installed one first.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use ntex_tls::rustls::TlsAcceptor;
+use rustls::ServerConfig;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// A bound TLS listener and its server configuration, ready to hand to ntex.
+#[derive(Debug)]
+pub struct TlsListener {
+    pub addr: SocketAddr,
+    pub listener: TcpListener,
+    config: Arc<ServerConfig>,
+}
+
+impl TlsListener {
+    /// Loads the certificate and key (failing early, at start-up, on a bad file) and
+    /// binds `addr` (port 0 allowed).
+    pub fn bind(addr: &str, cert: &Path, key: &Path) -> anyhow::Result<TlsListener> {
+        let config = server_config(cert, key)?;
+        let listener =
+            TcpListener::bind(addr).with_context(|| format!("binding TLS listener {addr}"))?;
+        Ok(TlsListener {
+            addr: listener.local_addr()?,
+            listener,
+            config,
+        })
+    }
+
+    /// The acceptor for one ntex worker. Call it on that worker's thread: ntex-tls
+    /// counts handshakes in progress per thread.
+    pub fn acceptor(config: &Arc<ServerConfig>) -> TlsAcceptor {
+        TlsAcceptor::new(config.clone())
+    }
+
+    pub fn config(&self) -> Arc<ServerConfig> {
+        self.config.clone()
+    }
+}
+
+/// A rustls server configuration from a PEM certificate chain and private key.
+pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<ServerConfig>> {
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("reading TLS certificate {}", cert.display()))?;
+    anyhow::ensure!(!certs.is_empty(), "no certificate in {}", cert.display());
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("reading TLS private key {}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("TLS certificate and key do not match")?;
+    Ok(Arc::new(config))
+}
