@@ -1,6 +1,5 @@
 //! The whole path: MQTT (our broker, a real process) → the real historian → a real
-//! PostgreSQL. One test needs Mosquitto (see there); it is skipped, loudly, when
-//! `mosquitto` is not installed, and fails instead when `LENTERA_REQUIRE_MOSQUITTO` is set.
+//! PostgreSQL.
 
 mod common;
 
@@ -43,13 +42,9 @@ async fn metric(app: &RunningApp, series: &str) -> Option<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_are_stored_acked_after_commit_and_survive_a_restart() {
-    // Mosquitto, not our broker: the restart half needs the broker to queue QoS 1
-    // messages for the historian's disconnected persistent session (clean_session=false)
-    // and resume that session on reconnect. Our broker accepts clean_session=false but
-    // keeps no offline queue yet (its next milestone); switch back then.
-    let Some(broker) = TestBroker::mosquitto() else {
-        return;
-    };
+    // The restart half needs the broker to queue QoS 1 messages for the historian's
+    // disconnected persistent session (clean_session=false) and resume it on reconnect.
+    let broker = TestBroker::start();
     let db = TestDb::new().await;
     let settings = common::settings(&db.url, broker.port());
     let app = RunningApp::spawn(settings.clone());
