@@ -1,6 +1,24 @@
-//! Reading history: raw rows or time buckets.
+//! Reading history: raw rows (keyset-paged) or time buckets (from the hourly rollup when
+//! the buckets are whole hours).
+//!
+//! Three query shapes, chosen by [`Query`]:
+//! - **raw**: rows of `readings` in `(ts, metric)` order, asc or desc, after an optional
+//!   [`Cursor`] (keyset paging: stable under concurrent inserts, no OFFSET scans);
+//! - **bucketed, whole hours** (`bucket_secs % 3600 == 0`): the full hours inside
+//!   `[from, to)` come from `readings_hourly` (~8,760 rows a year per series instead of
+//!   525,600 raw ones), the partial hours at either edge from raw rows; both are merged
+//!   as partial aggregates, so the answer equals the raw-rows answer exactly;
+//! - **bucketed, other widths**: aggregated from raw rows.
+//!
+//! Buckets are aligned to the Unix epoch in UTC (`date_bin`), so the same bucket always
+//! has the same start whatever range is asked. The metric condition is put in the SQL
+//! text only when a metric is given: a generic plan for `($2 IS NULL OR metric = $2)`
+//! could not use the `(device, metric, ts)` index.
 
-use chrono::{DateTime, Utc};
+use std::future::Future;
+
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use futures_util::TryStreamExt;
 use serde::Serialize;
 use sqlx::{PgPool, Row};
 
@@ -28,7 +46,8 @@ impl Agg {
         })
     }
 
-    fn sql(self) -> &'static str {
+    /// Over raw rows.
+    fn raw_sql(self) -> &'static str {
         match self {
             Agg::Avg => "avg(value)",
             Agg::Min => "min(value)",
@@ -37,6 +56,51 @@ impl Agg {
             Agg::Count => "count(*)::float8",
             Agg::Last => "(array_agg(value ORDER BY ts DESC))[1]",
         }
+    }
+
+    /// Over partial aggregates (rollup rows and raw rows shaped like them).
+    fn merge_sql(self) -> &'static str {
+        match self {
+            Agg::Avg => "sum(sum) / sum(count)",
+            Agg::Min => "min(min)",
+            Agg::Max => "max(max)",
+            Agg::Sum => "sum(sum)",
+            Agg::Count => "sum(count)::float8",
+            Agg::Last => "(array_agg(last ORDER BY last_ts DESC))[1]",
+        }
+    }
+}
+
+/// Where a page of raw rows ended: the last row's `ts` and `metric`. Rendered as
+/// `<unix microseconds>_<metric>`: URL-safe, and unambiguous although metric names may
+/// contain `_`, because the number comes first and never does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub ts: DateTime<Utc>,
+    pub metric: String,
+}
+
+impl Cursor {
+    pub fn parse(s: &str) -> Option<Cursor> {
+        let (micros, metric) = s.split_once('_')?;
+        let ts = DateTime::from_timestamp_micros(micros.parse().ok()?)?;
+        (!metric.is_empty()).then(|| Cursor {
+            ts,
+            metric: metric.to_owned(),
+        })
+    }
+
+    pub fn after(p: &Point) -> Cursor {
+        Cursor {
+            ts: p.ts,
+            metric: p.metric.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}_{}", self.ts.timestamp_micros(), self.metric)
     }
 }
 
@@ -52,6 +116,15 @@ pub struct Query {
     pub agg: Agg,
     pub limit: i64,
     pub descending: bool,
+    /// Raw rows only: continue after this row (in the requested order).
+    pub cursor: Option<Cursor>,
+}
+
+impl Query {
+    /// True when the hourly rollup answers this query.
+    pub fn uses_rollup(&self) -> bool {
+        self.bucket_secs.is_some_and(|b| b >= 3600 && b % 3600 == 0)
+    }
 }
 
 /// One row of history: a raw reading or a bucket (then `ts` is the bucket's start).
@@ -62,41 +135,198 @@ pub struct Point {
     pub value: f64,
 }
 
-/// Runs `q`. Buckets are aligned to the Unix epoch with `date_bin`, so the same bucket
-/// always has the same start whatever range is asked.
-pub async fn query(pool: &PgPool, q: &Query) -> Result<Vec<Point>, sqlx::Error> {
-    let order = if q.descending { "DESC" } else { "ASC" };
-    let sql = match q.bucket_secs {
-        None => format!(
-            "SELECT metric, ts, value FROM readings
-             WHERE device = $1 AND ($2::text IS NULL OR metric = $2) AND ts >= $3 AND ts < $4
-             ORDER BY ts {order}, metric LIMIT $5"
+const EPOCH: &str = "TIMESTAMPTZ '1970-01-01 00:00:00+00'";
+
+/// The SQL for `q`. Parameters: $1 device, $2 metric, $3 from, $4 to, $5 limit, then
+/// $6/$7 = cursor ts/metric (raw), bucket seconds (bucketed), plus $7/$8 = whole-hour
+/// range (rollup).
+fn sql(q: &Query) -> String {
+    let dir = if q.descending { "DESC" } else { "ASC" };
+    let metric = if q.metric.is_some() {
+        "metric = $2"
+    } else {
+        "$2::text IS NULL"
+    };
+    match q.bucket_secs {
+        None => {
+            let cmp = if q.descending { "<" } else { ">" };
+            let cursor = if q.cursor.is_some() {
+                format!("(ts, metric) {cmp} ($6::timestamptz, $7::text)")
+            } else {
+                "$6::timestamptz IS NULL AND $7::text IS NULL".to_owned()
+            };
+            format!(
+                "SELECT metric, ts, value FROM readings
+                 WHERE device = $1 AND {metric} AND ts >= $3 AND ts < $4 AND {cursor}
+                 ORDER BY ts {dir}, metric {dir} LIMIT $5"
+            )
+        }
+        Some(_) if q.uses_rollup() => format!(
+            "WITH parts AS (
+               SELECT metric, hour AS ts, min, max, sum, count, last_ts, last
+               FROM readings_hourly
+               WHERE device = $1 AND {metric} AND hour >= $7 AND hour < $8
+               UNION ALL
+               SELECT metric, ts, value, value, value, 1::bigint, ts, value FROM readings
+               WHERE device = $1 AND {metric} AND ts >= $3 AND ts < $7
+               UNION ALL
+               SELECT metric, ts, value, value, value, 1::bigint, ts, value FROM readings
+               WHERE device = $1 AND {metric} AND ts >= $8 AND ts < $4
+             )
+             SELECT metric, date_bin(make_interval(secs => $6), ts, {EPOCH}) AS ts,
+                    {agg} AS value
+             FROM parts GROUP BY metric, 2 ORDER BY 2 {dir}, metric LIMIT $5",
+            agg = q.agg.merge_sql()
         ),
         Some(_) => format!(
-            "SELECT metric, date_bin(make_interval(secs => $6), ts, TIMESTAMPTZ '1970-01-01') AS ts,
+            "SELECT metric, date_bin(make_interval(secs => $6), ts, {EPOCH}) AS ts,
                     {agg} AS value
              FROM readings
-             WHERE device = $1 AND ($2::text IS NULL OR metric = $2) AND ts >= $3 AND ts < $4
-             GROUP BY metric, 2 ORDER BY 2 {order}, metric LIMIT $5",
-            agg = q.agg.sql()
+             WHERE device = $1 AND {metric} AND ts >= $3 AND ts < $4
+             GROUP BY metric, 2 ORDER BY 2 {dir}, metric LIMIT $5",
+            agg = q.agg.raw_sql()
         ),
+    }
+}
+
+/// The whole hours inside `[from, to)`, as `[h0, h1)`; empty (`h0 == h1 == to`) when
+/// there is none, so the raw branches then cover the whole window.
+pub fn whole_hours(from: DateTime<Utc>, to: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
+    let hour = TimeDelta::hours(1);
+    let floor = |t: DateTime<Utc>| t.duration_trunc(hour).unwrap_or(t);
+    let h0 = match floor(from) {
+        f if f == from => f,
+        f => f + hour,
     };
-    let rows = sqlx::query(&sql)
+    let h1 = floor(to);
+    if h0 < h1 { (h0, h1) } else { (to, to) }
+}
+
+fn build<'q>(
+    sql: &'q str,
+    q: &'q Query,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    let query = sqlx::query(sql)
         .bind(&q.device)
         .bind(&q.metric)
         .bind(q.from)
         .bind(q.to)
-        .bind(q.limit)
-        .bind(q.bucket_secs.unwrap_or(0) as f64)
+        .bind(q.limit);
+    match q.bucket_secs {
+        None => query
+            .bind(q.cursor.as_ref().map(|c| c.ts))
+            .bind(q.cursor.as_ref().map(|c| c.metric.as_str())),
+        Some(secs) if q.uses_rollup() => {
+            let (h0, h1) = whole_hours(q.from, q.to);
+            query.bind(secs as f64).bind(h0).bind(h1)
+        }
+        Some(secs) => query.bind(secs as f64),
+    }
+}
+
+fn point(r: &sqlx::postgres::PgRow) -> Result<Point, sqlx::Error> {
+    Ok(Point {
+        metric: r.try_get("metric")?,
+        ts: r.try_get("ts")?,
+        value: r.try_get("value")?,
+    })
+}
+
+/// Runs `q` and collects the rows.
+pub async fn query(pool: &PgPool, q: &Query) -> Result<Vec<Point>, sqlx::Error> {
+    let sql = sql(q);
+    build(&sql, q)
         .fetch_all(pool)
-        .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(Point {
-                metric: r.try_get("metric")?,
-                ts: r.try_get("ts")?,
-                value: r.try_get("value")?,
-            })
-        })
+        .await?
+        .iter()
+        .map(point)
         .collect()
+}
+
+/// Runs `q` and hands the rows to `sink` in chunks of up to `chunk` rows as they arrive,
+/// so a large export never sits in memory whole. Stops early when `sink` returns false
+/// (the client went away).
+pub async fn for_each_chunk<F, Fut>(
+    pool: &PgPool,
+    q: &Query,
+    chunk: usize,
+    mut sink: F,
+) -> Result<(), sqlx::Error>
+where
+    F: FnMut(Vec<Point>) -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let sql = sql(q);
+    let mut rows = build(&sql, q).fetch(pool);
+    let mut buf = Vec::with_capacity(chunk);
+    while let Some(row) = rows.try_next().await? {
+        buf.push(point(&row)?);
+        if buf.len() >= chunk && !sink(std::mem::take(&mut buf)).await {
+            return Ok(());
+        }
+    }
+    if !buf.is_empty() {
+        sink(buf).await;
+    }
+    Ok(())
+}
+
+/// The `EXPLAIN (ANALYZE, BUFFERS)` plan of `q`, for documentation and benchmarks.
+pub async fn explain(pool: &PgPool, q: &Query) -> Result<String, sqlx::Error> {
+    let sql = format!("EXPLAIN (ANALYZE, BUFFERS) {}", sql(q));
+    let rows = build(&sql, q).fetch_all(pool).await?;
+    rows.iter()
+        .map(|r| r.try_get::<String, _>(0))
+        .collect::<Result<Vec<_>, _>>()
+        .map(|lines| lines.join("\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn t(h: u32, m: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 22, h, m, 0).unwrap()
+    }
+
+    #[test]
+    fn whole_hours_inside_a_window() {
+        assert_eq!(whole_hours(t(1, 30), t(5, 15)), (t(2, 0), t(5, 0)));
+        assert_eq!(whole_hours(t(1, 0), t(5, 0)), (t(1, 0), t(5, 0)));
+        assert_eq!(whole_hours(t(1, 10), t(1, 50)), (t(1, 50), t(1, 50)));
+        assert_eq!(whole_hours(t(1, 10), t(2, 50)), (t(2, 50), t(2, 50)));
+    }
+
+    #[test]
+    fn cursors_round_trip_and_reject_garbage() {
+        let c = Cursor {
+            ts: t(1, 0),
+            metric: "soil_moisture".into(),
+        };
+        assert_eq!(Cursor::parse(&c.to_string()), Some(c));
+        for bad in ["", "x_t", "123", "123_", "1e3_t"] {
+            assert_eq!(Cursor::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_whole_hour_buckets_use_the_rollup() {
+        let q = |b| Query {
+            device: "gh-1".into(),
+            metric: None,
+            from: t(0, 0),
+            to: t(1, 0),
+            bucket_secs: b,
+            agg: Agg::Avg,
+            limit: 10,
+            descending: false,
+            cursor: None,
+        };
+        assert!(q(Some(3600)).uses_rollup());
+        assert!(q(Some(86_400)).uses_rollup());
+        assert!(!q(Some(1800)).uses_rollup());
+        assert!(!q(Some(5400)).uses_rollup());
+        assert!(!q(None).uses_rollup());
+    }
 }

@@ -4,7 +4,7 @@
 //! tell a typo in `bucket` from a window that is too wide.
 
 use chrono::{DateTime, Duration, Utc};
-use lentera_db::history::{Agg, Query};
+use lentera_db::history::{Agg, Cursor, Query};
 use lentera_protocol::DeviceId;
 use lentera_protocol::reading::{is_valid_metric_name, ts_from_unix_ms};
 
@@ -43,14 +43,16 @@ pub fn history(
     now: DateTime<Utc>,
     limits: Limits,
 ) -> Result<HistoryRequest, ApiError> {
-    const KNOWN: [&str; 7] = ["metric", "from", "to", "bucket", "agg", "limit", "order"];
+    const KNOWN: [&str; 8] = [
+        "metric", "from", "to", "bucket", "agg", "limit", "order", "cursor",
+    ];
     let mut seen: Vec<&str> = Vec::new();
     for (k, _) in pairs {
         if !KNOWN.contains(&k.as_str()) {
             return Err(ApiError::bad_request(
                 "unknown_parameter",
                 format!(
-                    "unknown parameter {k:?}; known: metric, from, to, bucket, agg, limit, order"
+                    "unknown parameter {k:?}; known: metric, from, to, bucket, agg, limit, order, cursor"
                 ),
             ));
         }
@@ -144,6 +146,21 @@ pub fn history(
             ));
         }
     };
+    let cursor = match (get("cursor"), bucket_secs) {
+        (None, _) => None,
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "cursor_requires_raw",
+                "cursor pages raw rows; bucketed results are bounded by the window instead",
+            ));
+        }
+        (Some(c), None) => Some(Cursor::parse(c).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_cursor",
+                "cursor must be the \"next\" value of a previous page",
+            )
+        })?),
+    };
     Ok(HistoryRequest {
         bucket: bucket_secs.and(get("bucket").map(str::to_owned)),
         agg: bucket_secs.map(|_| get("agg").unwrap_or("avg").to_owned()),
@@ -156,6 +173,7 @@ pub fn history(
             agg,
             limit,
             descending,
+            cursor,
         },
     })
 }
@@ -345,6 +363,11 @@ mod tests {
             assert_eq!(code(&[("limit", l)]), "invalid_limit", "{l}");
         }
         assert_eq!(code(&[("order", "up")]), "invalid_order");
+        assert_eq!(code(&[("cursor", "nope")]), "invalid_cursor");
+        assert_eq!(
+            code(&[("cursor", "1_t"), ("bucket", "1h")]),
+            "cursor_requires_raw"
+        );
         assert_eq!(code(&[("buckt", "1h")]), "unknown_parameter");
         assert_eq!(
             code(&[("limit", "1"), ("limit", "2")]),

@@ -1,16 +1,33 @@
 //! `GET /api/v1/devices/{device}/readings`: raw or bucketed history as JSON or CSV.
+//!
+//! - JSON: at most `limit` points; for raw rows, `next` is a cursor when the page is
+//!   full (pass it back as `cursor=` for the following page, same other parameters) and
+//!   `null` on the last page.
+//! - CSV (`Accept: text/csv`): streamed in chunks straight from the database cursor, so
+//!   an export of the whole window never sits in memory; without an explicit `limit` it
+//!   returns every row of the window (the window itself stays bounded by
+//!   `max_window_days`). A database failure mid-stream aborts the response, so a
+//!   truncated export cannot be mistaken for a complete one.
+//!
+//! Bucketed queries whose bucket is a whole number of hours read the hourly rollup
+//! (see `lentera_db::history`).
 
 use std::fmt::Write as _;
 
 use actix_web::http::header;
+use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::Utc;
-use lentera_db::history::Point;
+use lentera_db::history::{Cursor, Point, Query};
 use lentera_protocol::reading::format_ts;
 use serde_json::json;
+use tokio::sync::mpsc;
 
 use super::error::ApiError;
 use super::{AppState, params};
+
+/// Rows per streamed CSV chunk: big enough to amortise a write, small enough to flow.
+const CSV_CHUNK_ROWS: usize = 2_000;
 
 pub async fn history(
     req: HttpRequest,
@@ -19,17 +36,24 @@ pub async fn history(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let device = params::device(&path)?;
-    let request = params::history(device.clone(), &query, Utc::now(), state.limits)?;
+    let mut request = params::history(device.clone(), &query, Utc::now(), state.limits)?;
     state.require_device(device.as_str()).await?;
+    if wants_csv(&req) {
+        if !query.iter().any(|(k, v)| k == "limit" && !v.is_empty()) {
+            request.query.limit = i64::MAX;
+        }
+        return Ok(stream_csv(state.pool.clone(), request.query));
+    }
     let points = lentera_db::history::query(&state.pool, &request.query)
         .await
         .map_err(|e| state.db_error(e))?;
-    if wants_csv(&req) {
-        return Ok(HttpResponse::Ok()
-            .content_type("text/csv; charset=utf-8")
-            .body(csv(&points)));
-    }
     let q = &request.query;
+    let next = match points.last() {
+        Some(last) if q.bucket_secs.is_none() && points.len() as i64 == q.limit => {
+            Some(Cursor::after(last).to_string())
+        }
+        _ => None,
+    };
     Ok(HttpResponse::Ok().json(json!({
         "device": device,
         "metric": q.metric,
@@ -37,6 +61,7 @@ pub async fn history(
         "to": format_ts(q.to),
         "bucket": request.bucket,
         "agg": request.agg,
+        "next": next,
         "points": points.iter().map(|p| json!({
             "metric": p.metric, "ts": format_ts(p.ts), "value": p.value,
         })).collect::<Vec<_>>(),
@@ -57,15 +82,45 @@ fn wants_csv(req: &HttpRequest) -> bool {
         })
 }
 
-/// `metric,ts,value` with a header line. Metric names are `[A-Za-z0-9_.-]`, so no cell
-/// ever needs quoting.
-pub fn csv(points: &[Point]) -> String {
-    let mut out = String::with_capacity(32 * (points.len() + 1));
-    out.push_str("metric,ts,value\n");
+/// Streams `q` as CSV: a task reads chunks from the database and a bounded channel
+/// carries them to the response, so a slow client slows the query instead of filling
+/// memory.
+fn stream_csv(pool: sqlx::PgPool, q: Query) -> HttpResponse {
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    let _ = tx.try_send(Ok(Bytes::from_static(CSV_HEADER.as_bytes())));
+    actix_web::rt::spawn(async move {
+        let sink = |points: Vec<Point>| {
+            let tx = tx.clone();
+            async move { tx.send(Ok(Bytes::from(csv_rows(&points)))).await.is_ok() }
+        };
+        if let Err(e) = lentera_db::history::for_each_chunk(&pool, &q, CSV_CHUNK_ROWS, sink).await {
+            tracing::warn!(error = %e, "CSV export failed mid-stream; aborting the response");
+            let _ = tx.send(Err(std::io::Error::other("database error"))).await;
+        }
+    });
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    HttpResponse::Ok()
+        .content_type("text/csv; charset=utf-8")
+        .streaming(body)
+}
+
+const CSV_HEADER: &str = "metric,ts,value\n";
+
+/// CSV lines without the header.
+fn csv_rows(points: &[Point]) -> String {
+    let mut out = String::with_capacity(48 * points.len());
     for p in points {
         let _ = writeln!(out, "{},{},{}", p.metric, format_ts(p.ts), p.value);
     }
     out
+}
+
+/// `metric,ts,value` with a header line. Metric names are `[A-Za-z0-9_.-]`, so no cell
+/// ever needs quoting.
+pub fn csv(points: &[Point]) -> String {
+    format!("{CSV_HEADER}{}", csv_rows(points))
 }
 
 #[cfg(test)]
