@@ -248,20 +248,23 @@ fn build_server(
     cfg: &BrokerSettings,
     shared: Shared,
 ) -> std::io::Result<NtexServer> {
-    let mqtt_cfg = MqttServiceConfig::new()
-        // Accept QoS 2 publishers (routed at PUBLISH, acknowledged with PUBREC/PUBCOMP)
-        // instead of disconnecting them; delivery to subscribers is capped at QoS 1.
-        .set_max_qos(QoS::ExactlyOnce)
-        // A PUBLISH that arrives together with DISCONNECT must still be routed.
-        .set_handle_qos_after_disconnect(Some(QoS::ExactlyOnce))
-        .set_max_size(cfg.max_packet_bytes)
-        .set_max_send(cfg.max_inflight.max(1))
-        .set_max_receive(cfg.receive_maximum.max(1))
-        .set_connect_timeout(Seconds(cfg.connect_timeout_secs));
+    // Built once per listener: the config is moved into each listener's SharedCfg.
+    let mqtt_cfg = || {
+        MqttServiceConfig::new()
+            // Accept QoS 2 publishers (routed at PUBLISH, acknowledged with PUBREC/PUBCOMP)
+            // instead of disconnecting them; delivery to subscribers is capped at QoS 1.
+            .set_max_qos(QoS::ExactlyOnce)
+            // A PUBLISH that arrives together with DISCONNECT must still be routed.
+            .set_handle_qos_after_disconnect(Some(QoS::ExactlyOnce))
+            .set_max_size(cfg.max_packet_bytes)
+            .set_max_send(cfg.max_inflight.max(1))
+            .set_max_receive(cfg.receive_maximum.max(1))
+            .set_connect_timeout(Seconds(cfg.connect_timeout_secs))
+    };
     let tls_cfg = SharedCfg::new("MQTT-TLS")
-        .add(mqtt_cfg.clone())
+        .add(mqtt_cfg())
         .add(ntex_tls::TlsConfig::new());
-    let shared_cfg = SharedCfg::new("MQTT").add(mqtt_cfg);
+    let shared_cfg = SharedCfg::new("MQTT").add(mqtt_cfg());
 
     ntex_server::net::build()
         .workers(cfg.workers.max(1))
@@ -282,7 +285,7 @@ fn build_server(
                     // TLS handshake first, then the very same MQTT service.
                     let mqtt = ntex_service::service(mqtt_service!(shared))
                         .map_err(|e| std::io::Error::other(format!("{e:?}")));
-                    ntex_service::service(TlsListener::acceptor(&config)).and_then(mqtt)
+                    ntex_service::service(crate::transport_tls::acceptor(&config)).and_then(mqtt)
                 })
             }
         })

@@ -37,15 +37,15 @@ impl TlsListener {
         })
     }
 
-    /// The acceptor for one ntex worker. Call it on that worker's thread: ntex-tls
-    /// counts handshakes in progress per thread.
-    pub fn acceptor(config: &Arc<ServerConfig>) -> TlsAcceptor {
-        TlsAcceptor::new(config.clone())
-    }
-
     pub fn config(&self) -> Arc<ServerConfig> {
         self.config.clone()
     }
+}
+
+/// The acceptor for one ntex worker. Build it on that worker's thread: ntex-tls counts
+/// handshakes in progress per thread.
+pub fn acceptor(config: &Arc<ServerConfig>) -> TlsAcceptor {
+    TlsAcceptor::new(config.clone())
 }
 
 /// A rustls server configuration from a PEM certificate chain and private key.

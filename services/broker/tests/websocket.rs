@@ -4,37 +4,23 @@
 //! The WebSocket clients speak raw MQTT bytes (rumqttc is built without its websocket
 //! feature in this workspace), which also shows the bytes pass through untouched.
 
-use std::net::SocketAddr;
-use std::time::Duration;
-
 use futures_util::{SinkExt, StreamExt};
-use lentera_broker::settings::Settings;
-use lentera_broker::startup::Application;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::QoS;
+use std::net::SocketAddr;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-const WAIT: Duration = Duration::from_secs(5);
+mod raw;
+
+use raw::*;
+
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// An in-memory broker on OS-chosen ports; returns (mqtt, ws) addresses.
-async fn broker() -> (SocketAddr, SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    let mut settings = Settings::default();
-    settings.broker.mqtt_addr = "127.0.0.1:0".into();
-    settings.broker.admin_addr = "127.0.0.1:0".into();
-    settings.broker.data_dir = Default::default();
-    let app = Application::build(settings).await.expect("broker starts");
-    let (mqtt, ws) = (
-        app.mqtt_addr(),
-        app.ws_addr().expect("ws listener on by default"),
-    );
-    let (stop, rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(app.run_until_stopped(async {
-        let _ = rx.await;
-    }));
-    (mqtt, ws, stop)
+async fn broker() -> (SocketAddr, SocketAddr, Running) {
+    let b = start(settings()).await;
+    (b.app_mqtt, b.ws.expect("ws listener on by default"), b)
 }
 
 async fn ws_connect(
@@ -71,41 +57,6 @@ async fn read_bytes(ws: &mut Ws, n: usize) -> Vec<u8> {
     got
 }
 
-fn with_len(header: u8, body: &[u8]) -> Vec<u8> {
-    assert!(body.len() < 128);
-    [&[header, body.len() as u8][..], body].concat()
-}
-
-fn str16(s: &str) -> Vec<u8> {
-    [&(s.len() as u16).to_be_bytes()[..], s.as_bytes()].concat()
-}
-
-fn connect_v311(id: &str) -> Vec<u8> {
-    with_len(
-        0x10,
-        &[&b"\0\x04MQTT\x04\x02\0\x3c"[..], &str16(id)].concat(),
-    )
-}
-
-fn connect_v5(id: &str) -> Vec<u8> {
-    // Protocol level 5, clean start, keep-alive 60, no properties.
-    with_len(
-        0x10,
-        &[&b"\0\x04MQTT\x05\x02\0\x3c\0"[..], &str16(id)].concat(),
-    )
-}
-
-async fn tcp_client(mqtt: SocketAddr, id: &str) -> (AsyncClient, rumqttc::EventLoop) {
-    let mut o = MqttOptions::new(id, mqtt.ip().to_string(), mqtt.port());
-    o.set_keep_alive(Duration::from_secs(30));
-    let (c, mut el) = AsyncClient::new(o, 10);
-    loop {
-        if let Event::Incoming(Packet::ConnAck(_)) = el.poll().await.expect("tcp connects") {
-            return (c, el);
-        }
-    }
-}
-
 #[tokio::test]
 async fn v311_client_over_websocket_receives_from_and_publishes_to_tcp_clients() {
     let (mqtt, ws_addr, _stop) = broker().await;
@@ -129,25 +80,18 @@ async fn v311_client_over_websocket_receives_from_and_publishes_to_tcp_clients()
     );
 
     // TCP → WebSocket.
-    let (tcp, mut el) = tcp_client(mqtt, "tcp-a").await;
+    let (tcp, el) = tcp_client(mqtt, "tcp-a").await;
     tcp.subscribe("ws/out", QoS::AtMostOnce).await.unwrap();
     tcp.publish("ws/in", QoS::AtMostOnce, false, "hello ws")
         .await
         .unwrap();
-    let expected = with_len(0x30, &[&str16("ws/in")[..], b"hello ws"].concat());
-    let pump = tokio::spawn(async move {
-        // Drives the TCP client and returns the first PUBLISH it receives.
-        loop {
-            if let Event::Incoming(Packet::Publish(p)) = el.poll().await.unwrap() {
-                return p;
-            }
-        }
-    });
+    let expected = publish("ws/in", b"hello ws");
+    let pump = tokio::spawn(next_publish(el));
     assert_eq!(read_bytes(&mut ws, expected.len()).await, expected);
 
     // WebSocket → TCP.
-    let publish = with_len(0x30, &[&str16("ws/out")[..], b"hello tcp"].concat());
-    ws.send(Message::Binary(publish.into())).await.unwrap();
+    let p = publish("ws/out", b"hello tcp");
+    ws.send(Message::Binary(p.into())).await.unwrap();
     let p = tokio::time::timeout(WAIT, pump).await.unwrap().unwrap();
     assert_eq!(
         (p.topic.as_str(), &p.payload[..]),
