@@ -4,17 +4,19 @@
 //!
 //! ```text
 //! client ──PUBLISH──▶ v3.rs / v5.rs ──▶ router.rs (shared table, Arc<Mutex>)
-//!                                          │ retained store updated
-//!                                          │ try_send to each matching connection's
-//!                                          ▼ bounded channel (full ⇒ drop + count)
+//!                          ▲               │ retained store updated; per matching session:
+//!     PUBACK/PUBREC once   │               │ persistent + QoS ≥ 1 ⇒ owed queue + store log
+//!     the store's group    │               │ try_send to the connection's bounded channel
+//!     commit covers it ────┘               ▼
 //!                       session.rs delivery task (on that connection's worker thread)
-//!                                          │ MqttSink::publish (QoS 0, or QoS 1 without
-//!                                          ▼ waiting for each PUBACK)
-//!                                      subscriber
+//!                                          │ MqttSink::publish: QoS 0/1 without waiting
+//!                                          ▼ for each PUBACK; QoS 2 one full flow at a time
+//!                                      subscriber ──PUBACK/PUBCOMP──▶ router.ack
 //! ```
 //!
 //! ntex-mqtt's sinks are `Rc`-based and tied to their worker thread, so connections
 //! never touch each other's sinks: the router only holds `Send` channel ends.
+//! `ARCHITECTURE.md` tells the whole story on one page.
 //!
 //! # Layout
 //!
@@ -23,15 +25,16 @@
 //! - [`v3`], [`v5`]: per-protocol CONNECT / PUBLISH / SUBSCRIBE / DISCONNECT handling.
 //! - [`session`]: per-connection registration and the delivery task, Last Will on
 //!   abnormal close, takeover when a client id connects again.
-//! - [`router`]: subscriptions, shared subscriptions, retained messages, wills.
+//! - [`router`]: sessions (clean and persistent, with their owed QoS 1/2 queues),
+//!   subscriptions, shared subscriptions, retained messages, wills.
+//! - [`store`]: the on-disk append-only log (group commit, recovery, compaction).
 //! - [`topic_filter`]: pure topic validation and wildcard matching.
 //! - [`transport_ws`]: MQTT over WebSocket (`/mqtt`), bridged to the MQTT listener.
 //! - [`transport_tls`]: MQTT over TLS (rustls) on the same ntex server, when configured.
 //! - [`metrics`], [`settings`], [`error`].
 //!
-//! Not yet: persistent sessions (clean_session=false is accepted but starts empty, with
-//! `session_present=false`), outbound QoS 2 (subscriptions are granted at most QoS 1),
-//! will delay, message expiry, MQTT over WebSocket and TLS.
+//! Not yet: will delay, message expiry, persisting inbound QoS 2 packet ids across a
+//! restart (they are kept per session in memory).
 
 pub mod error;
 pub mod metrics;

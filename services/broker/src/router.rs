@@ -167,6 +167,8 @@ struct Session {
     expires_at: Option<Instant>,
     /// Only persistent sessions track what they are owed.
     owed: VecDeque<Owed>,
+    /// The store holds this session (a `Session` record not yet followed by `EndSession`).
+    stored: bool,
     next_seq: u64,
     /// Packet ids of inbound QoS 2 PUBLISHes not yet released: a resent PUBLISH with one
     /// of these ids (after a reconnect) is acknowledged but not routed again
@@ -182,6 +184,7 @@ impl Session {
             expiry,
             expires_at: None,
             owed: VecDeque::new(),
+            stored: false,
             next_seq: 1,
             qos2_in: HashSet::new(),
         }
@@ -221,6 +224,7 @@ impl Router {
         let now = Instant::now();
         for (client, r) in rec.sessions {
             let mut s = Session::new(r.expiry.min(limits.max_session_expiry));
+            s.stored = true;
             s.expires_at = expiry_deadline(now, s.expiry);
             s.subs = r.subs;
             s.next_seq = r.owed.keys().next_back().map_or(1, |k| k + 1);
@@ -292,7 +296,6 @@ impl Router {
             self.metrics.sessions.inc();
             Session::new(0)
         });
-        let was_persistent = s.persistent();
         s.expiry = expiry;
         s.expires_at = None;
         if s.persistent() {
@@ -300,7 +303,8 @@ impl Router {
                 client: &client,
                 expiry,
             });
-        } else if was_persistent {
+            s.stored = true;
+        } else if std::mem::take(&mut s.stored) {
             // Resumed with expiry 0: the session now ends with this connection, so the
             // store forgets it; what it was owed is still delivered, untracked.
             self.store.append(&Record::EndSession { client: &client });
@@ -335,7 +339,7 @@ impl Router {
     fn end_session(&self, st: &mut State, client: &str) {
         if let Some(s) = st.sessions.remove(client) {
             self.metrics.sessions.dec();
-            if s.persistent() {
+            if s.stored {
                 self.store.append(&Record::EndSession { client });
             }
         }
@@ -347,6 +351,22 @@ impl Router {
             if let Some(l) = &mut s.live {
                 l.will = None;
             }
+        });
+    }
+
+    /// MQTT 5 DISCONNECT with a Session Expiry Interval: applies to the session from now
+    /// on (capped by the configured maximum). Ignored when the session was not persistent.
+    pub fn set_expiry(&self, conn: ConnId, expiry: u32) {
+        let expiry = expiry.min(self.limits.max_session_expiry);
+        self.with_live(conn, |client, s| {
+            if !s.persistent() || s.expiry == expiry {
+                return;
+            }
+            s.expiry = expiry;
+            if expiry > 0 {
+                self.store.append(&Record::Session { client, expiry });
+            }
+            // expiry 0: `disconnect` ends the session (and logs EndSession).
         });
     }
 

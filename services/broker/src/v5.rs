@@ -178,6 +178,11 @@ pub async fn protocol(
             if d.packet().reason_code != DisconnectReasonCode::DisconnectWithWillMessage {
                 s.router.clear_will(s.id);
             }
+            // The client may change the session expiry on its way out; a session that
+            // ended at disconnect (0) cannot be made persistent here [MQTT-3.14.2-2].
+            if let Some(expiry) = d.packet().session_expiry_interval_secs {
+                s.router.set_expiry(s.id, expiry);
+            }
             Ok(d.ack())
         }
         v5::ProtocolMessage::PublishRelease(r) => {
