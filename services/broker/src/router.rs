@@ -415,6 +415,17 @@ impl Router {
         due.len()
     }
 
+    /// Ends expired sessions once a second — finer precision buys nothing, MQTT gives
+    /// intervals in seconds — until this is the last handle on the router (the broker
+    /// stopped), so in-process brokers in tests do not leave sweepers behind.
+    pub async fn expire_sessions_periodically(self) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        while Arc::strong_count(&self.state) > 1 {
+            tick.tick().await;
+            self.expire_sessions(Instant::now());
+        }
+    }
+
     /// The subscriber acknowledged message `seq` of its session (PUBACK, or PUBCOMP).
     pub fn ack(&self, client: &str, seq: u64) {
         let mut st = self.lock();

@@ -50,16 +50,7 @@ impl Application {
             max_session_expiry: cfg.max_session_expiry_secs,
         };
         let router = open_store(cfg, Metrics::new(&obs), limits)?;
-        // Offline sessions past their expiry interval are ended once a second; finer
-        // precision buys nothing (MQTT gives intervals in seconds).
-        let sweeper = router.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-            loop {
-                tick.tick().await;
-                sweeper.expire_sessions(std::time::Instant::now());
-            }
-        });
+        tokio::spawn(router.clone().expire_sessions_periodically());
 
         let listener = TcpListener::bind(&cfg.mqtt_addr)
             .with_context(|| format!("binding MQTT listener {}", cfg.mqtt_addr))?;

@@ -236,3 +236,92 @@ async fn takeover_keeps_the_persistent_session() {
     assert_eq!(second.next_publish().await.payload, b"on");
     broker.stop().await;
 }
+
+mod raw {
+    //! Just enough MQTT 3.1.1 encoding to drive the broker packet by packet.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    pub fn packet(header: u8, body: &[u8]) -> Vec<u8> {
+        assert!(body.len() < 128);
+        let mut p = vec![header, body.len() as u8];
+        p.extend_from_slice(body);
+        p
+    }
+
+    pub fn str(s: &str) -> Vec<u8> {
+        let mut v = (s.len() as u16).to_be_bytes().to_vec();
+        v.extend_from_slice(s.as_bytes());
+        v
+    }
+
+    /// CONNECT with clean_session=0; returns the socket and session_present.
+    pub async fn connect(addr: std::net::SocketAddr, id: &str) -> (TcpStream, bool) {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let mut body = str("MQTT");
+        body.extend_from_slice(&[4, 0x00, 0, 60]);
+        body.extend(str(id));
+        s.write_all(&packet(0x10, &body)).await.unwrap();
+        let ack = read(&mut s, 4).await;
+        assert_eq!((ack[0], ack[3]), (0x20, 0), "CONNACK {ack:?}");
+        (s, ack[2] == 1)
+    }
+
+    pub async fn read(s: &mut TcpStream, n: usize) -> Vec<u8> {
+        let mut buf = vec![0; n];
+        tokio::time::timeout(super::common::WAIT, s.read_exact(&mut buf))
+            .await
+            .expect("broker answered in time")
+            .unwrap();
+        buf
+    }
+
+    /// PUBLISH QoS 2 (DUP as given) with packet id 7 to `topic`.
+    pub fn publish_qos2(topic: &str, payload: &[u8], dup: bool) -> Vec<u8> {
+        let mut body = str(topic);
+        body.extend_from_slice(&[0, 7]);
+        body.extend_from_slice(payload);
+        packet(if dup { 0x3C } else { 0x34 }, &body)
+    }
+}
+
+/// Inbound exactly-once across a reconnect: [MQTT-4.3.3-9] until PUBREL the receiver
+/// must not forward a PUBLISH with the same packet id again, and [MQTT-4.4.0-1] the
+/// client re-sends it (DUP=1) after reconnecting with clean_session=0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos2_publish_resent_after_reconnect_is_forwarded_once() {
+    use tokio::io::AsyncWriteExt;
+    let broker = Broker::start().await;
+    let mut watch = Client::v3(&broker, "watch").await;
+    watch.subscribe("x2", 2).await;
+
+    let (mut s, _) = raw::connect(broker.mqtt, "pub2").await;
+    s.write_all(&raw::publish_qos2("x2", b"once", false))
+        .await
+        .unwrap();
+    assert_eq!(raw::read(&mut s, 4).await, [0x50, 2, 0, 7], "PUBREC");
+    drop(s); // the connection breaks before PUBREL
+
+    let (mut s, present) = raw::connect(broker.mqtt, "pub2").await;
+    assert!(present);
+    s.write_all(&raw::publish_qos2("x2", b"once", true))
+        .await
+        .unwrap();
+    assert_eq!(raw::read(&mut s, 4).await, [0x50, 2, 0, 7], "PUBREC again");
+    s.write_all(&raw::packet(0x62, &[0, 7])).await.unwrap();
+    assert_eq!(raw::read(&mut s, 4).await, [0x70, 2, 0, 7], "PUBCOMP");
+
+    assert_eq!(watch.next_publish().await.payload, b"once");
+    assert_eq!(
+        watch.try_next_publish(Duration::from_millis(300)).await,
+        None,
+        "forwarded twice"
+    );
+    // Released: the id is free, and a new message with it is a new message.
+    s.write_all(&raw::publish_qos2("x2", b"again", false))
+        .await
+        .unwrap();
+    assert_eq!(raw::read(&mut s, 4).await, [0x50, 2, 0, 7]);
+    assert_eq!(watch.next_publish().await.payload, b"again");
+    broker.stop().await;
+}
