@@ -41,8 +41,9 @@ impl Range {
 
 impl std::fmt::Display for Range {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let side = |b: Option<f64>| b.map_or_else(|| "∞".to_owned(), |v| v.to_string());
-        write!(f, "[{}, {}]", side(self.min), side(self.max))
+        let side =
+            |b: Option<f64>, open: &str| b.map_or_else(|| open.to_owned(), |v| v.to_string());
+        write!(f, "[{}, {}]", side(self.min, "-∞"), side(self.max, "∞"))
     }
 }
 
@@ -185,6 +186,11 @@ mod tests {
             .check(&reading(now(), "humidity", 101.0), now())
             .unwrap_err();
         assert!(err.to_string().contains("[0, 100]"), "{err}");
+        let err = Limits::default()
+            .check(&reading(now(), "lux", -1.0), now())
+            .unwrap_err();
+        assert!(err.to_string().contains("[0, ∞]"), "{err}");
+        assert_eq!(Range::new(None, Some(5.0)).to_string(), "[-∞, 5]");
     }
 
     #[test]
