@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::batch::{Batch, BatchPolicy};
+use crate::maintenance::retention_cutoff;
 use crate::record::{self, Outcome};
 
 /// First and longest pause between attempts to write a failed batch.
@@ -66,7 +67,7 @@ impl Metrics {
             ),
             skipped: obs.counter(
                 "skipped_total",
-                "Valid deliveries deliberately not stored (retained replays).",
+                "Valid deliveries deliberately not stored (retained replays, readings older than the retention period).",
                 &[],
             ),
             last_batch_size: obs
@@ -99,6 +100,8 @@ pub struct Consumer {
     pub topics: Topics,
     /// `[limits]`, applied to telemetry that boards publish straight to MQTT.
     pub limits: Limits,
+    /// `historian.retention_days`: older readings are not stored (0 = keep all).
+    pub retention_days: u32,
     pub policy: BatchPolicy,
     pub metrics: Metrics,
     /// False while the database refuses writes.
@@ -140,7 +143,19 @@ impl Consumer {
             p.retain,
             chrono::Utc::now(),
         );
+        let now = chrono::Utc::now();
+        let expired = |r: &Record| match (r, retention_cutoff(self.retention_days, now)) {
+            (Record::Reading(reading), Some(cutoff)) => reading.ts < cutoff,
+            _ => false,
+        };
         let record = match outcome {
+            // Storing it would re-create a month that retention already dropped (or is
+            // about to); it is acknowledged and counted instead, like a retained replay.
+            Outcome::Store(r) if expired(&r) => {
+                tracing::debug!(topic = %p.topic, "reading older than the retention period, skipped");
+                self.metrics.skipped.inc();
+                None
+            }
             Outcome::Store(r) => Some(r),
             Outcome::Skip(why) => {
                 tracing::debug!(topic = %p.topic, why, "skipped");

@@ -141,6 +141,7 @@ async fn work(
         client: client.clone(),
         topics,
         limits: settings.limits.clone(),
+        retention_days: settings.historian.retention_days,
         policy: BatchPolicy::new(
             settings.historian.batch_size,
             settings.historian.batch_interval(),

@@ -63,6 +63,11 @@ async fn messages_are_stored_acked_after_commit_and_survive_a_restart() {
         ("lentera/gh-1/telemetry", "{not json"),
         // A board publishing straight to MQTT gets the same [limits] as ingest.
         ("lentera/gh-1/telemetry", r#"{"humidity":140}"#),
+        // Plausible but older than the retention period: acknowledged, not stored.
+        (
+            "lentera/gh-1/telemetry",
+            r#"{"lux":1,"ts":"2023-01-01T00:00:00Z"}"#,
+        ),
         ("lentera/lamp-1/lamp/set", "on"),
         ("lentera/lamp-1/lamp/state", "on"),
         ("lentera/lamp-1/lamp/mode", r#"{"mode":"off"}"#),
@@ -111,6 +116,10 @@ async fn messages_are_stored_acked_after_commit_and_survive_a_restart() {
     assert_eq!(
         metric(&app, "lentera_historian_readings_stored_total").await,
         Some(2)
+    );
+    assert_eq!(
+        metric(&app, "lentera_historian_skipped_total").await,
+        Some(1)
     );
     app.stop();
 
