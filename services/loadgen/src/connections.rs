@@ -30,6 +30,8 @@ pub struct ConnConfig {
     pub keepalive_secs: u16,
     /// The broker's process id, to read its memory.
     pub pid: Option<u32>,
+    /// Username and password for brokers that require them.
+    pub credentials: Option<(String, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -132,10 +134,12 @@ pub async fn run(cfg: ConnConfig) -> anyhow::Result<ConnReport> {
     for i in 0..cfg.connections {
         let (permits, closed, stop) = (permits.clone(), closed.clone(), stop_rx.clone());
         let (host, port, ka) = (cfg.host.clone(), cfg.port, cfg.keepalive_secs);
+        let credentials = cfg.credentials.clone();
         let id = format!("lg-{run_id}-c{i}");
         tasks.push(tokio::spawn(async move {
             let permit = permits.acquire_owned().await?;
-            let stream = connect(&host, port, &id, ka).await?;
+            let packet = connect_packet(&id, ka, credentials.as_ref());
+            let stream = connect(&host, port, &packet).await?;
             drop(permit);
             tokio::spawn(hold(stream, ka, closed, stop));
             anyhow::Ok(())
@@ -171,12 +175,24 @@ pub async fn run(cfg: ConnConfig) -> anyhow::Result<ConnReport> {
     })
 }
 
-/// MQTT 3.1.1 CONNECT with a clean session and no credentials.
-fn connect_packet(client_id: &str, keepalive: u16) -> Vec<u8> {
-    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02];
+/// MQTT 3.1.1 CONNECT with a clean session and, if given, username and password.
+fn connect_packet(
+    client_id: &str,
+    keepalive: u16,
+    credentials: Option<&(String, String)>,
+) -> Vec<u8> {
+    let flags = if credentials.is_some() { 0xC2 } else { 0x02 };
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, flags];
     body.extend_from_slice(&keepalive.to_be_bytes());
-    body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
-    body.extend_from_slice(client_id.as_bytes());
+    let fields = std::iter::once(client_id).chain(
+        credentials
+            .into_iter()
+            .flat_map(|(u, p)| [u.as_str(), p.as_str()]),
+    );
+    for field in fields {
+        body.extend_from_slice(&(field.len() as u16).to_be_bytes());
+        body.extend_from_slice(field.as_bytes());
+    }
     let mut packet = vec![0x10];
     let mut len = body.len();
     loop {
@@ -191,9 +207,9 @@ fn connect_packet(client_id: &str, keepalive: u16) -> Vec<u8> {
     packet
 }
 
-async fn connect(host: &str, port: u16, id: &str, keepalive: u16) -> anyhow::Result<TcpStream> {
+async fn connect(host: &str, port: u16, connect_packet: &[u8]) -> anyhow::Result<TcpStream> {
     let mut s = TcpStream::connect((host, port)).await?;
-    s.write_all(&connect_packet(id, keepalive)).await?;
+    s.write_all(connect_packet).await?;
     let mut connack = [0u8; 4];
     tokio::time::timeout(Duration::from_secs(30), s.read_exact(&mut connack))
         .await
@@ -234,7 +250,7 @@ mod tests {
 
     #[test]
     fn connect_packet_matches_the_mqtt_311_layout() {
-        let p = connect_packet("t", 5);
+        let p = connect_packet("t", 5, None);
         assert_eq!(
             p,
             [
@@ -242,8 +258,13 @@ mod tests {
             ]
         );
         // A client id long enough to need a two-byte remaining length.
-        let p = connect_packet(&"x".repeat(200), 60);
+        let p = connect_packet(&"x".repeat(200), 60, None);
         assert_eq!(&p[1..3], &[(212 % 128) as u8 | 0x80, 1]);
         assert_eq!(p.len(), 3 + 212);
+        // Username and password flags, then both fields after the client id.
+        let creds = ("u".to_owned(), "pw".to_owned());
+        let p = connect_packet("t", 5, Some(&creds));
+        assert_eq!(p[9], 0xC2);
+        assert_eq!(&p[15..], &[0, 1, b'u', 0, 2, b'p', b'w']);
     }
 }

@@ -41,7 +41,7 @@ modes:
   latency      fixed input rate, latency percentiles (defaults: 1x1, --rate 4000)
   connections  open and hold idle connections; broker memory with --pid
 
-common:       --host 127.0.0.1  --port 1883  --json
+common:       --host 127.0.0.1  --port 1883  --json  --username U --password P
 throughput / latency:
   --publishers N (4 / 1)   --subscribers M (4 / 1)
   --topics shared|distinct (shared: one topic for all; distinct: publisher i on its own
@@ -85,6 +85,7 @@ pub async fn run(args: impl IntoIterator<Item = String>) -> anyhow::Result<Strin
                 hold: args.duration("hold", Duration::from_secs(10))?,
                 keepalive_secs: args.get("keepalive", 60)?,
                 pid: args.opt("pid")?,
+                credentials: credentials(&args)?,
             };
             args.finish()?;
             let r = connections::run(cfg).await?;
@@ -95,6 +96,15 @@ pub async fn run(args: impl IntoIterator<Item = String>) -> anyhow::Result<Strin
             })
         }
         other => bail!("unknown mode {other:?}\n{USAGE}"),
+    }
+}
+
+fn credentials(args: &Args) -> anyhow::Result<Option<(String, String)>> {
+    let password: Option<String> = args.opt("password")?;
+    match args.opt::<String>("username")? {
+        Some(user) => Ok(Some((user, password.unwrap_or_default()))),
+        None if password.is_some() => bail!("--password needs --username"),
+        None => Ok(None),
     }
 }
 
@@ -129,6 +139,7 @@ fn pubsub_config(
         count: args.opt("count")?,
         drain: args.duration("drain", d.drain)?,
         inflight: args.get("inflight", d.inflight)?,
+        credentials: credentials(args)?,
         ..d
     })
 }

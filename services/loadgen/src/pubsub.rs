@@ -68,6 +68,8 @@ pub struct PubSubConfig {
     pub drain: Duration,
     /// Unacknowledged QoS ≥ 1 messages per publisher.
     pub inflight: u16,
+    /// Username and password for brokers that require them.
+    pub credentials: Option<(String, String)>,
 }
 
 impl PubSubConfig {
@@ -85,6 +87,7 @@ impl PubSubConfig {
             count: None,
             drain: Duration::from_secs(3),
             inflight: 100,
+            credentials: None,
         }
     }
 
@@ -324,6 +327,9 @@ fn options(cfg: &PubSubConfig, id: String) -> MqttOptions {
         .set_clean_session(true)
         .set_inflight(cfg.inflight.max(1))
         .set_max_packet_size(cfg.size + 1024, cfg.size + 1024);
+    if let Some((user, password)) = &cfg.credentials {
+        o.set_credentials(user, password);
+    }
     o
 }
 

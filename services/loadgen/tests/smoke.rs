@@ -84,6 +84,7 @@ async fn connections_mode_opens_and_holds_every_connection() {
         hold: Duration::from_millis(300),
         keepalive_secs: 60,
         pid: Some(std::process::id()),
+        credentials: None,
     })
     .await
     .unwrap();
