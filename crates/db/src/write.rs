@@ -43,7 +43,10 @@ pub async fn ensure_partitions(
 ) -> Result<i32, sqlx::Error> {
     let mut months: Vec<DateTime<Utc>> = instants
         .iter()
-        .filter_map(|t| Utc.with_ymd_and_hms(t.year(), t.month(), 1, 0, 0, 0).single())
+        .filter_map(|t| {
+            Utc.with_ymd_and_hms(t.year(), t.month(), 1, 0, 0, 0)
+                .single()
+        })
         .collect();
     months.sort_unstable();
     months.dedup();
