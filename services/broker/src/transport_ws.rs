@@ -26,6 +26,9 @@ use tokio_tungstenite::tungstenite::{Bytes, Message};
 /// The only path served, as the MQTT-over-WebSocket convention and the issue ask.
 pub const PATH: &str = "/mqtt";
 const SUBPROTOCOL: &str = "mqtt";
+/// A client that opens a socket and never completes the upgrade is dropped after this,
+/// so idle sockets cannot pile up before the MQTT side's CONNECT timeout even starts.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Binds `addr` (port 0 allowed) and serves WebSocket clients on the current tokio
 /// runtime, bridging each to the MQTT listener at `mqtt_addr`. Abort the returned task
@@ -105,8 +108,11 @@ fn negotiate(req: &Request, mut res: Response) -> Result<Response, ErrorResponse
 async fn bridge(stream: TcpStream, mqtt: SocketAddr) -> anyhow::Result<()> {
     stream.set_nodelay(true)?;
     let config = WebSocketConfig::default().max_message_size(Some(16 << 20));
-    let mut ws = tokio_tungstenite::accept_hdr_async_with_config(stream, negotiate, Some(config))
+    let handshake =
+        tokio_tungstenite::accept_hdr_async_with_config(stream, negotiate, Some(config));
+    let mut ws = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
         .await
+        .context("WebSocket handshake timed out")?
         .context("WebSocket handshake")?;
     let mut tcp = TcpStream::connect(mqtt)
         .await
