@@ -217,3 +217,36 @@ async fn a_version_1_database_migrates_with_its_readings_and_rolls_them_up() {
         .execute(format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#).as_str())
         .await;
 }
+
+/// Rough cost of the write path (partitions + rollup in the transaction), for the later
+/// historian benchmark: `cargo test -p lentera-historian --test storage -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "measurement, not a check"]
+async fn store_throughput() {
+    let db = TestDb::new().await;
+    let start = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
+    let batches: Vec<Vec<Record>> = (0..200)
+        .map(|b| {
+            (0..500)
+                .map(|i| {
+                    let n = b * 500 + i;
+                    let device = format!("gh-{}", n % 50);
+                    let ts = start + Duration::seconds(n / 50);
+                    reading(&device, ts, &[("temperature", 20.0 + (n % 7) as f64)])
+                })
+                .collect()
+        })
+        .collect();
+    let t = std::time::Instant::now();
+    let mut rows = 0;
+    for b in &batches {
+        rows += write::store(&db.pool, b).await.unwrap();
+    }
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "{rows} readings in {} batches of 500: {secs:.2} s, {:.0} readings/s",
+        batches.len(),
+        rows as f64 / secs
+    );
+    db.drop_db().await;
+}
