@@ -113,6 +113,27 @@ async fn partitions_are_created_on_write_and_ahead_and_retention_drops_whole_old
     db.drop_db().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_running_historian_creates_this_and_the_next_two_months_at_start() {
+    let db = TestDb::new().await;
+    // No broker needed: upkeep starts as soon as the schema is ready.
+    let app = common::RunningApp::spawn(common::settings(&db.url, common::free_port()));
+    let now = Utc::now();
+    let want: Vec<String> = (0..=2)
+        .map(|m| {
+            let t = now.checked_add_months(chrono::Months::new(m)).unwrap();
+            format!("readings_p{}", t.format("%Y%m"))
+        })
+        .collect();
+    common::eventually(10, "partitions created ahead", || async {
+        let have = partitions(&db.pool).await;
+        want.iter().all(|w| have.contains(w))
+    })
+    .await;
+    app.stop();
+    db.drop_db().await;
+}
+
 /// xorshift64*: deterministic "random" data without a dependency; the seed is printed so
 /// a failure can be replayed.
 struct Rng(u64);
