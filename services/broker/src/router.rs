@@ -231,10 +231,12 @@ impl Router {
             s.owed = r
                 .owed
                 .into_iter()
+                // Whether it was sent before the restart is unknown, so the resend says
+                // DUP=1: required for a re-delivery [MQTT-3.3.1-1], harmless otherwise.
                 .map(|(seq, msg)| Owed {
                     seq,
                     msg,
-                    dispatched: false,
+                    dispatched: true,
                 })
                 .collect();
             st.sessions.insert(client, s);
@@ -454,24 +456,20 @@ impl Router {
     }
 
     /// Adds or replaces a subscription and queues the matching retained messages.
-    /// Returns false when the connection is no longer registered (taken over).
-    pub fn subscribe(
-        &self,
-        conn: ConnId,
-        raw: &str,
-        sub: Subscription,
-        send: SendRetained,
-    ) -> bool {
+    /// Returns the store sequence number the SUBACK should wait for (0: nothing to wait
+    /// for, e.g. a clean session, or the connection was taken over meanwhile).
+    pub fn subscribe(&self, conn: ConnId, raw: &str, sub: Subscription, send: SendRetained) -> u64 {
         let mut guard = self.lock();
         let st = &mut *guard;
         let Some(client) = st.conns.get(&conn) else {
-            return false;
+            return 0;
         };
         let Some(s) = st.sessions.get_mut(client) else {
-            return false;
+            return 0;
         };
+        let mut lsn = 0;
         if s.persistent() {
-            self.store.append(&Record::Sub {
+            lsn = self.store.append(&Record::Sub {
                 client,
                 filter: raw,
                 qos: sub.qos,
@@ -500,7 +498,7 @@ impl Router {
                 }
             }
         }
-        true
+        lsn
     }
 
     /// Returns whether the subscription existed (MQTT 5 reports "no subscription existed").

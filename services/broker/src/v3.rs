@@ -93,6 +93,7 @@ pub async fn protocol(
 ) -> Result<v3::ProtocolMessageAck, BrokerError> {
     match msg {
         v3::ProtocolMessage::Subscribe(mut sub) => {
+            let mut lsn = 0;
             for mut item in sub.iter_mut() {
                 let raw = item.topic().clone();
                 match Filter::parse(&raw) {
@@ -106,7 +107,7 @@ pub async fn protocol(
                             no_local: false,
                             retain_as_published: false,
                         };
-                        s.router.subscribe(s.id, &raw, s2, SendRetained::Always);
+                        lsn = lsn.max(s.router.subscribe(s.id, &raw, s2, SendRetained::Always));
                         item.confirm(qos);
                     }
                     Err(e) => {
@@ -115,6 +116,8 @@ pub async fn protocol(
                     }
                 }
             }
+            // A persistent session's subscription is on disk before the SUBACK.
+            s.router.store().durable(lsn).await;
             Ok(sub.ack())
         }
         v3::ProtocolMessage::Unsubscribe(unsub) => {

@@ -129,6 +129,7 @@ pub async fn protocol(
 ) -> Result<v5::ProtocolMessageAck, BrokerError> {
     match msg {
         v5::ProtocolMessage::Subscribe(mut sub) => {
+            let mut lsn = 0;
             for mut item in sub.iter_mut() {
                 let raw = item.topic().clone();
                 let opts = *item.options();
@@ -158,9 +159,11 @@ pub async fn protocol(
                     no_local: opts.no_local,
                     retain_as_published: opts.retain_as_published,
                 };
-                s.router.subscribe(s.id, &raw, entry, send);
+                lsn = lsn.max(s.router.subscribe(s.id, &raw, entry, send));
                 item.confirm(qos);
             }
+            // A persistent session's subscription is on disk before the SUBACK.
+            s.router.store().durable(lsn).await;
             Ok(sub.ack())
         }
         v5::ProtocolMessage::Unsubscribe(mut unsub) => {

@@ -133,7 +133,8 @@ impl Store {
     /// Resolves once every record up to `lsn` is on disk.
     pub async fn durable(&self, lsn: u64) {
         let Some(inner) = &self.inner else { return };
-        if *inner.durable.borrow() >= lsn {
+        // 0 = nothing was written (the common case: QoS 0, or no persistent subscriber).
+        if lsn == 0 || *inner.durable.borrow() >= lsn {
             return;
         }
         let mut rx = inner.durable.subscribe();
