@@ -615,12 +615,6 @@ impl Router {
                 return 0;
             }
             let seq = s.next_seq;
-            s.next_seq += 1;
-            let lsn = self.store.append(&Record::Enq {
-                client,
-                seq,
-                msg: &msg,
-            });
             let dispatched = match &s.live {
                 Some(l) => {
                     let out = Outgoing {
@@ -628,13 +622,27 @@ impl Router {
                         seq: Some(seq),
                         dup: false,
                     };
-                    // The channel holds at least `session_queue_capacity` for persistent
-                    // sessions, so this fails only if the connection just closed; the
-                    // message stays owed either way.
-                    l.tx.try_send(out).is_ok()
+                    match l.tx.try_send(out) {
+                        Ok(()) => true,
+                        // The channel is shared with QoS 0 traffic; when that filled it,
+                        // this message could not go out in order on this connection.
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            self.metrics.dropped_queue_full.inc();
+                            return 0;
+                        }
+                        // The connection just closed: owed, sent on the next one.
+                        Err(mpsc::error::TrySendError::Closed(_)) => false,
+                    }
                 }
                 None => false,
             };
+            s.next_seq += 1;
+            // The subscriber's PUBACK needs this lock, so it cannot overtake the record.
+            let lsn = self.store.append(&Record::Enq {
+                client,
+                seq,
+                msg: &msg,
+            });
             s.owed.push_back(Owed {
                 seq,
                 msg,

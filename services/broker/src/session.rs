@@ -85,8 +85,9 @@ impl Shared {
         } = conn;
         // tokio's bounded channel allocates in blocks as it fills, so a large capacity
         // costs nothing until a backlog actually builds up.
+        // Persistent: room for the whole owed queue plus QoS 0 traffic alongside it.
         let cap = if expiry > 0 {
-            self.queue_capacity.max(self.session_queue_capacity)
+            self.queue_capacity + self.session_queue_capacity
         } else {
             self.queue_capacity
         };
