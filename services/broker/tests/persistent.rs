@@ -325,3 +325,43 @@ async fn qos2_publish_resent_after_reconnect_is_forwarded_once() {
     assert_eq!(watch.next_publish().await.payload, b"again");
     broker.stop().await;
 }
+
+/// MQTT 5 lets DISCONNECT change the Session Expiry Interval (§3.14.2.2.2): setting it to
+/// 0 on the way out ends the session at once, so a later resume finds none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v5_disconnect_with_session_expiry_zero_ends_the_session() {
+    use tokio::io::AsyncWriteExt;
+    /// CONNECT (MQTT 5) with Session Expiry Interval 60; returns session_present.
+    async fn connect(addr: std::net::SocketAddr, clean: bool) -> (tokio::net::TcpStream, bool) {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut body = raw::str("MQTT");
+        body.extend_from_slice(&[5, if clean { 0x02 } else { 0 }, 0, 60]);
+        body.extend_from_slice(&[5, 0x11, 0, 0, 0, 60]);
+        body.extend(raw::str("v5-raw"));
+        s.write_all(&raw::packet(0x10, &body)).await.unwrap();
+        let head = raw::read(&mut s, 2).await;
+        assert_eq!(head[0], 0x20);
+        let rest = raw::read(&mut s, head[1] as usize).await;
+        assert_eq!(rest[1], 0, "CONNACK reason");
+        (s, rest[0] & 1 == 1)
+    }
+    let broker = Broker::start().await;
+
+    let (mut s, present) = connect(broker.mqtt, true).await;
+    assert!(!present);
+    let mut sub = vec![0, 1, 0]; // packet id 1, no properties
+    sub.extend(raw::str("d/x"));
+    sub.push(1);
+    s.write_all(&raw::packet(0x82, &sub)).await.unwrap();
+    assert_eq!(raw::read(&mut s, 6).await, [0x90, 4, 0, 1, 0, 1], "SUBACK");
+    // DISCONNECT, reason 0, Session Expiry Interval = 0.
+    s.write_all(&raw::packet(0xE0, &[0, 5, 0x11, 0, 0, 0, 0]))
+        .await
+        .unwrap();
+    drop(s);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let (_s, present) = connect(broker.mqtt, false).await;
+    assert!(!present, "session outlived a DISCONNECT with expiry 0");
+    broker.stop().await;
+}
