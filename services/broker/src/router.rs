@@ -20,10 +20,13 @@
 //!
 //! A `std::sync::Mutex` suffices: every critical section is short and synchronous.
 //! Store records are encoded under it so the log order is the state-change order.
+//!
+//! This file: the types and routing (subscribe, publish, deliver). `router/sessions.rs`:
+//! session lifecycle and acknowledgements. `router/durable.rs`: recovery and snapshots.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ntex_bytes::{ByteString, Bytes};
 use ntex_mqtt::QoS;
@@ -31,7 +34,7 @@ use tokio::sync::{Notify, mpsc};
 
 use crate::metrics::Metrics;
 use crate::store::recover::Recovered;
-use crate::store::{Record, Store, record};
+use crate::store::{Record, Store};
 use crate::topic_filter::{Filter, matches};
 
 /// Identifies one network connection (not a client id: a client id outlives connections).
@@ -213,47 +216,6 @@ impl Router {
         Self::with_store(metrics, Store::disabled(), Recovered::default(), limits)
     }
 
-    /// A router starting from recovered state, writing changes to `store`.
-    pub fn with_store(metrics: Metrics, store: Store, rec: Recovered, limits: Limits) -> Self {
-        let mut st = State {
-            retained: rec.retained,
-            ..State::default()
-        };
-        // The restart resets the expiry clock of offline sessions: the downtime is the
-        // broker's, not the client's.
-        let now = Instant::now();
-        for (client, r) in rec.sessions {
-            let mut s = Session::new(r.expiry.min(limits.max_session_expiry));
-            s.stored = true;
-            s.expires_at = expiry_deadline(now, s.expiry);
-            s.subs = r.subs;
-            s.next_seq = r.owed.keys().next_back().map_or(1, |k| k + 1);
-            s.owed = r
-                .owed
-                .into_iter()
-                // Whether it was sent before the restart is unknown, so the resend says
-                // DUP=1: required for a re-delivery [MQTT-3.3.1-1], harmless otherwise.
-                .map(|(seq, msg)| Owed {
-                    seq,
-                    msg,
-                    dispatched: true,
-                })
-                .collect();
-            st.sessions.insert(client, s);
-        }
-        metrics.retained.set(st.retained.len() as i64);
-        metrics.sessions.set(st.sessions.len() as i64);
-        let router = Self {
-            state: Arc::new(Mutex::new(st)),
-            metrics,
-            store,
-            limits,
-        };
-        // Start from a compact log: the replayed history collapses to the live state.
-        router.compact(&mut router.lock());
-        router
-    }
-
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }
@@ -266,193 +228,6 @@ impl Router {
         // A panic while holding the lock leaves plain data behind, still consistent enough
         // to keep routing; refusing every later connection would be worse.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Registers a new connection, taking over the session of its client id: an existing
-    /// connection is closed [MQTT-3.1.4-2] and its will discarded (the client is evidently
-    /// alive). The session is resumed unless `clean_start` [MQTT-3.1.2-4/-5/-6]; a resumed
-    /// session's owed messages are queued to the new connection at once, in order.
-    pub fn connect(&self, reg: Registration) -> Connected {
-        let mut guard = self.lock();
-        let st = &mut *guard;
-        st.next_id += 1;
-        let id = st.next_id;
-        let expiry = reg.expiry.min(self.limits.max_session_expiry);
-        let client = reg.client_id;
-
-        let mut present = false;
-        if let Some(s) = st.sessions.get_mut(&client) {
-            if let Some(old) = s.live.take() {
-                st.conns.remove(&old.id);
-                old.kick.notify_one();
-                self.metrics.takeovers.inc();
-            }
-            if reg.clean_start {
-                self.end_session(st, &client);
-            } else {
-                present = true;
-            }
-        }
-        st.conns.insert(id, client.clone());
-        let s = st.sessions.entry(client.clone()).or_insert_with(|| {
-            self.metrics.sessions.inc();
-            Session::new(0)
-        });
-        s.expiry = expiry;
-        s.expires_at = None;
-        if s.persistent() {
-            self.store.append(&Record::Session {
-                client: &client,
-                expiry,
-            });
-            s.stored = true;
-        } else if std::mem::take(&mut s.stored) {
-            // Resumed with expiry 0: the session now ends with this connection, so the
-            // store forgets it; what it was owed is still delivered, untracked.
-            self.store.append(&Record::EndSession { client: &client });
-        }
-        for o in &mut s.owed {
-            let out = Outgoing {
-                msg: o.msg.clone(),
-                seq: s.expiry.gt(&0).then_some(o.seq),
-                dup: o.dispatched,
-            };
-            o.dispatched = true;
-            if reg.tx.try_send(out).is_err() {
-                self.metrics.dropped_queue_full.inc();
-            }
-        }
-        if !s.persistent() {
-            s.owed.clear();
-        }
-        s.live = Some(Live {
-            id,
-            tx: reg.tx,
-            kick: reg.kick,
-            will: reg.will,
-        });
-        Connected {
-            id,
-            session_present: present,
-        }
-    }
-
-    /// Removes a session and everything it owns.
-    fn end_session(&self, st: &mut State, client: &str) {
-        if let Some(s) = st.sessions.remove(client) {
-            self.metrics.sessions.dec();
-            if s.stored {
-                self.store.append(&Record::EndSession { client });
-            }
-        }
-    }
-
-    /// A DISCONNECT packet arrived: the will must not be published [MQTT-3.14.4-3].
-    pub fn clear_will(&self, conn: ConnId) {
-        self.with_live(conn, |_, s| {
-            if let Some(l) = &mut s.live {
-                l.will = None;
-            }
-        });
-    }
-
-    /// MQTT 5 DISCONNECT with a Session Expiry Interval: applies to the session from now
-    /// on (capped by the configured maximum). Ignored when the session was not persistent.
-    pub fn set_expiry(&self, conn: ConnId, expiry: u32) {
-        let expiry = expiry.min(self.limits.max_session_expiry);
-        self.with_live(conn, |client, s| {
-            if !s.persistent() || s.expiry == expiry {
-                return;
-            }
-            s.expiry = expiry;
-            if expiry > 0 {
-                self.store.append(&Record::Session { client, expiry });
-            }
-            // expiry 0: `disconnect` ends the session (and logs EndSession).
-        });
-    }
-
-    /// Runs `f` on the session whose live connection is `conn`.
-    fn with_live<R>(&self, conn: ConnId, f: impl FnOnce(&str, &mut Session) -> R) -> Option<R> {
-        let mut st = self.lock();
-        let State {
-            conns, sessions, ..
-        } = &mut *st;
-        let client = conns.get(&conn)?;
-        let s = sessions.get_mut(client)?;
-        Some(f(client, s))
-    }
-
-    /// The connection is gone; returns the will to publish, if it still has one. A
-    /// non-persistent session ends here [MQTT-3.1.2-6]; a persistent one waits, keeping
-    /// its subscriptions and queueing messages, until it is resumed or expires.
-    pub fn disconnect(&self, conn: ConnId) -> Option<Message> {
-        let mut guard = self.lock();
-        let st = &mut *guard;
-        let client = st.conns.remove(&conn)?;
-        let s = st.sessions.get_mut(&client)?;
-        let live = s.live.take()?;
-        if s.persistent() {
-            s.expires_at = expiry_deadline(Instant::now(), s.expiry);
-        } else {
-            self.end_session(st, &client);
-        }
-        live.will
-    }
-
-    /// Ends persistent sessions whose expiry interval has passed while offline.
-    pub fn expire_sessions(&self, now: Instant) -> usize {
-        let mut guard = self.lock();
-        let st = &mut *guard;
-        let due: Vec<String> = st
-            .sessions
-            .iter()
-            .filter(|(_, s)| s.live.is_none() && s.expires_at.is_some_and(|t| t <= now))
-            .map(|(c, _)| c.clone())
-            .collect();
-        for c in &due {
-            tracing::debug!(client_id = %c, "session expired");
-            self.end_session(st, c);
-        }
-        due.len()
-    }
-
-    /// Ends expired sessions once a second — finer precision buys nothing, MQTT gives
-    /// intervals in seconds — until this is the last handle on the router (the broker
-    /// stopped), so in-process brokers in tests do not leave sweepers behind.
-    pub async fn expire_sessions_periodically(self) {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        while Arc::strong_count(&self.state) > 1 {
-            tick.tick().await;
-            self.expire_sessions(Instant::now());
-        }
-    }
-
-    /// The subscriber acknowledged message `seq` of its session (PUBACK, or PUBCOMP).
-    pub fn ack(&self, client: &str, seq: u64) {
-        let mut st = self.lock();
-        let Some(s) = st.sessions.get_mut(client) else {
-            return;
-        };
-        // Acknowledgements arrive in order, so this is nearly always the front.
-        if let Ok(i) = s.owed.binary_search_by_key(&seq, |o| o.seq) {
-            s.owed.remove(i);
-            if s.persistent() {
-                self.store.append(&Record::Ack { client, seq });
-            }
-        }
-    }
-
-    /// Inbound QoS 2: returns false when `packet_id` was already received on this session
-    /// and not yet released, i.e. the PUBLISH is a resend that must not be routed again.
-    pub fn qos2_received(&self, conn: ConnId, packet_id: u16) -> bool {
-        self.with_live(conn, |_, s| s.qos2_in.insert(packet_id))
-            .unwrap_or(true)
-    }
-
-    /// Inbound QoS 2: PUBREL arrived for `packet_id`.
-    pub fn qos2_released(&self, conn: ConnId, packet_id: u16) {
-        self.with_live(conn, |_, s| s.qos2_in.remove(&packet_id));
     }
 
     /// Adds or replaces a subscription and queues the matching retained messages.
@@ -667,54 +442,10 @@ impl Router {
         }
         0
     }
-
-    /// Replaces the log with the live state: retained messages, then each persistent
-    /// session with its subscriptions and owed messages.
-    fn compact(&self, st: &mut State) {
-        if !self.store.enabled() {
-            return;
-        }
-        let mut buf = Vec::new();
-        for m in st.retained.values() {
-            record::encode(&Record::Retain(m), &mut buf);
-        }
-        for (client, s) in &st.sessions {
-            if !s.persistent() {
-                continue;
-            }
-            record::encode(
-                &Record::Session {
-                    client,
-                    expiry: s.expiry,
-                },
-                &mut buf,
-            );
-            for (raw, sub) in &s.subs {
-                let rec = Record::Sub {
-                    client,
-                    filter: raw,
-                    qos: sub.qos,
-                    no_local: sub.no_local,
-                    retain_as_published: sub.retain_as_published,
-                };
-                record::encode(&rec, &mut buf);
-            }
-            for o in &s.owed {
-                let rec = Record::Enq {
-                    client,
-                    seq: o.seq,
-                    msg: &o.msg,
-                };
-                record::encode(&rec, &mut buf);
-            }
-        }
-        self.store.compact(buf);
-    }
 }
 
-fn expiry_deadline(now: Instant, expiry: u32) -> Option<Instant> {
-    (expiry != NEVER).then(|| now + Duration::from_secs(expiry.into()))
-}
+mod durable;
+mod sessions;
 
 #[cfg(test)]
 #[path = "router_tests.rs"]

@@ -2,6 +2,7 @@
 
 use super::*;
 use lentera_bootstrap::Observability;
+use std::time::Duration;
 
 fn router() -> Router {
     Router::new(Metrics::new(&Observability::new("broker_test")))

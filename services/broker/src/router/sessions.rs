@@ -1,0 +1,207 @@
+//! Session lifecycle on the routing table: connect (takeover, clean start or resume),
+//! disconnect, expiry, the subscriber's acknowledgements, and inbound QoS 2 dedupe.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{
+    ConnId, Connected, Live, Message, NEVER, Outgoing, Registration, Router, Session, State,
+};
+use crate::store::Record;
+
+impl Router {
+    /// Registers a new connection, taking over the session of its client id: an existing
+    /// connection is closed [MQTT-3.1.4-2] and its will discarded (the client is evidently
+    /// alive). The session is resumed unless `clean_start` [MQTT-3.1.2-4/-5/-6]; a resumed
+    /// session's owed messages are queued to the new connection at once, in order.
+    pub fn connect(&self, reg: Registration) -> Connected {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        st.next_id += 1;
+        let id = st.next_id;
+        let expiry = reg.expiry.min(self.limits.max_session_expiry);
+        let client = reg.client_id;
+
+        let mut present = false;
+        if let Some(s) = st.sessions.get_mut(&client) {
+            if let Some(old) = s.live.take() {
+                st.conns.remove(&old.id);
+                old.kick.notify_one();
+                self.metrics.takeovers.inc();
+            }
+            if reg.clean_start {
+                self.end_session(st, &client);
+            } else {
+                present = true;
+            }
+        }
+        st.conns.insert(id, client.clone());
+        let s = st.sessions.entry(client.clone()).or_insert_with(|| {
+            self.metrics.sessions.inc();
+            Session::new(0)
+        });
+        s.expiry = expiry;
+        s.expires_at = None;
+        if s.persistent() {
+            self.store.append(&Record::Session {
+                client: &client,
+                expiry,
+            });
+            s.stored = true;
+        } else if std::mem::take(&mut s.stored) {
+            // Resumed with expiry 0: the session now ends with this connection, so the
+            // store forgets it; what it was owed is still delivered, untracked.
+            self.store.append(&Record::EndSession { client: &client });
+        }
+        for o in &mut s.owed {
+            let out = Outgoing {
+                msg: o.msg.clone(),
+                seq: s.expiry.gt(&0).then_some(o.seq),
+                dup: o.dispatched,
+            };
+            o.dispatched = true;
+            if reg.tx.try_send(out).is_err() {
+                self.metrics.dropped_queue_full.inc();
+            }
+        }
+        if !s.persistent() {
+            s.owed.clear();
+        }
+        s.live = Some(Live {
+            id,
+            tx: reg.tx,
+            kick: reg.kick,
+            will: reg.will,
+        });
+        Connected {
+            id,
+            session_present: present,
+        }
+    }
+
+    /// Removes a session and everything it owns.
+    fn end_session(&self, st: &mut State, client: &str) {
+        if let Some(s) = st.sessions.remove(client) {
+            self.metrics.sessions.dec();
+            if s.stored {
+                self.store.append(&Record::EndSession { client });
+            }
+        }
+    }
+
+    /// A DISCONNECT packet arrived: the will must not be published [MQTT-3.14.4-3].
+    pub fn clear_will(&self, conn: ConnId) {
+        self.with_live(conn, |_, s| {
+            if let Some(l) = &mut s.live {
+                l.will = None;
+            }
+        });
+    }
+
+    /// MQTT 5 DISCONNECT with a Session Expiry Interval: applies to the session from now
+    /// on (capped by the configured maximum). Ignored when the session was not persistent.
+    pub fn set_expiry(&self, conn: ConnId, expiry: u32) {
+        let expiry = expiry.min(self.limits.max_session_expiry);
+        self.with_live(conn, |client, s| {
+            if !s.persistent() || s.expiry == expiry {
+                return;
+            }
+            s.expiry = expiry;
+            if expiry > 0 {
+                self.store.append(&Record::Session { client, expiry });
+            }
+            // expiry 0: `disconnect` ends the session (and logs EndSession).
+        });
+    }
+
+    /// Runs `f` on the session whose live connection is `conn`.
+    pub(super) fn with_live<R>(
+        &self,
+        conn: ConnId,
+        f: impl FnOnce(&str, &mut Session) -> R,
+    ) -> Option<R> {
+        let mut st = self.lock();
+        let State {
+            conns, sessions, ..
+        } = &mut *st;
+        let client = conns.get(&conn)?;
+        let s = sessions.get_mut(client)?;
+        Some(f(client, s))
+    }
+
+    /// The connection is gone; returns the will to publish, if it still has one. A
+    /// non-persistent session ends here [MQTT-3.1.2-6]; a persistent one waits, keeping
+    /// its subscriptions and queueing messages, until it is resumed or expires.
+    pub fn disconnect(&self, conn: ConnId) -> Option<Message> {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let client = st.conns.remove(&conn)?;
+        let s = st.sessions.get_mut(&client)?;
+        let live = s.live.take()?;
+        if s.persistent() {
+            s.expires_at = expiry_deadline(Instant::now(), s.expiry);
+        } else {
+            self.end_session(st, &client);
+        }
+        live.will
+    }
+
+    /// Ends persistent sessions whose expiry interval has passed while offline.
+    pub fn expire_sessions(&self, now: Instant) -> usize {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let due: Vec<String> = st
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.live.is_none() && s.expires_at.is_some_and(|t| t <= now))
+            .map(|(c, _)| c.clone())
+            .collect();
+        for c in &due {
+            tracing::debug!(client_id = %c, "session expired");
+            self.end_session(st, c);
+        }
+        due.len()
+    }
+
+    /// Ends expired sessions once a second — finer precision buys nothing, MQTT gives
+    /// intervals in seconds — until this is the last handle on the router (the broker
+    /// stopped), so in-process brokers in tests do not leave sweepers behind.
+    pub async fn expire_sessions_periodically(self) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        while Arc::strong_count(&self.state) > 1 {
+            tick.tick().await;
+            self.expire_sessions(Instant::now());
+        }
+    }
+
+    /// The subscriber acknowledged message `seq` of its session (PUBACK, or PUBCOMP).
+    pub fn ack(&self, client: &str, seq: u64) {
+        let mut st = self.lock();
+        let Some(s) = st.sessions.get_mut(client) else {
+            return;
+        };
+        // Acknowledgements arrive in order, so this is nearly always the front.
+        if let Ok(i) = s.owed.binary_search_by_key(&seq, |o| o.seq) {
+            s.owed.remove(i);
+            if s.persistent() {
+                self.store.append(&Record::Ack { client, seq });
+            }
+        }
+    }
+
+    /// Inbound QoS 2: returns false when `packet_id` was already received on this session
+    /// and not yet released, i.e. the PUBLISH is a resend that must not be routed again.
+    pub fn qos2_received(&self, conn: ConnId, packet_id: u16) -> bool {
+        self.with_live(conn, |_, s| s.qos2_in.insert(packet_id))
+            .unwrap_or(true)
+    }
+
+    /// Inbound QoS 2: PUBREL arrived for `packet_id`.
+    pub fn qos2_released(&self, conn: ConnId, packet_id: u16) {
+        self.with_live(conn, |_, s| s.qos2_in.remove(&packet_id));
+    }
+}
+
+pub(super) fn expiry_deadline(now: Instant, expiry: u32) -> Option<Instant> {
+    (expiry != NEVER).then(|| now + Duration::from_secs(expiry.into()))
+}
