@@ -35,7 +35,8 @@ pub struct Shared {
     /// Messages queued per subscriber before the router drops instead of buffering.
     pub queue_capacity: usize,
     /// Messages owed per persistent session (the router enforces it; the channel of a
-    /// persistent session is this big so a resume can hand over everything at once).
+    /// persistent session has this much room on top of `queue_capacity`, so a resume can
+    /// hand over everything at once).
     pub session_queue_capacity: usize,
     /// Cap on session expiry intervals, announced to MQTT 5 clients that ask for more.
     pub max_session_expiry: u32,
