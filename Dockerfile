@@ -19,9 +19,12 @@ FROM debian:bookworm-slim AS runtime
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates curl \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 lentera
+ && useradd --system --uid 10001 lentera \
+ && mkdir -p /data/broker && chown lentera /data/broker
 ARG SERVICE
 COPY --from=build /out/lentera-${SERVICE} /usr/local/bin/lentera-service
 USER lentera
-ENV LENTERA_TELEMETRY__LOG_FORMAT=json
+# The broker keeps retained messages and persistent sessions here (a volume in compose).
+ENV LENTERA_TELEMETRY__LOG_FORMAT=json \
+    LENTERA_BROKER__DATA_DIR=/data/broker
 ENTRYPOINT ["/usr/local/bin/lentera-service"]

@@ -84,10 +84,37 @@ ensure_mosquitto() {
       printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && made_policy=1
     fi
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends mosquitto >/dev/null
+    apt-get install -y -qq --no-install-recommends mosquitto mosquitto-clients >/dev/null
     [ $made_policy = 1 ] && rm -f /usr/sbin/policy-rc.d
   fi
+  # The clients (mosquitto_pub/sub) come in their own package.
+  if ! command -v mosquitto_pub >/dev/null 2>&1; then
+    if [ "$(id -u)" -ne 0 ]; then
+      echo "note: mosquitto-clients is not installed; the tests that need it will say SKIPPING" >&2
+      return 0
+    fi
+    echo "==> installing mosquitto-clients with apt-get"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mosquitto-clients >/dev/null \
+      || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mosquitto-clients >/dev/null; }
+  fi
   export LENTERA_REQUIRE_MOSQUITTO=1
+}
+
+# Python clients the tests drive: paho-mqtt (an independent MQTT client for the broker's
+# conformance tests) and requests (the seed's client.py runs unchanged against ingest).
+# They go into whichever `python3` is first on PATH, since that is the one tests run.
+ensure_python() {
+  if ! command -v python3 >/dev/null 2>&1; then
+    echo "note: python3 is not installed; the tests that need it will say SKIPPING" >&2
+    return 0
+  fi
+  if ! python3 -c 'import paho.mqtt.client, requests' >/dev/null 2>&1; then
+    echo "==> installing paho-mqtt and requests with pip"
+    python3 -m pip install --quiet --disable-pip-version-check 'paho-mqtt>=2,<3' requests >/dev/null 2>&1 \
+      || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages 'paho-mqtt>=2,<3' requests >/dev/null \
+      || { echo "note: could not install paho-mqtt/requests; those tests will say SKIPPING" >&2; return 0; }
+  fi
+  export LENTERA_REQUIRE_PYTHON=1 LENTERA_REQUIRE_PAHO=1
 }
 
 # Debian's Chromium, for the dashboard test in a real (headless) browser.
