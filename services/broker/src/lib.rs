@@ -23,8 +23,12 @@
 //! - [`startup`]: binds the MQTT and admin listeners, runs ntex on its own thread, writes
 //!   the ready file, shuts down.
 //! - [`v3`], [`v5`]: per-protocol CONNECT / PUBLISH / SUBSCRIBE / DISCONNECT handling.
-//! - [`session`]: per-connection registration and the delivery task, Last Will on
-//!   abnormal close, takeover when a client id connects again.
+//! - [`session`]: per-connection registration, the delivery task (started with the
+//!   first subscription), Last Will on abnormal close, takeover when a client id
+//!   connects again.
+//! - [`outbox`]: the queue between the router and a delivery task, and its bounds
+//!   (QoS 0 may be dropped for a slow subscriber; QoS ≥ 1 only beyond
+//!   `session_queue_capacity`, counted).
 //! - [`router`]: sessions (clean and persistent, with their owed QoS 1/2 queues),
 //!   subscriptions, shared subscriptions, retained messages, wills.
 //! - [`store`]: the on-disk append-only log (group commit, recovery, compaction).
@@ -38,6 +42,7 @@
 
 pub mod error;
 pub mod metrics;
+pub mod outbox;
 pub mod router;
 pub mod session;
 pub mod settings;

@@ -3,9 +3,10 @@
 //! of each session; the retained store; Last Wills.
 //!
 //! `MqttSink`s are `Rc`-based and live on their worker thread, so the table never holds
-//! them: each connection registers a bounded `Send` channel and a takeover [`Notify`], and
-//! its delivery task (see `session.rs`) drains the channel into the sink. Routing only does
-//! `try_send` under the lock — it never waits on a slow subscriber.
+//! them: each connection registers a takeover [`Notify`] and, once it has something to
+//! receive (a subscription, or a resumed session), an [`Outbox`] — a `Send` queue its
+//! delivery task (see `session.rs`) drains into the sink. Routing only queues under the
+//! lock, within the bounds `outbox.rs` explains — it never waits on a slow subscriber.
 //!
 //! Persistent sessions (v3 clean_session=0, v5 session expiry > 0) keep an `owed` queue:
 //! every QoS ≥ 1 message routed to them gets a per-session sequence number and stays in
@@ -30,9 +31,10 @@ use std::time::Instant;
 
 use ntex_bytes::{ByteString, Bytes};
 use ntex_mqtt::QoS;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
+use crate::outbox::{Outbox, Refused};
 use crate::store::recover::Recovered;
 use crate::store::{Record, Store};
 use crate::topic_filter::{Filter, matches};
@@ -99,7 +101,6 @@ pub enum SendRetained {
 /// What a connection hands the router when it registers.
 pub struct Registration {
     pub client_id: String,
-    pub tx: mpsc::Sender<Outgoing>,
     /// Signalled when another connection takes over the client id.
     pub kick: Arc<Notify>,
     pub will: Option<Message>,
@@ -148,7 +149,8 @@ struct State {
 
 struct Live {
     id: ConnId,
-    tx: mpsc::Sender<Outgoing>,
+    /// Created on demand (see [`Router::attach`]): an idle connection costs no queue.
+    outbox: Option<Outbox>,
     kick: Arc<Notify>,
     will: Option<Message>,
 }
@@ -380,37 +382,25 @@ impl Router {
         if msg.qos == QoS::AtMostOnce { 0 } else { lsn }
     }
 
-    /// Hands one message to a session: to its connection, and for persistent sessions
-    /// at QoS ≥ 1 also to its `owed` queue and the store. Returns the store sequence
-    /// number written (0 if none).
+    /// Hands one message to a session: to its connection's [`Outbox`], and for
+    /// persistent sessions at QoS ≥ 1 also to its `owed` queue and the store. Returns the
+    /// store sequence number written (0 if none).
     fn deliver(&self, client: &str, s: &mut Session, msg: Message) -> u64 {
+        let outbox = s.live.as_ref().and_then(|l| l.outbox.as_ref());
         if s.persistent() && msg.qos != QoS::AtMostOnce {
             if s.owed.len() >= self.limits.session_queue_capacity {
                 self.metrics.dropped_session_queue_full.inc();
                 return 0;
             }
             let seq = s.next_seq;
-            let dispatched = match &s.live {
-                Some(l) => {
-                    let out = Outgoing {
-                        msg: msg.clone(),
-                        seq: Some(seq),
-                        dup: false,
-                    };
-                    match l.tx.try_send(out) {
-                        Ok(()) => true,
-                        // The channel is shared with QoS 0 traffic; when that filled it,
-                        // this message could not go out in order on this connection.
-                        Err(mpsc::error::TrySendError::Full(_)) => {
-                            self.metrics.dropped_queue_full.inc();
-                            return 0;
-                        }
-                        // The connection just closed: owed, sent on the next one.
-                        Err(mpsc::error::TrySendError::Closed(_)) => false,
-                    }
-                }
-                None => false,
-            };
+            // Not sent when the connection is gone (or has no queue yet): it stays owed.
+            let dispatched = outbox.is_some_and(|o| {
+                o.send_owed(Outgoing {
+                    msg: msg.clone(),
+                    seq: Some(seq),
+                    dup: false,
+                })
+            });
             s.next_seq += 1;
             // The subscriber's PUBACK needs this lock, so it cannot overtake the record.
             let lsn = self.store.append(&Record::Enq {
@@ -425,20 +415,25 @@ impl Router {
             });
             return lsn;
         }
-        // QoS 0, or a clean session: fire and forget. An offline persistent session does
-        // not queue QoS 0 (MQTT 5 §3.1.2.5 leaves it to the server; it is not durable).
-        if let Some(l) = &s.live {
-            match l.tx.try_send(Outgoing {
+        // QoS 0, or a clean session: queued within the connection's bounds. An offline
+        // persistent session does not queue QoS 0 (MQTT 5 §3.1.2.5 leaves it to the
+        // server; it is not durable).
+        if let Some(o) = outbox {
+            let out = Outgoing {
                 msg,
                 seq: None,
                 dup: false,
-            }) {
+            };
+            match o.offer(out) {
                 Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => self.metrics.dropped_queue_full.inc(),
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    self.metrics.dropped_disconnected.inc()
-                }
+                Err(Refused::Qos0Full) => self.metrics.dropped_queue_full.inc(),
+                Err(Refused::SessionFull) => self.metrics.dropped_session_queue_full.inc(),
+                Err(Refused::Closed) => self.metrics.dropped_disconnected.inc(),
             }
+        } else if s.live.is_some() {
+            // Routed before the connection's queue exists: only a resumed session's
+            // QoS 0 in the instant between CONNECT and its queue can get here.
+            self.metrics.dropped_disconnected.inc();
         }
         0
     }

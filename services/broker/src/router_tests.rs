@@ -8,7 +8,14 @@ fn router() -> Router {
     Router::new(Metrics::new(&Observability::new("broker_test")))
 }
 
-fn register(r: &Router, client: &str) -> (ConnId, mpsc::Receiver<Outgoing>, Arc<Notify>) {
+type Rx = crate::outbox::Inbox;
+
+const BOUNDS: crate::outbox::Bounds = crate::outbox::Bounds {
+    qos0: 8,
+    untracked: 8,
+};
+
+fn register(r: &Router, client: &str) -> (ConnId, Rx, Arc<Notify>) {
     register_with(r, client, true, 0)
 }
 
@@ -17,17 +24,23 @@ fn register_with(
     client: &str,
     clean_start: bool,
     expiry: u32,
-) -> (ConnId, mpsc::Receiver<Outgoing>, Arc<Notify>) {
-    let (tx, rx) = mpsc::channel(8);
+) -> (ConnId, Rx, Arc<Notify>) {
+    let (tx, rx) = crate::outbox::channel(BOUNDS);
     let kick = Arc::new(Notify::new());
-    let c = r.connect(Registration {
+    let reg = Registration {
         client_id: client.into(),
-        tx,
         kick: kick.clone(),
         will: None,
         clean_start,
         expiry,
-    });
+    };
+    // Eagerly, as a first SUBSCRIBE would: from `connect` when it resumes a session
+    // with something to deliver, else from `attach`.
+    let tx = std::cell::Cell::new(Some(tx));
+    let c = r.connect(reg, || tx.take().unwrap());
+    if let Some(tx) = tx.take() {
+        r.attach(c.id, || tx);
+    }
     (c.id, rx, kick)
 }
 
@@ -62,9 +75,9 @@ fn overlapping_subscriptions_deliver_once_at_the_highest_qos() {
         SendRetained::Always,
     );
     r.publish(None, msg("x/y", "1", QoS::ExactlyOnce, false));
-    let got = rx.try_recv().unwrap().msg;
+    let got = rx.rx.try_recv().unwrap().msg;
     assert_eq!(got.qos, QoS::AtLeastOnce);
-    assert!(rx.try_recv().is_err(), "delivered twice");
+    assert!(rx.rx.try_recv().is_err(), "delivered twice");
 }
 
 #[test]
@@ -79,10 +92,10 @@ fn retained_message_is_stored_replaced_and_deleted_by_empty_payload() {
         sub("s/+", QoS::AtLeastOnce),
         SendRetained::Always,
     );
-    let got = rx.try_recv().unwrap().msg;
+    let got = rx.rx.try_recv().unwrap().msg;
     assert_eq!(&got.payload[..], b"new");
     assert!(got.retain);
-    assert!(rx.try_recv().is_err());
+    assert!(rx.rx.try_recv().is_err());
 
     r.publish(None, msg("s/1", "", QoS::AtMostOnce, true));
     let (id2, mut rx2, _) = register(&r, "later");
@@ -93,7 +106,7 @@ fn retained_message_is_stored_replaced_and_deleted_by_empty_payload() {
         SendRetained::Always,
     );
     assert!(
-        rx2.try_recv().is_err(),
+        rx2.rx.try_recv().is_err(),
         "deleted retained message was delivered"
     );
     assert_eq!(r.metrics().retained.get(), 0);
@@ -105,28 +118,29 @@ fn forwarded_copies_clear_the_retain_flag() {
     let (id, mut rx, _) = register(&r, "a");
     r.subscribe(id, "s/1", sub("s/1", QoS::AtMostOnce), SendRetained::Always);
     r.publish(None, msg("s/1", "on", QoS::AtMostOnce, true));
-    assert!(!rx.try_recv().unwrap().msg.retain);
+    assert!(!rx.rx.try_recv().unwrap().msg.retain);
 }
 
 #[test]
 fn takeover_kicks_the_old_connection_and_discards_its_will() {
     let r = router();
-    let (tx, _rx) = mpsc::channel(8);
     let kick = Arc::new(Notify::new());
     let old = r
-        .connect(Registration {
-            client_id: "board".into(),
-            tx,
-            kick: kick.clone(),
-            clean_start: true,
-            expiry: 0,
-            will: Some(msg(
-                "lentera/board/status",
-                "offline",
-                QoS::AtLeastOnce,
-                true,
-            )),
-        })
+        .connect(
+            Registration {
+                client_id: "board".into(),
+                kick: kick.clone(),
+                clean_start: true,
+                expiry: 0,
+                will: Some(msg(
+                    "lentera/board/status",
+                    "offline",
+                    QoS::AtLeastOnce,
+                    true,
+                )),
+            },
+            || unreachable!("a new session has nothing to deliver yet"),
+        )
         .id;
     let (new, _rx2, _) = register(&r, "board");
     assert_ne!(old, new);
@@ -162,8 +176,7 @@ fn shared_subscription_delivers_to_one_member_per_message() {
     }
     r.publish(None, msg("d/1", "1", QoS::AtLeastOnce, false));
     r.publish(None, msg("d/1", "2", QoS::AtLeastOnce, false));
-    let count =
-        |rx: &mut mpsc::Receiver<Outgoing>| std::iter::from_fn(|| rx.try_recv().ok()).count();
+    let count = |rx: &mut Rx| std::iter::from_fn(|| rx.rx.try_recv().ok()).count();
     assert_eq!((count(&mut rx_a), count(&mut rx_b)), (1, 1));
 }
 
@@ -182,7 +195,7 @@ fn persistent_session_queues_while_offline_and_resends_unacked_in_order_with_dup
     let (id, mut rx, _) = register_with(&r, "h", false, NEVER);
     r.subscribe(id, "t", sub("t", QoS::AtLeastOnce), SendRetained::Always);
     r.publish(None, msg("t", "1", QoS::AtLeastOnce, false));
-    let first = rx.try_recv().unwrap();
+    let first = rx.rx.try_recv().unwrap();
     assert_eq!((first.seq, first.dup), (Some(1), false));
     assert!(r.disconnect(id).is_none());
     // Offline: QoS 1 queues (bounded: drop newest), QoS 0 does not.
@@ -192,7 +205,7 @@ fn persistent_session_queues_while_offline_and_resends_unacked_in_order_with_dup
     r.publish(None, msg("t", "q0", QoS::AtMostOnce, false));
     assert_eq!(r.metrics().dropped_session_queue_full.get(), 1);
     let (id2, mut rx2, _) = register_with(&r, "h", false, NEVER);
-    let got: Vec<_> = std::iter::from_fn(|| rx2.try_recv().ok())
+    let got: Vec<_> = std::iter::from_fn(|| rx2.rx.try_recv().ok())
         .map(|o| (o.msg.payload.clone(), o.dup))
         .collect();
     assert_eq!(
@@ -206,7 +219,7 @@ fn persistent_session_queues_while_offline_and_resends_unacked_in_order_with_dup
     r.ack("h", 1);
     assert!(r.disconnect(id2).is_none());
     let (_, mut rx3, _) = register_with(&r, "h", false, NEVER);
-    assert_eq!(rx3.try_recv().unwrap().msg.payload, "2");
+    assert_eq!(rx3.rx.try_recv().unwrap().msg.payload, "2");
 }
 
 #[test]
@@ -222,16 +235,19 @@ fn clean_start_discards_the_session_and_expiry_ends_it() {
         1
     );
     let (_, mut rx, _) = register_with(&r, "h", false, 1);
-    assert!(rx.try_recv().is_err(), "expired session delivered");
+    assert!(rx.rx.try_recv().is_err(), "expired session delivered");
 
     let (id, _rx, _) = register_with(&r, "k", false, NEVER);
     r.subscribe(id, "t", sub("t", QoS::AtLeastOnce), SendRetained::Always);
     r.disconnect(id);
     r.publish(None, msg("t", "1", QoS::AtLeastOnce, false));
     let (id, mut rx, _) = register_with(&r, "k", true, 0);
-    assert!(rx.try_recv().is_err(), "clean start kept queued messages");
+    assert!(
+        rx.rx.try_recv().is_err(),
+        "clean start kept queued messages"
+    );
     r.publish(None, msg("t", "2", QoS::AtLeastOnce, false));
-    assert!(rx.try_recv().is_err(), "clean start kept subscriptions");
+    assert!(rx.rx.try_recv().is_err(), "clean start kept subscriptions");
     r.disconnect(id);
 }
 

@@ -1,11 +1,16 @@
 //! Per-connection delivery: one task on the connection's worker thread moves messages
-//! from the router's `Send` channel into the connection's (`Rc`-based) `MqttSink`, and
-//! cleans up when the connection ends.
+//! from the connection's [`Inbox`] (the receiving end of its `Send` queue, see
+//! `outbox.rs`) into its (`Rc`-based) `MqttSink`; a second, small task watches for the
+//! end of the connection or a takeover and cleans up (unregister, Last Will).
+//!
+//! The queue and the delivery task exist only once the connection has something to
+//! receive — its first SUBSCRIBE, or a resumed session with subscriptions or owed
+//! messages — so an idle connection (a device that only publishes) pays for neither.
 //!
 //! QoS 1 sends use the sink's non-blocking form: the task waits only for the client's
 //! in-flight window (`sink.ready()`), never for each PUBACK, so one slow acknowledgement
 //! does not serialise delivery. A subscriber that stops reading fills its window, then
-//! its bounded queue, and the router starts dropping (and counting) its messages.
+//! its queue up to the bounds in `outbox.rs`; nothing ever waits for it but its own task.
 //!
 //! QoS 2 sends are serialised (PUBLISH → PUBREC → PUBREL → PUBCOMP before the next
 //! message): ntex-mqtt 9.0 keeps one release slot per connection and requires
@@ -13,9 +18,10 @@
 //!
 //! Messages of a persistent session carry a sequence number: their packet id is derived
 //! from it (stable across reconnects and restarts, so a DUP resend reuses the id), and the
-//! PUBACK / PUBCOMP is reported to the router, which then forgets the message.
+//! PUBACK / PUBCOMP is reported to the router, which then forgets the message. Those of a
+//! clean session are counted off their bound when acknowledged.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::pin;
@@ -24,20 +30,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use ntex_mqtt::{QoS, v3, v5};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
+use crate::outbox::{self, Bounds, Counts, Inbox, Outbox};
 use crate::router::{ConnId, Outgoing, Registration, Router};
 
 /// What every connection handler needs, shared by all workers (hence `Send`).
 #[derive(Clone)]
 pub struct Shared {
     pub router: Router,
-    /// Messages queued per subscriber before the router drops instead of buffering.
-    pub queue_capacity: usize,
-    /// Messages owed per persistent session (the router enforces it; the channel of a
-    /// persistent session has this much room on top of `queue_capacity`, so a resume can
-    /// hand over everything at once).
-    pub session_queue_capacity: usize,
+    /// Per-connection queue bounds (`queue_capacity`, `session_queue_capacity`).
+    pub bounds: Bounds,
     /// Cap on session expiry intervals, announced to MQTT 5 clients that ask for more.
     pub max_session_expiry: u32,
     /// Source of ids for clients that connect without one.
@@ -49,6 +52,22 @@ pub struct ConnState {
     pub id: ConnId,
     pub client_id: String,
     pub router: Router,
+    /// Until the connection has a queue and delivery task: what starting them takes.
+    idle: RefCell<Option<(Sink, Bounds)>>,
+}
+
+impl ConnState {
+    /// Gives this connection its queue and delivery task unless it has them; called
+    /// before a SUBSCRIBE is applied, so retained messages have somewhere to go.
+    pub fn ensure_delivery(&self) {
+        let Some((sink, bounds)) = self.idle.borrow_mut().take() else {
+            return;
+        };
+        let (router, client_id) = (self.router.clone(), self.client_id.clone());
+        self.router.attach(self.id, move || {
+            start_delivery(sink, router, client_id, bounds)
+        });
+    }
 }
 
 impl Shared {
@@ -56,8 +75,10 @@ impl Shared {
         Self {
             router,
             max_session_expiry: limits.max_session_expiry,
-            queue_capacity: queue_capacity.max(1),
-            session_queue_capacity: limits.session_queue_capacity.max(1),
+            bounds: Bounds {
+                qos0: queue_capacity.max(1),
+                untracked: limits.session_queue_capacity.max(1),
+            },
             auto_ids: Arc::default(),
         }
     }
@@ -70,8 +91,9 @@ impl Shared {
     }
 
     /// Registers an accepted connection with the router (taking over its client id's
-    /// session, or starting one) and starts its delivery task on the current worker
-    /// thread. Returns the session state and whether a session was resumed.
+    /// session, or starting one) and starts its watcher task — and its delivery task if
+    /// a resumed session has something for it — on the current worker thread. Returns
+    /// the session state and whether a session was resumed.
     pub fn register(
         &self,
         conn: Connection,
@@ -84,42 +106,59 @@ impl Shared {
             clean_start,
             expiry,
         } = conn;
-        // tokio's bounded channel allocates in blocks as it fills, so a large capacity
-        // costs nothing until a backlog actually builds up.
-        // Persistent: room for the whole owed queue plus QoS 0 traffic alongside it.
-        let cap = if expiry > 0 {
-            self.queue_capacity + self.session_queue_capacity
-        } else {
-            self.queue_capacity
-        };
-        let (tx, rx) = mpsc::channel(cap);
         let kick = Arc::new(Notify::new());
-        let connected = self.router.connect(Registration {
-            client_id: client_id.clone(),
-            tx,
-            kick: kick.clone(),
-            will,
-            clean_start,
-            expiry,
-        });
+        let started = Cell::new(false);
+        let connected = self.router.connect(
+            Registration {
+                client_id: client_id.clone(),
+                kick: kick.clone(),
+                will,
+                clean_start,
+                expiry,
+            },
+            || {
+                started.set(true);
+                start_delivery(
+                    sink.clone(),
+                    self.router.clone(),
+                    client_id.clone(),
+                    self.bounds,
+                )
+            },
+        );
         let id = connected.id;
-        let delivery = Delivery {
+        self.router.metrics().connections.inc();
+        let watch = Watch {
             conn: id,
             client_id: client_id.clone(),
             router: self.router.clone(),
-            rx,
             kick,
-            sink,
+            sink: sink.clone(),
         };
         // Dropping the handle detaches the task; it ends with the connection.
-        drop(ntex_rt::spawn(delivery.run(disconnected)));
+        drop(ntex_rt::spawn(watch.run(disconnected)));
         let state = ConnState {
             id,
             client_id,
             router: self.router.clone(),
+            idle: RefCell::new((!started.get()).then_some((sink, self.bounds))),
         };
         (state, connected.session_present)
     }
+}
+
+/// Creates a connection's queue and spawns its delivery task on the current thread.
+fn start_delivery(sink: Sink, router: Router, client_id: String, bounds: Bounds) -> Outbox {
+    let (outbox, inbox) = outbox::channel(bounds);
+    let delivery = Delivery {
+        client_id,
+        router,
+        inbox,
+        sink,
+    };
+    // Detached: it ends when the router drops the queue's sending end.
+    drop(ntex_rt::spawn(delivery.run()));
+    outbox
 }
 
 /// What CONNECT asked for, protocol-independent.
@@ -141,6 +180,7 @@ fn packet_id(seq: u64) -> u16 {
 }
 
 /// The protocol-specific sink of one connection.
+#[derive(Clone)]
 pub enum Sink {
     V3(v3::MqttSink),
     V5(v5::MqttSink),
@@ -148,19 +188,23 @@ pub enum Sink {
 
 impl Sink {
     /// QoS 1 non-blocking sends require an acknowledgement callback: it reports PUBACKs
-    /// of persistent-session messages to the router. (`disconnected == true` calls come
-    /// for messages that were never acknowledged; those stay owed.)
-    fn init(&self, router: Router, client_id: String, pending: Pending) {
+    /// of persistent-session messages to the router, and counts those of a clean
+    /// session off its bound. (`disconnected == true` calls come for messages that were
+    /// never acknowledged; a persistent session's stay owed.)
+    fn init(&self, router: Router, client_id: String, pending: Pending, counts: Arc<Counts>) {
         let on_ack = move |id: u16, disconnected: bool| {
             if disconnected {
                 return;
             }
             let mut p = pending.borrow_mut();
-            // PUBACKs arrive in send order (ntex-mqtt enforces it), so the front matches.
+            // PUBACKs arrive in send order (ntex-mqtt enforces it), so the front matches;
+            // an acknowledgement that is not a tracked message's is an untracked one's.
             if p.front().is_some_and(|f| f.0 == id) {
                 let (_, seq) = p.pop_front().unwrap_or_default();
                 drop(p);
                 router.ack(&client_id, seq);
+            } else {
+                counts.untracked_done();
             }
         };
         match self {
@@ -176,10 +220,17 @@ impl Sink {
         }
     }
 
+    fn is_open(&self) -> bool {
+        match self {
+            Sink::V3(s) => s.is_open(),
+            Sink::V5(s) => s.is_open(),
+        }
+    }
+
     /// Writes one PUBLISH. QoS 0/1 wait only for room in the client's in-flight window;
-    /// QoS 2 waits for the whole exchange. Returns the sequence number to acknowledge
-    /// now (QoS 2 completed), if any.
-    async fn send(&self, o: Outgoing, pending: &Pending) -> Result<Option<u64>, ()> {
+    /// QoS 2 waits for the whole exchange. Returns `Some(seq)` when the exchange is
+    /// complete (QoS 2) — `seq` being the owed message to acknowledge, if tracked.
+    async fn send(&self, o: Outgoing, pending: &Pending) -> Result<Option<Option<u64>>, ()> {
         let Outgoing { msg: m, seq, dup } = o;
         if m.qos != QoS::AtMostOnce && !self.ready().await {
             return Err(());
@@ -203,7 +254,7 @@ impl Sink {
                     QoS::ExactlyOnce => {
                         let received = b.send_exactly_once(m.payload).await.map_err(log)?;
                         received.release().await.map_err(log)?;
-                        return Ok(seq);
+                        return Ok(Some(seq));
                     }
                 }
             }};
@@ -246,77 +297,93 @@ impl Sink {
 }
 
 /// Everything the delivery task of one connection owns.
-pub struct Delivery {
-    pub conn: ConnId,
-    pub client_id: String,
-    pub router: Router,
-    pub rx: mpsc::Receiver<Outgoing>,
-    pub kick: Arc<Notify>,
-    pub sink: Sink,
+struct Delivery {
+    client_id: String,
+    router: Router,
+    inbox: Inbox,
+    sink: Sink,
 }
 
 impl Delivery {
-    /// Runs until the connection is closed, then unregisters it and publishes its will
-    /// unless it disconnected cleanly or was taken over.
-    pub async fn run(mut self, disconnected: impl Future<Output = ()>) {
+    /// Runs until the router drops the queue's sending end (the connection ended or
+    /// was taken over), writing each message to the sink.
+    async fn run(mut self) {
         let metrics = self.router.metrics().clone();
-        metrics.connections.inc();
+        let counts = self.inbox.counts.clone();
         let pending = Pending::default();
-        self.sink
-            .init(self.router.clone(), self.client_id.clone(), pending.clone());
+        self.sink.init(
+            self.router.clone(),
+            self.client_id.clone(),
+            pending.clone(),
+            counts.clone(),
+        );
+        while let Some(m) = self.inbox.rx.recv().await {
+            let qos = m.msg.qos;
+            let untracked = m.seq.is_none();
+            if qos == QoS::AtMostOnce {
+                counts.qos0_taken();
+            }
+            // Frees this message's place in the clean-session bound.
+            let done = || {
+                if untracked && qos != QoS::AtMostOnce {
+                    counts.untracked_done();
+                }
+            };
+            // Whatever is still queued will not go out on this connection; messages of a
+            // persistent session stay owed and go out again on the next one.
+            if !self.sink.is_open() {
+                metrics.dropped_disconnected.add(u64::from(untracked));
+                done();
+                continue;
+            }
+            match self.sink.send(m, &pending).await {
+                Ok(completed) => {
+                    metrics.delivered.inc();
+                    match completed {
+                        Some(Some(seq)) => self.router.ack(&self.client_id, seq),
+                        Some(None) => done(),
+                        None => {}
+                    }
+                }
+                Err(()) if !self.sink.is_open() => {
+                    metrics.dropped_disconnected.add(u64::from(untracked));
+                    done();
+                }
+                Err(()) => {
+                    metrics.dropped_send_error.inc();
+                    done();
+                }
+            }
+        }
+    }
+}
+
+/// Watches one connection for its end or a takeover.
+struct Watch {
+    conn: ConnId,
+    client_id: String,
+    router: Router,
+    kick: Arc<Notify>,
+    sink: Sink,
+}
+
+impl Watch {
+    /// Runs until the connection is closed, then unregisters it (which ends its delivery
+    /// task) and publishes its will unless it disconnected cleanly or was taken over.
+    async fn run(self, disconnected: impl Future<Output = ()>) {
         let mut disconnected = pin!(disconnected);
-        let mut queue_open = true;
         loop {
-            // `biased`: no RNG needed (this runs on ntex, not tokio) and a closed or
-            // replaced connection is noticed before more work is attempted.
-            let next = tokio::select! {
+            // `biased`: no RNG needed (this runs on ntex, not tokio).
+            tokio::select! {
                 biased;
                 () = &mut disconnected => break,
                 () = self.kick.notified() => {
-                    self.taken_over();
-                    continue;
+                    tracing::info!(client_id = %self.client_id, "session taken over");
+                    self.sink.close_taken_over();
                 }
-                m = self.rx.recv(), if queue_open => m,
-            };
-            let Some(m) = next else {
-                // The router dropped our sender: we were taken over. Wait for the socket
-                // to close so the gauge and the log stay truthful.
-                queue_open = false;
-                continue;
-            };
-            // Waiting for room in a stalled client's in-flight window must not keep a
-            // takeover or a disconnect from being handled. (A persistent session's
-            // message is not lost then: it stays owed.)
-            let lost = u64::from(m.seq.is_none());
-            tokio::select! {
-                biased;
-                () = &mut disconnected => {
-                    metrics.dropped_disconnected.add(lost);
-                    break;
-                }
-                () = self.kick.notified() => {
-                    metrics.dropped_disconnected.add(lost);
-                    self.taken_over();
-                }
-                sent = self.sink.send(m, &pending) => match sent {
-                    Ok(done) => {
-                        metrics.delivered.inc();
-                        if let Some(seq) = done {
-                            self.router.ack(&self.client_id, seq);
-                        }
-                    }
-                    Err(()) => metrics.dropped_send_error.inc(),
-                },
             }
         }
-        // Whatever was still queued will not be delivered on this connection; messages
-        // of a persistent session stay owed and go out again on the next one.
-        self.rx.close();
-        while let Ok(o) = self.rx.try_recv() {
-            if o.seq.is_none() {
-                metrics.dropped_disconnected.inc();
-            }
-        }
+        let metrics = self.router.metrics();
         metrics.connections.dec();
         if let Some(will) = self.router.disconnect(self.conn) {
             tracing::info!(client_id = %self.client_id, topic = %will.topic, "publishing last will");
@@ -324,10 +391,5 @@ impl Delivery {
             self.router.publish(Some(self.conn), will);
         }
         tracing::debug!(client_id = %self.client_id, "connection closed");
-    }
-
-    fn taken_over(&self) {
-        tracing::info!(client_id = %self.client_id, "session taken over");
-        self.sink.close_taken_over();
     }
 }

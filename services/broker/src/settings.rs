@@ -26,11 +26,13 @@ pub struct BrokerSettings {
     pub admin_addr: String,
     /// ntex worker threads; connections are spread over them.
     pub workers: usize,
-    /// Messages queued per subscriber; beyond it new messages for that subscriber are
-    /// dropped and counted, so one stalled client cannot grow the broker's memory.
+    /// QoS 0 messages queued per subscriber connection; beyond it new QoS 0 messages for
+    /// that subscriber are dropped and counted (`messages_dropped_total{reason=
+    /// "queue_full"}`), so one stalled client cannot grow the broker's memory.
     pub queue_capacity: usize,
-    /// QoS 1/2 messages kept per persistent session (queued while the client is away,
-    /// or sent and not yet acknowledged). When full, the newest message is dropped and
+    /// QoS 1/2 messages kept per session: queued, or sent and not yet acknowledged (for
+    /// a persistent session also while the client is away). Below it no QoS ≥ 1 message
+    /// is dropped however slow the subscriber; when full, the newest is dropped and
     /// counted as `messages_dropped_total{reason="session_queue_full"}`.
     pub session_queue_capacity: usize,
     /// Upper bound, in seconds, on a session's expiry interval: what an MQTT 3.1.1

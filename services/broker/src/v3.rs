@@ -93,6 +93,7 @@ pub async fn protocol(
 ) -> Result<v3::ProtocolMessageAck, BrokerError> {
     match msg {
         v3::ProtocolMessage::Subscribe(mut sub) => {
+            s.ensure_delivery();
             let mut lsn = 0;
             for mut item in sub.iter_mut() {
                 let raw = item.topic().clone();

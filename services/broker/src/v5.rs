@@ -129,6 +129,7 @@ pub async fn protocol(
 ) -> Result<v5::ProtocolMessageAck, BrokerError> {
     match msg {
         v5::ProtocolMessage::Subscribe(mut sub) => {
+            s.ensure_delivery();
             let mut lsn = 0;
             for mut item in sub.iter_mut() {
                 let raw = item.topic().clone();

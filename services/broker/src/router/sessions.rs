@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use super::{
     ConnId, Connected, Live, Message, NEVER, Outgoing, Registration, Router, Session, State,
 };
+use crate::outbox::Outbox;
 use crate::store::Record;
 
 impl Router {
@@ -14,7 +15,11 @@ impl Router {
     /// connection is closed [MQTT-3.1.4-2] and its will discarded (the client is evidently
     /// alive). The session is resumed unless `clean_start` [MQTT-3.1.2-4/-5/-6]; a resumed
     /// session's owed messages are queued to the new connection at once, in order.
-    pub fn connect(&self, reg: Registration) -> Connected {
+    ///
+    /// `make_outbox` is called (under the lock, so nothing is routed in between) only
+    /// when the session already has subscriptions or owed messages; otherwise the
+    /// connection gets its queue with its first subscription ([`Router::attach`]).
+    pub fn connect(&self, reg: Registration, make_outbox: impl FnOnce() -> Outbox) -> Connected {
         let mut guard = self.lock();
         let st = &mut *guard;
         st.next_id += 1;
@@ -53,29 +58,70 @@ impl Router {
             // store forgets it; what it was owed is still delivered, untracked.
             self.store.append(&Record::EndSession { client: &client });
         }
-        for o in &mut s.owed {
-            let out = Outgoing {
-                msg: o.msg.clone(),
-                seq: s.expiry.gt(&0).then_some(o.seq),
-                dup: o.dispatched,
-            };
-            o.dispatched = true;
-            if reg.tx.try_send(out).is_err() {
-                self.metrics.dropped_queue_full.inc();
-            }
+        let outbox = (!s.subs.is_empty() || !s.owed.is_empty()).then(make_outbox);
+        if let Some(ob) = &outbox {
+            Self::resend_owed(&self.metrics, s, ob, false);
         }
         if !s.persistent() {
             s.owed.clear();
         }
         s.live = Some(Live {
             id,
-            tx: reg.tx,
+            outbox,
             kick: reg.kick,
             will: reg.will,
         });
         Connected {
             id,
             session_present: present,
+        }
+    }
+
+    /// Gives the live connection `conn` its queue, unless it has one: called before its
+    /// first subscription is added.
+    pub fn attach(&self, conn: ConnId, make_outbox: impl FnOnce() -> Outbox) {
+        let metrics = &self.metrics;
+        self.with_live(conn, |_, s| {
+            if s.live.as_ref().is_some_and(|l| l.outbox.is_none()) {
+                let ob = make_outbox();
+                // Nothing is owed undispatched to a live session without a queue unless
+                // it was routed in between; hand that over in order.
+                Self::resend_owed(metrics, s, &ob, true);
+                if let Some(live) = &mut s.live {
+                    live.outbox = Some(ob);
+                }
+            }
+        });
+    }
+
+    /// Queues a session's owed messages to a new queue, in order (all of them, or
+    /// with `undispatched_only` those never handed to a connection).
+    fn resend_owed(
+        metrics: &crate::metrics::Metrics,
+        s: &mut Session,
+        ob: &Outbox,
+        undispatched_only: bool,
+    ) {
+        let tracked = s.persistent();
+        for o in &mut s.owed {
+            if undispatched_only && o.dispatched {
+                continue;
+            }
+            let out = Outgoing {
+                msg: o.msg.clone(),
+                seq: tracked.then_some(o.seq),
+                dup: o.dispatched,
+            };
+            o.dispatched = true;
+            // Resumed with expiry 0: no longer tracked, so within the clean-session bound.
+            let sent = if tracked {
+                ob.send_owed(out)
+            } else {
+                ob.offer(out).is_ok()
+            };
+            if !sent {
+                metrics.dropped_session_queue_full.inc();
+            }
         }
     }
 

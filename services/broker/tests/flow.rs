@@ -1,0 +1,280 @@
+//! Delivery under load through the real broker: no acknowledged QoS 1 message is lost to
+//! a slow subscriber, and a stalled subscriber's queue is bounded with an exact,
+//! counted policy (`outbox.rs`).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::{Broker, Client};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn settings() -> lentera_broker::settings::Settings {
+    let mut settings = lentera_broker::settings::Settings::default();
+    settings.broker.mqtt_addr = "127.0.0.1:0".into();
+    settings.broker.admin_addr = "127.0.0.1:0".into();
+    settings.broker.data_dir = Default::default();
+    settings
+}
+
+/// The value of one Prometheus series in the broker's /metrics text.
+fn metric(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+fn dropped(text: &str, reason: &str) -> u64 {
+    metric(
+        text,
+        &format!("lentera_broker_messages_dropped_total{{reason=\"{reason}\"}}"),
+    )
+}
+
+/// A rumqttc subscriber that reads its socket slowly: it sleeps after every PUBLISH,
+/// so the broker's in-flight window to it fills and the rest must wait in the broker.
+/// Returns the payloads it received (duplicates collapse).
+async fn slow_subscriber(
+    broker: &Broker,
+    id: &str,
+    expect: usize,
+    pause: Duration,
+) -> tokio::task::JoinHandle<BTreeSet<Vec<u8>>> {
+    let mut o = MqttOptions::new(id, "127.0.0.1", broker.mqtt.port());
+    o.set_keep_alive(Duration::from_secs(30));
+    let (c, mut el) = AsyncClient::new(o, 16);
+    c.subscribe("load/#", QoS::AtLeastOnce).await.unwrap();
+    loop {
+        if let Event::Incoming(Packet::SubAck(_)) = el.poll().await.unwrap() {
+            break;
+        }
+    }
+    tokio::spawn(async move {
+        let _keep = c;
+        let mut got = BTreeSet::new();
+        while got.len() < expect {
+            match tokio::time::timeout(Duration::from_secs(10), el.poll()).await {
+                Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                    got.insert(p.payload.to_vec());
+                    tokio::time::sleep(pause).await;
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => panic!("subscriber connection failed: {e}"),
+                Err(_) => break, // nothing for 10 s: report what arrived
+            }
+        }
+        got
+    })
+}
+
+/// Publishes `count` QoS 1 messages `"{id}-{n}"` as fast as rumqttc's window allows and
+/// returns the number of PUBACKs received.
+async fn flood(broker: &Broker, id: String, count: usize) -> usize {
+    let mut o = MqttOptions::new(&id, "127.0.0.1", broker.mqtt.port());
+    o.set_keep_alive(Duration::from_secs(30));
+    let (c, mut el) = AsyncClient::new(o, 64);
+    let sender = tokio::spawn(async move {
+        for n in 0..count {
+            let payload = format!("{id}-{n}");
+            c.publish(format!("load/{id}"), QoS::AtLeastOnce, false, payload)
+                .await
+                .unwrap();
+        }
+        c
+    });
+    let mut acked = 0;
+    while acked < count {
+        match tokio::time::timeout(Duration::from_secs(10), el.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("publisher connection failed: {e}"),
+            Err(_) => break,
+        }
+    }
+    drop(sender.await.unwrap());
+    acked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_subscriber_receives_every_acknowledged_qos1_message_of_four_flooding_publishers() {
+    let mut s = settings();
+    // Far below the backlog a slow subscriber builds: QoS 1 must not depend on it (it
+    // bounds QoS 0 only), just on `session_queue_capacity` (default 10,000).
+    s.broker.queue_capacity = 8;
+    s.broker.max_inflight = 8;
+    let broker = Broker::start_with(s).await;
+    const PUBLISHERS: usize = 4;
+    const EACH: usize = 300;
+    let total = PUBLISHERS * EACH;
+    let slow = slow_subscriber(&broker, "slow", total, Duration::from_millis(2)).await;
+    let fast = slow_subscriber(&broker, "fast", total, Duration::ZERO).await;
+
+    let floods: Vec<_> = (0..PUBLISHERS)
+        .map(|i| {
+            let b = &broker;
+            async move { flood(b, format!("p{i}"), EACH).await }
+        })
+        .collect();
+    let acked: usize = futures_util::future::join_all(floods)
+        .await
+        .into_iter()
+        .sum();
+    assert_eq!(acked, total, "every publish is acknowledged");
+
+    let expected: BTreeSet<Vec<u8>> = (0..PUBLISHERS)
+        .flat_map(|i| (0..EACH).map(move |n| format!("p{i}-{n}").into_bytes()))
+        .collect();
+    let fast = fast.await.unwrap();
+    let slow = slow.await.unwrap();
+    assert_eq!(fast.len(), total, "fast subscriber lost messages");
+    assert_eq!(slow.len(), total, "slow subscriber lost messages");
+    assert_eq!(slow, expected);
+    assert_eq!(fast, expected);
+    let text = broker.metrics().await;
+    for reason in [
+        "queue_full",
+        "session_queue_full",
+        "disconnected",
+        "send_error",
+    ] {
+        assert_eq!(dropped(&text, reason), 0, "dropped ({reason})");
+    }
+    broker.stop().await;
+}
+
+fn packet(header: u8, body: &[u8]) -> Vec<u8> {
+    let mut p = vec![header];
+    let mut n = body.len();
+    loop {
+        let mut b = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            b |= 0x80;
+        }
+        p.push(b);
+        if n == 0 {
+            break;
+        }
+    }
+    p.extend_from_slice(body);
+    p
+}
+
+fn mqtt_str(s: &str) -> Vec<u8> {
+    let mut v = (s.len() as u16).to_be_bytes().to_vec();
+    v.extend_from_slice(s.as_bytes());
+    v
+}
+
+/// A raw MQTT 3.1.1 subscriber (QoS 1 on `filter`) that does not read until told to.
+struct RawSubscriber(TcpStream);
+
+impl RawSubscriber {
+    async fn connect(addr: std::net::SocketAddr, id: &str, filter: &str) -> Self {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let mut connect = mqtt_str("MQTT");
+        connect.extend_from_slice(&[4, 0x02, 0, 60]);
+        connect.extend(mqtt_str(id));
+        s.write_all(&packet(0x10, &connect)).await.unwrap();
+        let mut subscribe = vec![0, 1];
+        subscribe.extend(mqtt_str(filter));
+        subscribe.push(1);
+        s.write_all(&packet(0x82, &subscribe)).await.unwrap();
+        let mut buf = [0u8; 9]; // CONNACK (4) + SUBACK (5)
+        s.read_exact(&mut buf).await.unwrap();
+        assert_eq!((buf[0], buf[3], buf[4], buf[8]), (0x20, 0, 0x90, 1));
+        Self(s)
+    }
+
+    /// The next PUBLISH (QoS, payload), acknowledged at once if QoS 1; `None` if nothing
+    /// arrives within `within`.
+    async fn next(&mut self, within: Duration) -> Option<(u8, Vec<u8>)> {
+        let mut h = [0u8; 1];
+        tokio::time::timeout(within, self.0.read_exact(&mut h))
+            .await
+            .ok()?
+            .unwrap();
+        let (mut len, mut shift) = (0usize, 0);
+        loop {
+            let mut b = [0u8; 1];
+            self.0.read_exact(&mut b).await.unwrap();
+            len |= ((b[0] & 0x7f) as usize) << shift;
+            shift += 7;
+            if b[0] & 0x80 == 0 {
+                break;
+            }
+        }
+        let mut body = vec![0u8; len];
+        self.0.read_exact(&mut body).await.unwrap();
+        assert_eq!(h[0] & 0xf0, 0x30, "expected PUBLISH, got {:#x}", h[0]);
+        let qos = (h[0] >> 1) & 3;
+        let topic_len = u16::from_be_bytes([body[0], body[1]]) as usize;
+        let mut rest = &body[2 + topic_len..];
+        if qos > 0 {
+            let id = [rest[0], rest[1]];
+            rest = &rest[2..];
+            self.0.write_all(&[0x40, 2, id[0], id[1]]).await.unwrap();
+        }
+        Some((qos, rest.to_vec()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_subscriber_keeps_exactly_session_queue_capacity_qos1_and_queue_capacity_qos0() {
+    let mut s = settings();
+    s.broker.session_queue_capacity = 16;
+    s.broker.queue_capacity = 8;
+    s.broker.max_inflight = 4;
+    let broker = Broker::start_with(s).await;
+    let mut stalled = RawSubscriber::connect(broker.mqtt, "stalled", "q/#").await;
+    let mut p = Client::v3(&broker, "publisher").await;
+
+    // 50 QoS 1: the stalled subscriber owes 16 (4 in flight + 12 queued); the newest 34
+    // are dropped, counted.
+    for n in 0..50 {
+        p.publish("q/1", format!("{n}").as_bytes(), 1, false).await;
+        p.expect_puback().await;
+    }
+    // 20 QoS 0: its task waits for in-flight room, so they queue: 8 kept, 12 dropped.
+    for n in 0..20 {
+        p.publish("q/0", format!("z{n}").as_bytes(), 0, false).await;
+    }
+    let mut seen = 0;
+    for _ in 0..50 {
+        // QoS 0 has no acknowledgement: wait until the broker has routed all 20.
+        let text = broker.metrics().await;
+        seen = dropped(&text, "queue_full");
+        if seen == 12 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen, 12, "QoS 0 beyond queue_capacity");
+    let text = broker.metrics().await;
+    assert_eq!(dropped(&text, "session_queue_full"), 34, "{text}");
+
+    // Reading again, it gets exactly the oldest 16 QoS 1 in order, then the 8 QoS 0.
+    let mut got = Vec::new();
+    while let Some(m) = stalled.next(Duration::from_millis(500)).await {
+        got.push(m);
+    }
+    let want: Vec<(u8, Vec<u8>)> = (0..16)
+        .map(|n| (1, format!("{n}").into_bytes()))
+        .chain((0..8).map(|n| (0, format!("z{n}").into_bytes())))
+        .collect();
+    assert_eq!(got, want);
+
+    // The acknowledgements freed the queue: new messages are taken again.
+    p.publish("q/1", b"after", 1, false).await;
+    p.expect_puback().await;
+    let next = stalled.next(Duration::from_secs(5)).await;
+    assert_eq!(next, Some((1, b"after".to_vec())));
+    let text = broker.metrics().await;
+    assert_eq!(dropped(&text, "session_queue_full"), 34, "{text}");
+    broker.stop().await;
+}
