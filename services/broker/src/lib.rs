@@ -37,8 +37,9 @@
 //! - [`transport_tls`]: MQTT over TLS (rustls) on the same ntex server, when configured.
 //! - [`metrics`], [`settings`], [`error`].
 //!
-//! Not yet: will delay, message expiry, persisting inbound QoS 2 packet ids across a
-//! restart (they are kept per session in memory).
+//! Not yet: persisting inbound QoS 2 packet ids and delayed (not yet due) wills across a
+//! restart (both are kept per session in memory); outbound topic aliases (none are sent,
+//! which MQTT 5 allows); enhanced authentication (AUTH).
 
 pub mod error;
 pub mod metrics;

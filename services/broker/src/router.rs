@@ -58,13 +58,53 @@ pub struct Message {
 }
 
 /// The MQTT 5 PUBLISH properties a broker forwards to subscribers (MQTT 5 §3.3.2.3).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Properties {
     pub user_properties: Vec<(ByteString, ByteString)>,
     pub content_type: Option<ByteString>,
     pub response_topic: Option<ByteString>,
     pub correlation_data: Option<Bytes>,
     pub is_utf8_payload: bool,
+    /// From the Message Expiry Interval: after this the message is not delivered
+    /// [MQTT-3.3.2-5], before it the forwarded interval is what is left [MQTT-3.3.2-6].
+    pub expires_at: Option<Instant>,
+    /// Set on one subscriber's copy only: the identifiers of its matching subscriptions
+    /// [MQTT-3.3.4-3/-4].
+    pub subscription_ids: Vec<u32>,
+}
+
+impl Properties {
+    /// What is left of the Message Expiry Interval at `now`, in whole seconds rounded
+    /// up (so a message is never forwarded with 0, which would mean "absent"); `None`
+    /// when the message does not expire.
+    pub fn remaining_expiry(&self, now: Instant) -> Option<u32> {
+        let left = self.expires_at?.saturating_duration_since(now);
+        Some(
+            left.as_secs()
+                .saturating_add(u64::from(left.subsec_nanos() > 0))
+                .clamp(1, u32::MAX.into()) as u32,
+        )
+    }
+}
+
+impl Message {
+    /// Whether the message's expiry interval has passed at `now`.
+    pub fn expired(&self, now: Instant) -> bool {
+        self.properties
+            .as_ref()
+            .and_then(|p| p.expires_at)
+            .is_some_and(|t| t <= now)
+    }
+
+    /// This message as sent to one subscriber whose matching subscriptions carry `ids`.
+    fn for_subscriber(mut self, ids: Vec<u32>) -> Self {
+        if !ids.is_empty() {
+            let mut p = self.properties.as_deref().cloned().unwrap_or_default();
+            p.subscription_ids = ids;
+            self.properties = Some(Arc::new(p));
+        }
+        self
+    }
 }
 
 /// One message for one connection's delivery task.
@@ -88,6 +128,8 @@ pub struct Subscription {
     pub no_local: bool,
     /// MQTT 5: keep the publisher's RETAIN flag instead of clearing it [MQTT-3.3.1-12].
     pub retain_as_published: bool,
+    /// MQTT 5 Subscription Identifier, sent back with every message it matches.
+    pub id: Option<u32>,
 }
 
 /// When retained messages are sent for a new subscription (MQTT 5 Retain Handling).
@@ -153,6 +195,19 @@ struct Live {
     outbox: Option<Outbox>,
     kick: Arc<Notify>,
     will: Option<Message>,
+    will_timing: WillTiming,
+}
+
+/// A delayed will: the message, when it is due, its expiry interval once published.
+type PendingWill = (Message, Instant, Option<u32>);
+
+/// MQTT 5 will properties that take effect when the will is published.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WillTiming {
+    /// Will Delay Interval in seconds (0: published as the connection closes).
+    pub delay: u32,
+    /// Message Expiry Interval of the will, counted from its publication.
+    pub expiry: Option<u32>,
 }
 
 struct Owed {
@@ -179,6 +234,8 @@ struct Session {
     /// of these ids (after a reconnect) is acknowledged but not routed again
     /// [MQTT-4.3.3-9]. Kept in memory only.
     qos2_in: HashSet<u16>,
+    /// A will waiting for its delay interval to pass (MQTT 5 §3.1.3.2.2).
+    pending_will: Option<PendingWill>,
 }
 
 impl Session {
@@ -192,6 +249,7 @@ impl Session {
             stored: false,
             next_seq: 1,
             qos2_in: HashSet::new(),
+            pending_will: None,
         }
     }
 
@@ -252,6 +310,7 @@ impl Router {
                 qos: sub.qos,
                 no_local: sub.no_local,
                 retain_as_published: sub.retain_as_published,
+                id: sub.id,
             });
         }
         let is_new = s.subs.insert(raw.to_owned(), sub.clone()).is_none();
@@ -262,8 +321,11 @@ impl Router {
             SendRetained::Never => false,
         } && sub.filter.group.is_none();
         if send {
+            let now = Instant::now();
+            // An expired retained message is no longer sent [MQTT-3.3.2-5]; it is
+            // forgotten the next time it is replaced or deleted.
             for (topic, msg) in st.retained.iter() {
-                if matches(&sub.filter.pattern, topic) {
+                if matches(&sub.filter.pattern, topic) && !msg.expired(now) {
                     // A retained message sent because of a subscription carries RETAIN=1
                     // [MQTT-3.3.1-8].
                     let m = Message {
@@ -271,7 +333,7 @@ impl Router {
                         retain: true,
                         ..msg.clone()
                     };
-                    self.deliver(client, s, m);
+                    self.deliver(client, s, m.for_subscriber(sub.id.into_iter().collect()));
                 }
             }
         }
@@ -318,7 +380,7 @@ impl Router {
         }
 
         // Shared groups allocate, but only when a shared subscription matches.
-        type Member = (String, QoS, bool);
+        type Member = (String, QoS, bool, Option<u32>);
         let mut groups: HashMap<(String, String), Vec<Member>> = HashMap::new();
         for (client, s) in st.sessions.iter_mut() {
             let live_id = s.live.as_ref().map(|l| l.id);
@@ -326,6 +388,8 @@ impl Router {
                 continue;
             }
             let mut best: Option<(QoS, bool)> = None;
+            // Every matching subscription's identifier goes with the one copy [MQTT-3.3.4-4].
+            let mut ids = Vec::new();
             for sub in s.subs.values() {
                 if !matches(&sub.filter.pattern, &msg.topic)
                     || (sub.no_local && from.is_some() && from == live_id)
@@ -334,7 +398,7 @@ impl Router {
                 }
                 if let Some(group) = &sub.filter.group {
                     let key = (group.clone(), sub.filter.pattern.clone());
-                    let member = (client.clone(), sub.qos, live_id.is_some());
+                    let member = (client.clone(), sub.qos, live_id.is_some(), sub.id);
                     groups.entry(key).or_default().push(member);
                     continue;
                 }
@@ -342,6 +406,7 @@ impl Router {
                 // Forwarded copies have RETAIN=0 unless the subscriber asked otherwise
                 // [MQTT-3.3.1-9].
                 let retain = msg.retain && sub.retain_as_published;
+                ids.extend(sub.id);
                 best = Some(match best {
                     Some((q, r)) => (q.max(qos), r || retain),
                     None => (qos, retain),
@@ -353,7 +418,7 @@ impl Router {
                     retain,
                     ..msg.clone()
                 };
-                lsn = lsn.max(self.deliver(client, s, m));
+                lsn = lsn.max(self.deliver(client, s, m.for_subscriber(ids)));
             }
         }
         // One member per group; connected members first, so an offline persistent member
@@ -362,7 +427,7 @@ impl Router {
         st.share_turn = st.share_turn.wrapping_add(1);
         for members in groups.into_values() {
             let live: Vec<&Member> = members.iter().filter(|m| m.2).collect();
-            let (client, qos, _) = if live.is_empty() {
+            let (client, qos, _, id) = if live.is_empty() {
                 &members[turn % members.len()]
             } else {
                 live[turn % live.len()]
@@ -373,6 +438,7 @@ impl Router {
                     retain: false,
                     ..msg.clone()
                 };
+                let m = m.for_subscriber(id.iter().copied().collect());
                 lsn = lsn.max(self.deliver(client, s, m));
             }
         }

@@ -60,6 +60,7 @@ fn sub(filter: &str, qos: QoS) -> Subscription {
         qos,
         no_local: false,
         retain_as_published: false,
+        id: None,
     }
 }
 

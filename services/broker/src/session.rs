@@ -235,6 +235,11 @@ impl Sink {
         if m.qos != QoS::AtMostOnce && !self.ready().await {
             return Err(());
         }
+        // Expired before onward delivery started: not sent, and no longer owed
+        // [MQTT-3.3.2-5] — complete as far as the bounds and the owed queue go.
+        if m.expired(std::time::Instant::now()) {
+            return Ok(Some(seq));
+        }
         let id = seq.map(packet_id);
         let log = |e| tracing::debug!(error = ?e, "publish to subscriber failed");
         macro_rules! send {
@@ -270,13 +275,7 @@ impl Sink {
             Sink::V5(s) => {
                 let mut b = s.publish(m.topic).retain(m.retain);
                 if let Some(props) = m.properties {
-                    b = b.properties(|p| {
-                        p.user_properties.clone_from(&props.user_properties);
-                        p.content_type.clone_from(&props.content_type);
-                        p.response_topic.clone_from(&props.response_topic);
-                        p.correlation_data.clone_from(&props.correlation_data);
-                        p.is_utf8_payload = props.is_utf8_payload;
-                    });
+                    b = b.properties(|p| crate::v5::outgoing_properties(&props, p));
                 }
                 send!(b)
             }

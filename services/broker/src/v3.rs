@@ -107,6 +107,7 @@ pub async fn protocol(
                             qos,
                             no_local: false,
                             retain_as_published: false,
+                            id: None,
                         };
                         lsn = lsn.max(s.router.subscribe(s.id, &raw, s2, SendRetained::Always));
                         item.confirm(qos);

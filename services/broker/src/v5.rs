@@ -4,7 +4,9 @@
 //! closing the connection, subscription options, forwarded PUBLISH properties, and a
 //! DISCONNECT that may ask for the will to be published.
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use ntex_bytes::ByteString;
 use ntex_mqtt::{QoS, v5};
@@ -14,7 +16,7 @@ use v5::codec::{
 };
 
 use crate::error::BrokerError;
-use crate::router::{Message, Properties, SendRetained, Subscription};
+use crate::router::{Message, Properties, SendRetained, Subscription, WillTiming};
 use crate::session::{ConnState, Connection, Shared, Sink};
 use crate::topic_filter::{Filter, validate_name};
 
@@ -44,7 +46,13 @@ pub async fn connect(
             response_topic: w.response_topic.clone(),
             correlation_data: w.correlation_data.clone(),
             is_utf8_payload: w.is_utf8_payload.unwrap_or(false),
+            ..Properties::default()
         })),
+    });
+    // Applied when the will is published (see `Router::disconnect`).
+    let will_timing = pkt.last_will.as_ref().map(|w| WillTiming {
+        delay: w.will_delay_interval_sec.unwrap_or(0),
+        expiry: w.message_expiry_interval.map(NonZeroU32::get),
     });
     if let Some(w) = &will
         && validate_name(&w.topic).is_err()
@@ -63,6 +71,9 @@ pub async fn connect(
         expiry,
     };
     let (state, present) = shared.register(conn, Sink::V5(c.sink()), c.io().on_disconnect());
+    if let Some(t) = will_timing {
+        shared.router.set_will_timing(state.id, t);
+    }
     let max_expiry = shared.max_session_expiry;
     let mut ack = c.ack(state).with(|a| {
         // Session Present is 0 after clean start [MQTT-3.2.2-2], else whether one resumed.
@@ -75,7 +86,10 @@ pub async fn connect(
         a.retain_available = true;
         a.wildcard_subscription_available = true;
         a.shared_subscription_available = true;
-        a.subscription_identifiers_available = false;
+        a.subscription_identifiers_available = true;
+        // Topic Alias Maximum is announced by ntex-mqtt (`max_topic_alias`), which also
+        // resolves inbound aliases before `publish` sees the packet. Outbound aliases
+        // are not used: every PUBLISH to a client carries its topic name.
     });
     if keep_alive == 0 {
         // Keep-alive 0 turns the mechanism off [MQTT-3.1.2-21]. ntex-mqtt defaults to a
@@ -93,7 +107,8 @@ pub async fn publish(
     let pkt = p.packet();
     if let Err(e) = validate_name(&pkt.topic) {
         tracing::debug!(topic = %pkt.topic, code = e.code(), "publish refused");
-        return Ok(p.ack().reason_code(PublishAckReason::TopicNameInvalid));
+        let why = format!("topic name invalid: {}", e.code());
+        return Ok(refuse(p, PublishAckReason::TopicNameInvalid, why));
     }
     let props = &pkt.properties;
     let properties = Properties {
@@ -102,12 +117,24 @@ pub async fn publish(
         response_topic: props.response_topic.clone(),
         correlation_data: props.correlation_data.clone(),
         is_utf8_payload: props.is_utf8_payload,
+        // The clock starts now: the interval forwarded is what remains [MQTT-3.3.2-6].
+        expires_at: props
+            .message_expiry_interval
+            .map(|secs| Instant::now() + Duration::from_secs(secs.get().into())),
+        subscription_ids: Vec::new(),
     };
+    let (topic, qos, retain) = (pkt.topic.clone(), p.qos(), p.retain());
+    let payload = p.read_all().await.map_err(|_| BrokerError::Payload)?;
+    // A payload that says it is UTF-8 and is not may be refused (MQTT 5 §3.3.2.3.2).
+    if properties.is_utf8_payload && std::str::from_utf8(&payload).is_err() {
+        let why = "payload format indicator says UTF-8, payload is not".to_owned();
+        return Ok(refuse(p, PublishAckReason::PayloadFormatInvalid, why));
+    }
     let msg = Message {
-        topic: pkt.topic.clone(),
-        payload: p.read_all().await.map_err(|_| BrokerError::Payload)?,
-        qos: p.qos(),
-        retain: p.retain(),
+        topic,
+        payload,
+        qos,
+        retain,
         properties: Some(Arc::new(properties)),
     };
     if p.qos() == QoS::ExactlyOnce
@@ -123,6 +150,11 @@ pub async fn publish(
     Ok(p.ack())
 }
 
+/// A negative PUBACK / PUBREC with a reason string saying why (MQTT 5 §3.4.2.2.2).
+fn refuse(p: v5::Publish, code: PublishAckReason, why: String) -> v5::PublishAck {
+    p.ack().reason_code(code).reason(ByteString::from(why))
+}
+
 pub async fn protocol(
     s: &v5::Session<ConnState>,
     msg: v5::ProtocolMessage,
@@ -130,6 +162,9 @@ pub async fn protocol(
     match msg {
         v5::ProtocolMessage::Subscribe(mut sub) => {
             s.ensure_delivery();
+            // One Subscription Identifier for every filter of this SUBSCRIBE (MQTT 5 §3.8.2.1.2).
+            let id = sub.packet().id.map(NonZeroU32::get);
+            let mut refused = Vec::new();
             let mut lsn = 0;
             for mut item in sub.iter_mut() {
                 let raw = item.topic().clone();
@@ -139,12 +174,15 @@ pub async fn protocol(
                     Err(e) => {
                         tracing::debug!(filter = %raw, code = e.code(), "subscription refused");
                         item.fail(SubscribeAckReason::TopicFilterInvalid);
+                        refused.push(format!("{raw}: {}", e.code()));
                         continue;
                     }
                 };
-                // No Local on a shared subscription is a protocol error [MQTT-3.8.3-4].
+                // No Local on a shared subscription is a protocol error [MQTT-3.8.3-4];
+                // refusing just that filter is gentler than closing the connection.
                 if filter.group.is_some() && opts.no_local {
                     item.fail(SubscribeAckReason::TopicFilterInvalid);
+                    refused.push(format!("{raw}: no_local_on_shared_subscription"));
                     continue;
                 }
                 // Granted as requested; delivery uses min(published, granted).
@@ -159,13 +197,20 @@ pub async fn protocol(
                     qos,
                     no_local: opts.no_local,
                     retain_as_published: opts.retain_as_published,
+                    id,
                 };
                 lsn = lsn.max(s.router.subscribe(s.id, &raw, entry, send));
                 item.confirm(qos);
             }
             // A persistent session's subscription is on disk before the SUBACK.
             s.router.store().durable(lsn).await;
-            Ok(sub.ack())
+            if refused.is_empty() {
+                Ok(sub.ack())
+            } else {
+                // The reason string covers the whole SUBACK: name each refused filter.
+                let why = format!("refused {}", refused.join(", "));
+                Ok(sub.ack_reason(ByteString::from(why)).ack())
+            }
         }
         v5::ProtocolMessage::Unsubscribe(mut unsub) => {
             for mut item in unsub.iter_mut() {
@@ -197,4 +242,23 @@ pub async fn protocol(
         // Enhanced authentication is not offered; PINGREQ → PINGRESP.
         other => Ok(other.ack()),
     }
+}
+
+/// The PUBLISH properties a subscriber gets: the publisher's, passed through unchanged
+/// [MQTT-3.3.2-15/-16/-17/-18/-19/-20], the expiry interval that is left
+/// [MQTT-3.3.2-6], and this subscriber's subscription identifiers [MQTT-3.3.4-3].
+pub fn outgoing_properties(props: &Properties, p: &mut v5::codec::PublishProperties) {
+    p.user_properties.clone_from(&props.user_properties);
+    p.content_type.clone_from(&props.content_type);
+    p.response_topic.clone_from(&props.response_topic);
+    p.correlation_data.clone_from(&props.correlation_data);
+    p.is_utf8_payload = props.is_utf8_payload;
+    p.message_expiry_interval = props
+        .remaining_expiry(Instant::now())
+        .and_then(NonZeroU32::new);
+    p.subscription_ids = props
+        .subscription_ids
+        .iter()
+        .filter_map(|&id| NonZeroU32::new(id))
+        .collect();
 }

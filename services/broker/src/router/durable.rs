@@ -80,6 +80,7 @@ impl Router {
                     qos: sub.qos,
                     no_local: sub.no_local,
                     retain_as_published: sub.retain_as_published,
+                    id: sub.id,
                 };
                 record::encode(&rec, &mut buf);
             }

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{
-    ConnId, Connected, Live, Message, NEVER, Outgoing, Registration, Router, Session, State,
+    ConnId, Connected, Live, Message, NEVER, Outgoing, PendingWill, Registration, Router, Session,
+    State, WillTiming,
 };
 use crate::outbox::Outbox;
 use crate::store::Record;
@@ -28,13 +29,18 @@ impl Router {
         let client = reg.client_id;
 
         let mut present = false;
+        // A delayed will of the session this connection replaces: published when the
+        // session ends here (clean start), cancelled when it is resumed [MQTT-3.1.3-9].
+        let mut will = None;
         if let Some(s) = st.sessions.get_mut(&client) {
             if let Some(old) = s.live.take() {
                 st.conns.remove(&old.id);
                 old.kick.notify_one();
                 self.metrics.takeovers.inc();
             }
+            let pending = s.pending_will.take();
             if reg.clean_start {
+                will = pending;
                 self.end_session(st, &client);
             } else {
                 present = true;
@@ -70,7 +76,12 @@ impl Router {
             outbox,
             kick: reg.kick,
             will: reg.will,
+            will_timing: WillTiming::default(),
         });
+        drop(guard);
+        if let Some(w) = will {
+            self.publish_will(w);
+        }
         Connected {
             id,
             session_present: present,
@@ -90,6 +101,16 @@ impl Router {
                 if let Some(live) = &mut s.live {
                     live.outbox = Some(ob);
                 }
+            }
+        });
+    }
+
+    /// MQTT 5: when the live connection `conn`'s will is to be published, and for how
+    /// long it is valid then.
+    pub fn set_will_timing(&self, conn: ConnId, timing: WillTiming) {
+        self.with_live(conn, |_, s| {
+            if let Some(l) = &mut s.live {
+                l.will_timing = timing;
             }
         });
     }
@@ -123,6 +144,13 @@ impl Router {
                 metrics.dropped_session_queue_full.inc();
             }
         }
+    }
+
+    /// Publishes a delayed will now (its delay passed, or its session ended).
+    fn publish_will(&self, (will, _, expiry): PendingWill) {
+        tracing::info!(topic = %will.topic, "publishing delayed last will");
+        self.metrics.wills.inc();
+        self.publish(None, with_expiry(will, expiry, Instant::now()));
     }
 
     /// Removes a session and everything it owns.
@@ -175,24 +203,37 @@ impl Router {
         Some(f(client, s))
     }
 
-    /// The connection is gone; returns the will to publish, if it still has one. A
+    /// The connection is gone; returns the will to publish now, if it still has one. A
     /// non-persistent session ends here [MQTT-3.1.2-6]; a persistent one waits, keeping
     /// its subscriptions and queueing messages, until it is resumed or expires.
+    ///
+    /// A will with a delay interval waits in a persistent session until the delay has
+    /// passed or the session ends, whichever comes first; a new connection resuming the
+    /// session cancels it [MQTT-3.1.3-9]. (A session that ends with the connection
+    /// publishes its will at once: that is when it ends.)
     pub fn disconnect(&self, conn: ConnId) -> Option<Message> {
         let mut guard = self.lock();
         let st = &mut *guard;
         let client = st.conns.remove(&conn)?;
         let s = st.sessions.get_mut(&client)?;
         let live = s.live.take()?;
+        let now = Instant::now();
+        let mut will = live.will;
         if s.persistent() {
-            s.expires_at = expiry_deadline(Instant::now(), s.expiry);
+            s.expires_at = expiry_deadline(now, s.expiry);
+            if live.will_timing.delay > 0 {
+                let due = now + Duration::from_secs(live.will_timing.delay.into());
+                s.pending_will = will.take().map(|w| (w, due, live.will_timing.expiry));
+            }
         } else {
             self.end_session(st, &client);
         }
-        live.will
+        // The will's Message Expiry Interval runs from its publication.
+        will.map(|w| with_expiry(w, live.will_timing.expiry, now))
     }
 
-    /// Ends persistent sessions whose expiry interval has passed while offline.
+    /// Ends persistent sessions whose expiry interval has passed while offline, and
+    /// publishes delayed wills that are due (their delay passed, or their session ended).
     pub fn expire_sessions(&self, now: Instant) -> usize {
         let mut guard = self.lock();
         let st = &mut *guard;
@@ -202,9 +243,20 @@ impl Router {
             .filter(|(_, s)| s.live.is_none() && s.expires_at.is_some_and(|t| t <= now))
             .map(|(c, _)| c.clone())
             .collect();
+        let mut wills = Vec::new();
         for c in &due {
             tracing::debug!(client_id = %c, "session expired");
+            wills.extend(st.sessions.get_mut(c).and_then(|s| s.pending_will.take()));
             self.end_session(st, c);
+        }
+        for s in st.sessions.values_mut() {
+            if s.pending_will.as_ref().is_some_and(|w| w.1 <= now) {
+                wills.extend(s.pending_will.take());
+            }
+        }
+        drop(guard);
+        for w in wills {
+            self.publish_will(w);
         }
         due.len()
     }
@@ -246,6 +298,16 @@ impl Router {
     pub fn qos2_released(&self, conn: ConnId, packet_id: u16) {
         self.with_live(conn, |_, s| s.qos2_in.remove(&packet_id));
     }
+}
+
+/// `msg` with a Message Expiry Interval of `secs` counted from `now`.
+pub(super) fn with_expiry(mut msg: Message, secs: Option<u32>, now: Instant) -> Message {
+    if let Some(secs) = secs {
+        let mut p = msg.properties.as_deref().cloned().unwrap_or_default();
+        p.expires_at = Some(now + Duration::from_secs(secs.into()));
+        msg.properties = Some(Arc::new(p));
+    }
+    msg
 }
 
 pub(super) fn expiry_deadline(now: Instant, expiry: u32) -> Option<Instant> {

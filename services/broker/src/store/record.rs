@@ -9,6 +9,7 @@
 //! new dependency, and encoding straight into the shared write buffer allocates nothing.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ntex_bytes::{ByteString, Bytes};
 use ntex_mqtt::QoS;
@@ -37,6 +38,7 @@ pub enum Record<'a> {
         qos: QoS,
         no_local: bool,
         retain_as_published: bool,
+        id: Option<u32>,
     },
     Unsub {
         client: &'a str,
@@ -73,6 +75,7 @@ pub enum Owned {
         qos: QoS,
         no_local: bool,
         retain_as_published: bool,
+        id: Option<u32>,
     },
     Unsub {
         client: String,
@@ -117,13 +120,20 @@ pub fn encode(rec: &Record<'_>, out: &mut Vec<u8>) {
             qos,
             no_local,
             retain_as_published,
+            id,
         } => {
             out.push(5);
             bytes(client.as_bytes(), out);
             bytes(filter.as_bytes(), out);
             out.push(
-                u8::from(*qos) | u8::from(*no_local) << 4 | u8::from(*retain_as_published) << 5,
+                u8::from(*qos)
+                    | u8::from(*no_local) << 4
+                    | u8::from(*retain_as_published) << 5
+                    | u8::from(id.is_some()) << 6,
             );
+            if let Some(id) = id {
+                out.extend_from_slice(&id.to_le_bytes());
+            }
         }
         Record::Unsub { client, filter } => {
             out.push(6);
@@ -178,6 +188,13 @@ pub fn decode(buf: &[u8]) -> Option<(Owned, usize)> {
                 qos: qos(bits & 3)?,
                 no_local: bits & 0x10 != 0,
                 retain_as_published: bits & 0x20 != 0,
+                // Bit 6 (and the id) came with subscription identifiers; older logs
+                // never set it.
+                id: if bits & 0x40 != 0 {
+                    Some(r.u32()?)
+                } else {
+                    None
+                },
             }
         }
         6 => Owned::Unsub {
@@ -216,7 +233,18 @@ fn opt(b: Option<&[u8]>, out: &mut Vec<u8>) {
 fn message(m: &Message, out: &mut Vec<u8>) {
     bytes(m.topic.as_bytes(), out);
     bytes(&m.payload, out);
-    out.push(u8::from(m.qos) | u8::from(m.retain) << 4 | u8::from(m.properties.is_some()) << 5);
+    // Bit 6: expiry and subscription identifiers follow the properties (absent from logs
+    // written before they existed).
+    let ext = m
+        .properties
+        .as_ref()
+        .is_some_and(|p| p.expires_at.is_some() || !p.subscription_ids.is_empty());
+    out.push(
+        u8::from(m.qos)
+            | u8::from(m.retain) << 4
+            | u8::from(m.properties.is_some()) << 5
+            | u8::from(ext) << 6,
+    );
     if let Some(p) = &m.properties {
         out.push(u8::from(p.is_utf8_payload));
         out.extend_from_slice(&(p.user_properties.len() as u32).to_le_bytes());
@@ -227,6 +255,21 @@ fn message(m: &Message, out: &mut Vec<u8>) {
         opt(p.content_type.as_ref().map(|s| &s.as_bytes()[..]), out);
         opt(p.response_topic.as_ref().map(|s| &s.as_bytes()[..]), out);
         opt(p.correlation_data.as_deref(), out);
+        if ext {
+            // An instant means nothing after a restart: the deadline is stored as wall
+            // clock time (Unix milliseconds), so time spent down counts as waiting.
+            let deadline = p.expires_at.map_or(0, |t| {
+                let left = t.saturating_duration_since(Instant::now());
+                (SystemTime::now() + left)
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(1, |d| d.as_millis().max(1) as u64)
+            });
+            out.extend_from_slice(&deadline.to_le_bytes());
+            out.extend_from_slice(&(p.subscription_ids.len() as u32).to_le_bytes());
+            for id in &p.subscription_ids {
+                out.extend_from_slice(&id.to_le_bytes());
+            }
+        }
     }
 }
 
@@ -290,13 +333,25 @@ impl Reader<'_> {
                 b.and_then(|b| std::str::from_utf8(b).ok())
                     .map(ByteString::from)
             };
-            Some(Arc::new(Properties {
+            let mut p = Properties {
                 user_properties,
                 content_type: text(self.opt_bytes()?),
                 response_topic: text(self.opt_bytes()?),
                 correlation_data: self.opt_bytes()?.map(Bytes::copy_from_slice),
                 is_utf8_payload,
-            }))
+                ..Properties::default()
+            };
+            if bits & 0x40 != 0 {
+                let deadline = self.u64()?;
+                if deadline != 0 {
+                    let at = UNIX_EPOCH + Duration::from_millis(deadline);
+                    let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+                    p.expires_at = Some(Instant::now() + left);
+                }
+                let n = self.u32()? as usize;
+                p.subscription_ids = (0..n).map(|_| self.u32()).collect::<Option<_>>()?;
+            }
+            Some(Arc::new(p))
         } else {
             None
         };

@@ -63,6 +63,7 @@ pub fn replay(records: Vec<Owned>) -> Recovered {
                 qos,
                 no_local,
                 retain_as_published,
+                id,
             } => {
                 // Filters were validated when subscribed; one that no longer parses
                 // (a stricter future version) is skipped rather than failing start-up.
@@ -72,6 +73,7 @@ pub fn replay(records: Vec<Owned>) -> Recovered {
                         qos,
                         no_local,
                         retain_as_published,
+                        id,
                     };
                     s.subs.insert(filter, sub);
                 }
@@ -138,6 +140,7 @@ mod tests {
                 qos: QoS::ExactlyOnce,
                 no_local: false,
                 retain_as_published: false,
+                id: Some(7),
             },
             Record::Enq {
                 client: "h",
