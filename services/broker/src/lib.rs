@@ -35,12 +35,16 @@
 //! - [`topic_filter`]: pure topic validation and wildcard matching.
 //! - [`transport_ws`]: MQTT over WebSocket (`/mqtt`), bridged to the MQTT listener.
 //! - [`transport_tls`]: MQTT over TLS (rustls) on the same ntex server, when configured.
+//! - [`auth`]: who may connect (CONNECT hook), and each connection's publish/subscribe
+//!   rights (`auth/acl.rs`), users from the auth file (`auth/file.rs`, `auth/password.rs`).
+//! - [`sys`]: `$SYS/broker/…` statistics, published retained by the broker itself.
 //! - [`metrics`], [`settings`], [`error`].
 //!
 //! Not yet: persisting inbound QoS 2 packet ids and delayed (not yet due) wills across a
 //! restart (both are kept per session in memory); outbound topic aliases (none are sent,
 //! which MQTT 5 allows); enhanced authentication (AUTH).
 
+pub mod auth;
 pub mod error;
 pub mod metrics;
 pub mod outbox;
@@ -49,6 +53,7 @@ pub mod session;
 pub mod settings;
 pub mod startup;
 pub mod store;
+pub mod sys;
 pub mod topic_filter;
 pub mod transport_tls;
 pub mod transport_ws;

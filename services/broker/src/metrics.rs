@@ -28,6 +28,19 @@ pub struct Metrics {
     pub takeovers: Counter,
     /// Last Will messages published after an abnormal disconnect.
     pub wills: Counter,
+    /// A PUBLISH the client may not make (ACL, or `$SYS/`): dropped (MQTT 3.1.1) or
+    /// refused with 0x87 (MQTT 5).
+    pub dropped_not_authorized: Counter,
+    /// CONNECTs refused: unknown user / wrong password, or not authorized.
+    pub refused_bad_credentials: Counter,
+    pub refused_not_authorized: Counter,
+    /// SUBSCRIBE filters refused by the ACL.
+    pub subscriptions_refused: Counter,
+    /// Subscriptions held by all sessions (refreshed each second by `sys.rs`).
+    pub subscriptions: Gauge,
+    /// PUBLISH payload bytes accepted from clients / written to subscribers.
+    pub bytes_received: Counter,
+    pub bytes_sent: Counter,
 }
 
 impl Metrics {
@@ -53,12 +66,15 @@ impl Metrics {
             ),
             dropped_queue_full: dropped("queue_full"),
             dropped_session_queue_full: dropped("session_queue_full"),
+            dropped_disconnected: dropped("disconnected"),
+            dropped_send_error: dropped("send_error"),
+            // Series of one name must be adjacent: the exposition format allows one
+            // HELP/TYPE block per name, and `render` writes one per run of equal names.
+            dropped_not_authorized: dropped("not_authorized"),
             sessions: obs.gauge(
                 "sessions",
                 "Sessions held: connected, and persistent ones whose client is away.",
             ),
-            dropped_disconnected: dropped("disconnected"),
-            dropped_send_error: dropped("send_error"),
             retained: obs.gauge("retained_messages", "Topics holding a retained message."),
             takeovers: obs.counter(
                 "session_takeovers_total",
@@ -68,6 +84,32 @@ impl Metrics {
             wills: obs.counter(
                 "wills_published_total",
                 "Last Will messages published after an abnormal disconnect.",
+                &[],
+            ),
+            refused_bad_credentials: obs.counter(
+                "connections_refused_total",
+                "CONNECTs refused, by reason.",
+                &[("reason", "bad_credentials")],
+            ),
+            refused_not_authorized: obs.counter(
+                "connections_refused_total",
+                "CONNECTs refused, by reason.",
+                &[("reason", "not_authorized")],
+            ),
+            subscriptions_refused: obs.counter(
+                "subscriptions_refused_total",
+                "SUBSCRIBE filters refused, by reason.",
+                &[("reason", "not_authorized")],
+            ),
+            subscriptions: obs.gauge("subscriptions", "Subscriptions held by all sessions."),
+            bytes_received: obs.counter(
+                "payload_bytes_received_total",
+                "PUBLISH payload bytes accepted from clients, wills included.",
+                &[],
+            ),
+            bytes_sent: obs.counter(
+                "payload_bytes_sent_total",
+                "PUBLISH payload bytes sent to subscribers.",
                 &[],
             ),
         }

@@ -362,6 +362,13 @@ impl Router {
     /// for (see [`Store::durable`]); 0 when nothing durable was written.
     pub fn publish(&self, from: Option<ConnId>, msg: Message) -> u64 {
         self.metrics.received.inc();
+        self.metrics.bytes_received.add(msg.payload.len() as u64);
+        self.route(from, msg)
+    }
+
+    /// [`Router::publish`] without counting the message as received: the broker's own
+    /// `$SYS` statistics (`sys.rs`).
+    pub fn route(&self, from: Option<ConnId>, msg: Message) -> u64 {
         let mut guard = self.lock();
         let st = &mut *guard;
         let mut lsn = 0;
@@ -373,10 +380,15 @@ impl Router {
                     lsn = self.store.append(&Record::Unretain(&msg.topic));
                 }
             } else {
-                lsn = self.store.append(&Record::Retain(&msg));
+                // `$SYS` values describe this process: kept in memory only (`sys.rs`).
+                if !crate::auth::is_sys(&msg.topic) {
+                    lsn = self.store.append(&Record::Retain(&msg));
+                }
                 st.retained.insert(msg.topic.clone(), msg.clone());
             }
-            self.metrics.retained.set(st.retained.len() as i64);
+            self.metrics
+                .retained
+                .set(stats::client_retained(&st.retained));
         }
 
         // Shared groups allocate, but only when a shared subscription matches.
@@ -507,6 +519,7 @@ impl Router {
 
 mod durable;
 mod sessions;
+mod stats;
 
 #[cfg(test)]
 #[path = "router_tests.rs"]

@@ -45,6 +45,8 @@ pub struct Shared {
     pub max_session_expiry: u32,
     /// Source of ids for clients that connect without one.
     auto_ids: Arc<AtomicU64>,
+    /// Decides at CONNECT who may connect and with which rights (`auth.rs`).
+    pub auth: Arc<dyn crate::auth::Authenticator>,
 }
 
 /// The per-connection state ntex-mqtt keeps in its `Session`.
@@ -52,6 +54,8 @@ pub struct ConnState {
     pub id: ConnId,
     pub client_id: String,
     pub router: Router,
+    /// What this connection may publish and subscribe to.
+    pub acl: Arc<dyn crate::auth::Authorizer>,
     /// Until the connection has a queue and delivery task: what starting them takes.
     idle: RefCell<Option<(Sink, Bounds)>>,
 }
@@ -71,7 +75,12 @@ impl ConnState {
 }
 
 impl Shared {
-    pub fn new(router: Router, queue_capacity: usize, limits: crate::router::Limits) -> Self {
+    pub fn new(
+        router: Router,
+        queue_capacity: usize,
+        limits: crate::router::Limits,
+        auth: Arc<dyn crate::auth::Authenticator>,
+    ) -> Self {
         Self {
             router,
             max_session_expiry: limits.max_session_expiry,
@@ -80,6 +89,7 @@ impl Shared {
                 untracked: limits.session_queue_capacity.max(1),
             },
             auto_ids: Arc::default(),
+            auth,
         }
     }
 
@@ -105,6 +115,7 @@ impl Shared {
             will,
             clean_start,
             expiry,
+            acl,
         } = conn;
         let kick = Arc::new(Notify::new());
         let started = Cell::new(false);
@@ -141,6 +152,7 @@ impl Shared {
             id,
             client_id,
             router: self.router.clone(),
+            acl,
             idle: RefCell::new((!started.get()).then_some((sink, self.bounds))),
         };
         (state, connected.session_present)
@@ -168,6 +180,8 @@ pub struct Connection {
     pub clean_start: bool,
     /// Session expiry interval in seconds (0 = the session ends with the connection).
     pub expiry: u32,
+    /// The rights the authenticator granted.
+    pub acl: Arc<dyn crate::auth::Authorizer>,
 }
 
 /// Persistent-session messages sent at QoS 1 and not yet acknowledged, in send order:
@@ -335,9 +349,11 @@ impl Delivery {
                 done();
                 continue;
             }
+            let bytes = m.msg.payload.len() as u64;
             match self.sink.send(m, &pending).await {
                 Ok(completed) => {
                     metrics.delivered.inc();
+                    metrics.bytes_sent.add(bytes);
                     match completed {
                         Some(Some(seq)) => self.router.ack(&self.client_id, seq),
                         Some(None) => done(),

@@ -74,6 +74,15 @@ pub struct BrokerSettings {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1) for the TLS listener.
     pub tls_key: Option<PathBuf>,
+    /// TOML file of users (password hashes) and topic rules (`docs/broker-auth.md`).
+    /// Unset or empty: no authentication.
+    pub auth_file: Option<PathBuf>,
+    /// Clients without a user name may connect (with the auth file's `[anonymous]`
+    /// rules; without an auth file, with every right). `true` keeps the development
+    /// stack working; turn it off on any host reachable from outside (`deploy/README.md`).
+    pub allow_anonymous: bool,
+    /// Seconds between `$SYS/broker/…` statistics updates; 0 = no `$SYS` topics.
+    pub sys_interval_secs: u64,
 }
 
 impl BrokerSettings {
@@ -123,6 +132,9 @@ impl Default for BrokerSettings {
             tls_addr: None,
             tls_cert: None,
             tls_key: None,
+            auth_file: None,
+            allow_anonymous: true,
+            sys_interval_secs: 10,
         }
     }
 }

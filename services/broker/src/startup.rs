@@ -36,6 +36,8 @@ pub struct Application {
     ws: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
     /// The MQTT-over-TLS address, when a certificate and key are configured.
     tls_addr: Option<SocketAddr>,
+    /// `$SYS` publisher and gauge refresher (`sys.rs`).
+    sys: tokio::task::JoinHandle<()>,
 }
 
 impl Application {
@@ -51,11 +53,13 @@ impl Application {
         };
         let router = open_store(cfg, Metrics::new(&obs), limits)?;
         tokio::spawn(router.clone().expire_sessions_periodically());
+        let sys = tokio::spawn(crate::sys::run(router.clone(), cfg.sys_interval_secs));
 
         let listener = TcpListener::bind(&cfg.mqtt_addr)
             .with_context(|| format!("binding MQTT listener {}", cfg.mqtt_addr))?;
         let mqtt_addr = listener.local_addr()?;
-        let shared = Shared::new(router.clone(), cfg.queue_capacity, limits);
+        let auth = crate::auth::from_settings(cfg)?;
+        let shared = Shared::new(router.clone(), cfg.queue_capacity, limits, auth);
         let tls = match (cfg.tls_listen_addr(), &cfg.tls_cert, &cfg.tls_key) {
             (Some(addr), Some(cert), Some(key)) => Some(TlsListener::bind(&addr, cert, key)?),
             _ => None,
@@ -97,6 +101,7 @@ impl Application {
             router,
             ws,
             tls_addr,
+            sys,
         })
     }
 
@@ -126,6 +131,7 @@ impl Application {
     /// their connections, and stops the admin server.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         shutdown.await;
+        self.sys.abort();
         if let Some((_, accept)) = &self.ws {
             // Bridged WebSocket clients end as ntex closes their MQTT side below.
             accept.abort();

@@ -4,6 +4,7 @@
 use ntex_mqtt::{QoS, v3};
 use ntex_util::time::Seconds;
 
+use crate::auth::{self, Credentials, Refusal};
 use crate::error::BrokerError;
 use crate::router::NEVER;
 use crate::router::{Message, SendRetained, Subscription};
@@ -38,6 +39,19 @@ pub async fn connect(
         return Ok(c.identifier_rejected());
     }
     tracing::debug!(%client_id, clean_session = pkt.clean_session, keep_alive, "v3 connect");
+    // Before `register`: a refused client must not take over anyone's session.
+    let creds = Credentials {
+        client_id: &client_id,
+        username: pkt.username.as_deref(),
+        password: pkt.password.as_deref(),
+    };
+    let will_topic = will.as_ref().map(|w| &*w.topic);
+    let acl = match auth::connect(&*shared.auth, shared.router.metrics(), creds, will_topic).await {
+        Ok(acl) => acl,
+        // CONNACK 4 / 5 (MQTT 3.1.1 §3.2.2.3), then the connection closes [MQTT-3.2.2-5].
+        Err(Refusal::BadCredentials) => return Ok(c.bad_username_or_pwd()),
+        Err(Refusal::NotAuthorized) => return Ok(c.not_authorized()),
+    };
 
     let conn = Connection {
         client_id,
@@ -47,6 +61,7 @@ pub async fn connect(
         // no expiry interval: the configured maximum applies (the router caps NEVER).
         clean_start: pkt.clean_session,
         expiry: if pkt.clean_session { 0 } else { NEVER },
+        acl,
     };
     let (state, present) = shared.register(conn, Sink::V3(c.sink()), c.io().on_disconnect());
     // session_present=1 only when a session was resumed [MQTT-3.2.2-1/-2].
@@ -65,6 +80,12 @@ pub async fn publish(s: &v3::Session<ConnState>, p: v3::Publish) -> Result<(), B
     // connection, the only answer MQTT 3.1.1 has.
     validate_name(&p.packet().topic).map_err(BrokerError::Topic)?;
     let payload = p.read_all().await.map_err(|_| BrokerError::Payload)?;
+    if !auth::may_publish(&*s.acl, &p.packet().topic) {
+        // MQTT 3.1.1 has no negative PUBACK: the message is acknowledged as usual and
+        // dropped (Mosquitto does the same), counted as not_authorized.
+        auth::publish_refused(s.router.metrics(), &s.client_id, &p.packet().topic);
+        return Ok(());
+    }
     if p.qos() == QoS::ExactlyOnce
         && let Some(id) = p.id()
         && !s.router.qos2_received(s.id, id.get())
@@ -98,6 +119,11 @@ pub async fn protocol(
             for mut item in sub.iter_mut() {
                 let raw = item.topic().clone();
                 match Filter::parse(&raw) {
+                    Ok(filter) if !s.acl.may_subscribe(&filter.pattern) => {
+                        // 0x80 is the only refusal MQTT 3.1.1 has [MQTT-3.9.3-2].
+                        auth::subscribe_refused(s.router.metrics(), &s.client_id, &raw);
+                        item.fail();
+                    }
                     Ok(filter) => {
                         // Every QoS is granted as requested; delivery uses
                         // min(published, granted) [MQTT-3.8.4-8].

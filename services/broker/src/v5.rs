@@ -15,6 +15,7 @@ use v5::codec::{
     UnsubscribeAckReason,
 };
 
+use crate::auth::{self, Credentials, Refusal};
 use crate::error::BrokerError;
 use crate::router::{Message, Properties, SendRetained, Subscription, WillTiming};
 use crate::session::{ConnState, Connection, Shared, Sink};
@@ -60,6 +61,17 @@ pub async fn connect(
         return Ok(c.failed(v5::codec::ConnectAckReason::TopicNameInvalid));
     }
     tracing::debug!(%client_id, clean_start = pkt.clean_start, keep_alive, "v5 connect");
+    // Before `register`: a refused client must not take over anyone's session.
+    let creds = Credentials {
+        client_id: &client_id,
+        username: pkt.username.as_deref(),
+        password: pkt.password.as_deref(),
+    };
+    let will_topic = will.as_ref().map(|w| &*w.topic);
+    let acl = match auth::connect(&*shared.auth, shared.router.metrics(), creds, will_topic).await {
+        Ok(acl) => acl,
+        Err(why) => return Ok(refuse_connect(c, why)),
+    };
 
     // Session Expiry Interval absent = 0: the session ends with the connection
     // [MQTT-3.1.2-23 context]; clean start discards an existing one first.
@@ -69,6 +81,7 @@ pub async fn connect(
         will,
         clean_start: pkt.clean_start,
         expiry,
+        acl,
     };
     let (state, present) = shared.register(conn, Sink::V5(c.sink()), c.io().on_disconnect());
     if let Some(t) = will_timing {
@@ -109,6 +122,12 @@ pub async fn publish(
         tracing::debug!(topic = %pkt.topic, code = e.code(), "publish refused");
         let why = format!("topic name invalid: {}", e.code());
         return Ok(refuse(p, PublishAckReason::TopicNameInvalid, why));
+    }
+    if !auth::may_publish(&*s.acl, &pkt.topic) {
+        // PUBACK / PUBREC 0x87; a QoS 0 message is just dropped. Counted either way.
+        auth::publish_refused(s.router.metrics(), &s.client_id, &pkt.topic);
+        let why = format!("not authorized to publish to {}", pkt.topic);
+        return Ok(refuse(p, PublishAckReason::NotAuthorized, why));
     }
     let props = &pkt.properties;
     let properties = Properties {
@@ -183,6 +202,12 @@ pub async fn protocol(
                 if filter.group.is_some() && opts.no_local {
                     item.fail(SubscribeAckReason::TopicFilterInvalid);
                     refused.push(format!("{raw}: no_local_on_shared_subscription"));
+                    continue;
+                }
+                if !s.acl.may_subscribe(&filter.pattern) {
+                    auth::subscribe_refused(s.router.metrics(), &s.client_id, &raw);
+                    item.fail(SubscribeAckReason::NotAuthorized);
+                    refused.push(format!("{raw}: not_authorized"));
                     continue;
                 }
                 // Granted as requested; delivery uses min(published, granted).
@@ -261,4 +286,22 @@ pub fn outgoing_properties(props: &Properties, p: &mut v5::codec::PublishPropert
         .iter()
         .filter_map(|&id| NonZeroU32::new(id))
         .collect();
+}
+
+/// CONNACK 0x86 (bad user name or password) or 0x87 (not authorized) with a reason
+/// string; the connection then closes [MQTT-3.2.2-7].
+fn refuse_connect(c: v5::Connect, why: Refusal) -> v5::ConnectAck<ConnState> {
+    use v5::codec::ConnectAckReason;
+    let (reason_code, text) = match why {
+        Refusal::BadCredentials => (
+            ConnectAckReason::BadUserNameOrPassword,
+            "bad user name or password",
+        ),
+        Refusal::NotAuthorized => (ConnectAckReason::NotAuthorized, "not authorized"),
+    };
+    c.fail_with(v5::codec::ConnectAck {
+        reason_code,
+        reason_string: Some(ByteString::from_static(text)),
+        ..Default::default()
+    })
 }

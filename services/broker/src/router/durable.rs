@@ -59,7 +59,11 @@ impl Router {
             return;
         }
         let mut buf = Vec::new();
-        for m in st.retained.values() {
+        for m in st
+            .retained
+            .values()
+            .filter(|m| !crate::auth::is_sys(&m.topic))
+        {
             record::encode(&Record::Retain(m), &mut buf);
         }
         for (client, s) in &st.sessions {

@@ -1,0 +1,203 @@
+//! Authentication and authorization: who may connect, and what each connection may
+//! publish and subscribe to.
+//!
+//! Two object-safe traits keep it pluggable. An [`Authenticator`] decides once, at
+//! CONNECT — asynchronously, so a later provider can look devices up in PostgreSQL — and
+//! hands back that connection's [`Authorizer`], which then answers every PUBLISH and
+//! SUBSCRIBE synchronously from memory: the publish path never waits on I/O.
+//!
+//! Shipped providers:
+//! - [`Open`]: no `broker.auth_file`; every client may connect and do anything (the
+//!   development default, `broker.allow_anonymous = true`).
+//! - [`file::FileAuth`]: a TOML file of users (`mosquitto_passwd`-compatible PBKDF2
+//!   hashes, see [`password`]) and topic rules with `%c` / `%u` substitution
+//!   ([`acl`]); anonymous clients only when allowed, with their own rules.
+//!
+//! Whatever a provider says, `$SYS/…` is written by the broker alone ([`may_publish`]).
+//! How refusals reach the client: `v3.rs` / `v5.rs` and `docs/broker-auth.md`.
+
+pub mod acl;
+pub mod file;
+pub mod password;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use anyhow::bail;
+
+use crate::settings::BrokerSettings;
+
+/// What a client presented in CONNECT.
+#[derive(Debug, Clone, Copy)]
+pub struct Credentials<'a> {
+    /// The client id the session will use (a generated one when the client sent none).
+    pub client_id: &'a str,
+    pub username: Option<&'a str>,
+    pub password: Option<&'a [u8]>,
+}
+
+/// Why a CONNECT is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Unknown user, wrong password, or a password without a user name: MQTT 3.1.1
+    /// CONNACK 4, MQTT 5 0x86. Unknown users and wrong passwords get the same answer so
+    /// that user names cannot be probed.
+    BadCredentials,
+    /// Anonymous while not allowed, or a will topic the client may not publish to:
+    /// MQTT 3.1.1 CONNACK 5, MQTT 5 0x87.
+    NotAuthorized,
+}
+
+impl Refusal {
+    /// Log/metric label.
+    pub fn code(self) -> &'static str {
+        match self {
+            Refusal::BadCredentials => "bad_credentials",
+            Refusal::NotAuthorized => "not_authorized",
+        }
+    }
+}
+
+/// The future [`Authenticator::authenticate`] returns. It is polled on an ntex worker
+/// thread, not inside tokio: a provider that needs tokio I/O (sqlx) spawns its query on
+/// a tokio runtime handle and awaits the `JoinHandle`, which works from any executor.
+pub type AuthFuture<'a> = Pin<Box<dyn Future<Output = Result<Arc<dyn Authorizer>, Refusal>> + 'a>>;
+
+/// Decides whether a client may connect, and with which rights.
+pub trait Authenticator: Send + Sync + 'static {
+    fn authenticate<'a>(&'a self, c: Credentials<'a>) -> AuthFuture<'a>;
+}
+
+/// One connection's rights, asked on every PUBLISH and SUBSCRIBE (keep it in memory).
+pub trait Authorizer: Send + Sync + 'static {
+    /// May the client publish to topic name `topic`? (Its will topic is asked too.)
+    fn may_publish(&self, topic: &str) -> bool;
+    /// May the client subscribe to `filter` (without any `$share/{group}/` prefix)?
+    /// True only when every topic the filter can match is allowed.
+    fn may_subscribe(&self, filter: &str) -> bool;
+}
+
+/// Everything is allowed (used without an auth file).
+pub struct AllowAll;
+
+impl Authorizer for AllowAll {
+    fn may_publish(&self, _: &str) -> bool {
+        true
+    }
+    fn may_subscribe(&self, _: &str) -> bool {
+        true
+    }
+}
+
+/// Lets everyone in, credentials or not, with [`AllowAll`] (no auth file, anonymous
+/// allowed: how the development stack runs).
+pub struct Open;
+
+impl Authenticator for Open {
+    fn authenticate<'a>(&'a self, _: Credentials<'a>) -> AuthFuture<'a> {
+        Box::pin(async { Ok(Arc::new(AllowAll) as Arc<dyn Authorizer>) })
+    }
+}
+
+/// The authenticator the settings ask for.
+pub fn from_settings(cfg: &BrokerSettings) -> anyhow::Result<Arc<dyn Authenticator>> {
+    match cfg
+        .auth_file
+        .as_deref()
+        .filter(|p| !p.as_os_str().is_empty())
+    {
+        Some(path) => Ok(Arc::new(file::FileAuth::load(path, cfg.allow_anonymous)?)),
+        None if cfg.allow_anonymous => {
+            tracing::warn!(
+                "no broker.auth_file and broker.allow_anonymous = true: every client may \
+                 connect and publish or subscribe to anything (fine for development only)"
+            );
+            Ok(Arc::new(Open))
+        }
+        None => {
+            bail!("broker.allow_anonymous = false needs broker.auth_file (nobody could connect)")
+        }
+    }
+}
+
+/// `$SYS/…` (and `$SYS` itself): the broker's own statistics topics.
+pub fn is_sys(topic: &str) -> bool {
+    topic
+        .strip_prefix("$SYS")
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// A client may publish to `topic`: its authorizer agrees and the topic is not `$SYS`
+/// (only the broker writes there, see `sys.rs`).
+pub fn may_publish(acl: &dyn Authorizer, topic: &str) -> bool {
+    !is_sys(topic) && acl.may_publish(topic)
+}
+
+/// The CONNECT check shared by both protocol versions: credentials, then the will topic
+/// (a will is a publish made on the client's behalf, so the same rules apply). Counts
+/// refusals as `connections_refused_total{reason}`.
+pub async fn connect(
+    auth: &dyn Authenticator,
+    metrics: &crate::metrics::Metrics,
+    creds: Credentials<'_>,
+    will_topic: Option<&str>,
+) -> Result<Arc<dyn Authorizer>, Refusal> {
+    let result = match auth.authenticate(creds).await {
+        Ok(acl) if will_topic.is_some_and(|t| !may_publish(&*acl, t)) => {
+            Err(Refusal::NotAuthorized)
+        }
+        other => other,
+    };
+    if let Err(why) = result {
+        tracing::info!(
+            client_id = creds.client_id,
+            username = creds.username,
+            reason = why.code(),
+            "connection refused"
+        );
+        match why {
+            Refusal::BadCredentials => metrics.refused_bad_credentials.inc(),
+            Refusal::NotAuthorized => metrics.refused_not_authorized.inc(),
+        }
+    }
+    result
+}
+
+/// Counts and logs a PUBLISH the client was not allowed to make.
+pub fn publish_refused(metrics: &crate::metrics::Metrics, client_id: &str, topic: &str) {
+    tracing::debug!(client_id, topic, "publish not authorized");
+    metrics.dropped_not_authorized.inc();
+}
+
+/// Counts and logs a subscription the client was not allowed to make.
+pub fn subscribe_refused(metrics: &crate::metrics::Metrics, client_id: &str, filter: &str) {
+    tracing::debug!(client_id, filter, "subscription not authorized");
+    metrics.subscriptions_refused.inc();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sys_topics_are_recognised_by_their_first_level() {
+        assert!(is_sys("$SYS"));
+        assert!(is_sys("$SYS/broker/uptime"));
+        assert!(!is_sys("$SYSTEM/x"));
+        assert!(!is_sys("lentera/$SYS/x"));
+        assert!(!may_publish(&AllowAll, "$SYS/broker/uptime"));
+        assert!(may_publish(&AllowAll, "lentera/gh-1/telemetry"));
+    }
+
+    #[test]
+    fn without_an_auth_file_anonymous_must_be_allowed() {
+        let mut cfg = BrokerSettings {
+            allow_anonymous: false,
+            ..BrokerSettings::default()
+        };
+        assert!(from_settings(&cfg).is_err(), "nobody could connect");
+        cfg.allow_anonymous = true;
+        assert!(from_settings(&cfg).is_ok());
+    }
+}

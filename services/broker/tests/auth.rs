@@ -1,0 +1,426 @@
+//! Authentication and authorization end to end: the real broker with an auth file
+//! (`tests/auth_common`), rumqttc MQTT 3.1.1 and 5 clients, and Mosquitto's
+//! `mosquitto_pub` / `mosquitto_sub` as independent clients.
+
+mod auth_common;
+mod common;
+
+use std::time::Duration;
+
+use auth_common::*;
+use common::{Broker, Client, WAIT};
+use rumqttc::ConnectReturnCode as V3Code;
+use rumqttc::v5::mqttbytes::v5::ConnectReturnCode as V5Code;
+
+const QUIET: Duration = Duration::from_millis(700);
+
+#[tokio::test]
+async fn right_credentials_connect_and_wrong_password_or_unknown_user_are_refused() {
+    let b = broker_with_auth(false).await;
+    // MQTT 3.1.1: CONNACK 0, then 4 "bad user name or password" (MQTT 3.1.1 §3.2.2.3).
+    let ok = v3_opts(&b, "gh-1", Some(("gh-1", GH1_PASSWORD)));
+    assert_eq!(v3_connect_result(ok).await, Ok(()));
+    let wrong = v3_opts(&b, "gh-1", Some(("gh-1", "not it")));
+    assert_eq!(
+        v3_connect_result(wrong).await,
+        Err(V3Code::BadUserNamePassword)
+    );
+    let unknown = v3_opts(&b, "ghost", Some(("ghost", GH1_PASSWORD)));
+    assert_eq!(
+        v3_connect_result(unknown).await,
+        Err(V3Code::BadUserNamePassword),
+        "an unknown user gets the same answer as a wrong password"
+    );
+    // MQTT 5: 0x86 Bad User Name or Password.
+    let ok = v5_opts(&b, "lamp-svc", Some(("lamp", LAMP_PASSWORD)));
+    assert_eq!(v5_connect_result(ok).await, Ok(()));
+    let wrong = v5_opts(&b, "lamp-svc", Some(("lamp", GH1_PASSWORD)));
+    assert_eq!(
+        v5_connect_result(wrong).await,
+        Err(V5Code::BadUserNamePassword)
+    );
+    let unknown = v5_opts(&b, "x", Some(("nobody", "x")));
+    assert_eq!(
+        v5_connect_result(unknown).await,
+        Err(V5Code::BadUserNamePassword)
+    );
+    let m = b.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "lentera_broker_connections_refused_total{reason=\"bad_credentials\"}"
+        ),
+        4,
+        "{m}"
+    );
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn anonymous_clients_are_refused_unless_allowed() {
+    // No user name [MQTT-3.1.2-19] with allow_anonymous = false: CONNACK 5 / 0x87.
+    let b = broker_with_auth(false).await;
+    assert_eq!(
+        v3_connect_result(v3_opts(&b, "anon", None)).await,
+        Err(V3Code::NotAuthorized)
+    );
+    assert_eq!(
+        v5_connect_result(v5_opts(&b, "anon", None)).await,
+        Err(V5Code::NotAuthorized)
+    );
+    let m = b.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "lentera_broker_connections_refused_total{reason=\"not_authorized\"}"
+        ),
+        2,
+        "{m}"
+    );
+    b.stop().await;
+
+    // Allowed: they connect, with the file's [anonymous] rules only.
+    let b = broker_with_auth(true).await;
+    let mut anon = V5::connect(v5_opts(&b, "anon", None)).await;
+    assert_eq!(anon.subscribe("public/#").await, 1);
+    assert_eq!(anon.subscribe("lentera/#").await, 0x87);
+    assert_eq!(anon.publish_qos1("public/hello", b"hi").await.0, 0x00);
+    assert_eq!(
+        anon.publish_qos1("lentera/anon/telemetry", b"{}").await.0,
+        0x87
+    );
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn client_id_substitution_lets_a_board_publish_to_its_own_topics_only() {
+    let b = broker_with_auth(false).await;
+    let mut lamp = Client::connect_v3(v3_opts(&b, "lamp-svc", Some(("lamp", LAMP_PASSWORD)))).await;
+    assert_eq!(lamp.subscribe("lentera/+/telemetry", 1).await, 1);
+
+    // MQTT 3.1.1: `lentera/%c/#` lets client `gh-1` publish under lentera/gh-1/…
+    let mut gh1 = Client::connect_v3(v3_opts(&b, "gh-1", Some(("gh-1", GH1_PASSWORD)))).await;
+    gh1.publish("lentera/gh-1/telemetry", b"{\"lux\":1}", 1, false)
+        .await;
+    gh1.expect_puback().await;
+    let got = lamp.next_publish().await;
+    assert_eq!(got.topic, "lentera/gh-1/telemetry");
+
+    // …and not as another board. 3.1.1 has no negative PUBACK: the PUBACK comes as
+    // usual and the message is dropped, counted as not_authorized.
+    gh1.publish("lentera/gh-2/telemetry", b"{\"lux\":2}", 1, false)
+        .await;
+    gh1.expect_puback().await;
+    assert!(
+        lamp.try_next_publish(QUIET).await.is_none(),
+        "a board must not publish as another"
+    );
+
+    // MQTT 5: the refusal is a PUBACK 0x87 with a reason string.
+    let mut gh1_v5 = V5::connect(v5_opts(&b, "gh-1", Some(("gh-1", GH1_PASSWORD)))).await;
+    let (code, why) = gh1_v5.publish_qos1("lentera/gh-2/telemetry", b"{}").await;
+    assert_eq!(code, 0x87);
+    assert!(why.unwrap_or_default().contains("not authorized"));
+    assert_eq!(
+        gh1_v5
+            .publish_qos1("lentera/gh-1/status", b"online")
+            .await
+            .0,
+        0x00
+    );
+    assert_eq!(
+        lamp.try_next_publish(QUIET).await,
+        None,
+        "status is not telemetry"
+    );
+
+    // The same user under another client id gets that id's topics, not gh-1's.
+    let mut other = V5::connect(v5_opts(&b, "gh-9", Some(("gh-1", GH1_PASSWORD)))).await;
+    assert_eq!(
+        other.publish_qos1("lentera/gh-1/telemetry", b"{}").await.0,
+        0x87
+    );
+    assert_eq!(
+        other.publish_qos1("lentera/gh-9/telemetry", b"{}").await.0,
+        0x00
+    );
+    assert_eq!(lamp.next_publish().await.topic, "lentera/gh-9/telemetry");
+
+    let m = b.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "lentera_broker_messages_dropped_total{reason=\"not_authorized\"}"
+        ),
+        3,
+        "{m}"
+    );
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_id_with_wildcards_gains_nothing_from_substitution() {
+    // `lentera/%c/#` with client id `+` would read `lentera/+/#`: the rule is void instead.
+    let b = broker_with_auth(false).await;
+    let mut evil = V5::connect(v5_opts(&b, "+", Some(("gh-1", GH1_PASSWORD)))).await;
+    assert_eq!(
+        evil.publish_qos1("lentera/gh-2/telemetry", b"{}").await.0,
+        0x87
+    );
+    assert_eq!(evil.subscribe("lentera/+/lamp/set").await, 0x87);
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn subscriptions_outside_the_acl_are_refused_0x80_v3_and_0x87_v5() {
+    let b = broker_with_auth(false).await;
+    let mut gh1 = Client::connect_v3(v3_opts(&b, "gh-1", Some(("gh-1", GH1_PASSWORD)))).await;
+    assert_eq!(gh1.subscribe("lentera/gh-1/lamp/set", 1).await, 1);
+    // 0x80 is MQTT 3.1.1's only failure return code [MQTT-3.9.3-2].
+    assert_eq!(gh1.subscribe("lentera/gh-2/lamp/set", 1).await, 0x80);
+    assert_eq!(
+        gh1.subscribe("lentera/+/lamp/set", 1).await,
+        0x80,
+        "wider than allowed"
+    );
+    assert_eq!(gh1.subscribe("#", 0).await, 0x80);
+
+    // %u: ops may use users/ops/…, not users/other/….
+    let mut ops = V5::connect(v5_opts(&b, "console", Some(("ops", OPS_PASSWORD)))).await;
+    assert_eq!(ops.subscribe("users/ops/#").await, 1);
+    assert_eq!(ops.subscribe("users/other/#").await, 0x87);
+    assert_eq!(ops.subscribe("$share/g/users/ops/inbox").await, 1);
+    assert_eq!(ops.subscribe("$share/g/users/other/inbox").await, 0x87);
+
+    // A refused subscription delivers nothing.
+    let mut lamp = V5::connect(v5_opts(&b, "lamp-svc", Some(("lamp", LAMP_PASSWORD)))).await;
+    assert_eq!(lamp.publish_qos1("lentera/gh-2/lamp/set", b"on").await.0, 0);
+    assert_eq!(lamp.publish_qos1("lentera/gh-1/lamp/set", b"on").await.0, 0);
+    let got = gh1.next_publish().await;
+    assert_eq!(
+        (got.topic.as_str(), &got.payload[..]),
+        ("lentera/gh-1/lamp/set", &b"on"[..])
+    );
+    assert!(gh1.try_next_publish(QUIET).await.is_none());
+
+    let m = b.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "lentera_broker_subscriptions_refused_total{reason=\"not_authorized\"}"
+        ),
+        5,
+        "{m}"
+    );
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_connect_does_not_take_over_the_session_of_its_client_id() {
+    let b = broker_with_auth(false).await;
+    let mut gh1 = Client::connect_v3(v3_opts(&b, "gh-1", Some(("gh-1", GH1_PASSWORD)))).await;
+    assert_eq!(gh1.subscribe("lentera/gh-1/lamp/set", 1).await, 1);
+    let impostor = v3_opts(&b, "gh-1", Some(("gh-1", "guess")));
+    assert_eq!(
+        v3_connect_result(impostor).await,
+        Err(V3Code::BadUserNamePassword)
+    );
+    let mut lamp = V5::connect(v5_opts(&b, "lamp-svc", Some(("lamp", LAMP_PASSWORD)))).await;
+    assert_eq!(
+        lamp.publish_qos1("lentera/gh-1/lamp/set", b"off").await.0,
+        0
+    );
+    assert_eq!(gh1.next_publish().await.payload, b"off", "still connected");
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_will_on_a_topic_the_client_may_not_publish_to_refuses_the_connect() {
+    let b = broker_with_auth(false).await;
+    let mut o = v3_opts(&b, "gh-1", Some(("gh-1", GH1_PASSWORD)));
+    o.set_last_will(rumqttc::LastWill::new(
+        "lentera/gh-2/status",
+        "offline",
+        rumqttc::QoS::AtLeastOnce,
+        true,
+    ));
+    assert_eq!(v3_connect_result(o).await, Err(V3Code::NotAuthorized));
+    let mut o = v3_opts(&b, "gh-1", Some(("gh-1", GH1_PASSWORD)));
+    o.set_last_will(rumqttc::LastWill::new(
+        "lentera/gh-1/status",
+        "offline",
+        rumqttc::QoS::AtLeastOnce,
+        true,
+    ));
+    assert_eq!(v3_connect_result(o).await, Ok(()), "its own status topic");
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn nobody_publishes_into_sys_even_without_authentication() {
+    // No auth file, anonymous allowed: everything goes, except `$SYS/`.
+    let b = Broker::start().await;
+    let mut c = V5::connect(v5_opts(&b, "anyone", None)).await;
+    assert_eq!(
+        c.publish_qos1("$SYS/broker/uptime", b"forged").await.0,
+        0x87
+    );
+    assert_eq!(c.publish_qos1("lentera/x/telemetry", b"{}").await.0, 0);
+    // The retained value is the broker's (published at start), not the client's.
+    assert_eq!(c.subscribe("$SYS/broker/uptime").await, 1);
+    let (_, payload) = c.try_publish(WAIT).await.expect("the broker's uptime");
+    let text = String::from_utf8(payload).unwrap();
+    assert!(text.parse::<u64>().is_ok(), "{text:?}");
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn mosquitto_clients_authenticate_and_are_held_to_the_acl() {
+    const TEST: &str = "mosquitto_clients_authenticate_and_are_held_to_the_acl";
+    let (Some(publ), Some(sub)) = (
+        mosquitto_tool("mosquitto_pub", TEST),
+        mosquitto_tool("mosquitto_sub", TEST),
+    ) else {
+        return;
+    };
+    let b = broker_with_auth(false).await;
+    for version in ["mqttv311", "mqttv5"] {
+        // The lamp service listens; gh-1 publishes its own telemetry and gh-2's.
+        let listen = spawn_tool(
+            &sub,
+            args(
+                &b,
+                &[
+                    "-V",
+                    version,
+                    "-i",
+                    "lamp-svc",
+                    "-u",
+                    "lamp",
+                    "-P",
+                    LAMP_PASSWORD,
+                    "-t",
+                    "lentera/+/telemetry",
+                    "-C",
+                    "1",
+                    "-W",
+                    "5",
+                    "-v",
+                ],
+            ),
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for device in ["gh-2", "gh-1"] {
+            let topic = format!("lentera/{device}/telemetry");
+            let out = run_tool(
+                &publ,
+                args(
+                    &b,
+                    &[
+                        "-V",
+                        version,
+                        "-i",
+                        "gh-1",
+                        "-u",
+                        "gh-1",
+                        "-P",
+                        GH1_PASSWORD,
+                        "-q",
+                        "1",
+                        "-t",
+                        &topic,
+                        "-m",
+                        device,
+                    ],
+                ),
+            )
+            .await;
+            // mosquitto_pub reports a v5 PUBACK 0x87 as a warning only; v3 cannot tell.
+            let _ = out;
+        }
+        let out = listen.await.unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "lentera/gh-1/telemetry gh-1",
+            "{version}: only gh-1's own topic passes; stderr {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+
+        // A wrong password is refused, and mosquitto_pub says why.
+        let out = run_tool(
+            &publ,
+            args(
+                &b,
+                &[
+                    "-V",
+                    version,
+                    "-i",
+                    "gh-1",
+                    "-u",
+                    "gh-1",
+                    "-P",
+                    "wrong",
+                    "-t",
+                    "lentera/gh-1/telemetry",
+                    "-m",
+                    "x",
+                ],
+            ),
+        )
+        .await;
+        assert!(!out.status.success(), "{version}: wrong password accepted");
+        let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
+        assert!(
+            err.contains("bad user name or password") || err.contains("not authori"),
+            "{version}: {err}"
+        );
+
+        // Anonymous is refused (allow_anonymous = false).
+        let out = run_tool(
+            &publ,
+            args(&b, &["-V", version, "-t", "public/x", "-m", "x"]),
+        )
+        .await;
+        assert!(!out.status.success(), "{version}: anonymous accepted");
+    }
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_password_hashed_by_mosquitto_passwd_is_accepted() {
+    const TEST: &str = "a_password_hashed_by_mosquitto_passwd_is_accepted";
+    let Some(passwd) = mosquitto_tool("mosquitto_passwd", TEST) else {
+        return;
+    };
+    let dir = temp_dir("passwd");
+    let pw_file = dir.join("passwd");
+    let out = run_tool(
+        &passwd,
+        vec![
+            "-c".into(),
+            "-b".into(),
+            pw_file.display().to_string(),
+            "board".into(),
+            "from mosquitto".into(),
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    let line = std::fs::read_to_string(&pw_file).unwrap();
+    let hash = line.trim().strip_prefix("board:").unwrap().to_owned();
+    let auth = dir.join("auth.toml");
+    std::fs::write(
+        &auth,
+        format!("[[users]]\nusername = \"board\"\npassword = \"{hash}\"\n"),
+    )
+    .unwrap();
+    let b = Broker::start_with(settings_with_auth(&auth, false)).await;
+    let ok = v5_opts(&b, "b1", Some(("board", "from mosquitto")));
+    assert_eq!(v5_connect_result(ok).await, Ok(()));
+    let wrong = v5_opts(&b, "b1", Some(("board", "From mosquitto")));
+    assert_eq!(
+        v5_connect_result(wrong).await,
+        Err(V5Code::BadUserNamePassword)
+    );
+    b.stop().await;
+}
