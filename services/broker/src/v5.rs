@@ -104,6 +104,8 @@ pub async fn connect(
         // resolves inbound aliases before `publish` sees the packet. Outbound aliases
         // are not used: every PUBLISH to a client carries its topic name.
     });
+    // Otherwise ntex-mqtt closes the connection (DISCONNECT 0x8D) after 1.5× the
+    // client's keep-alive without a packet [MQTT-3.1.2-22] (tests/keep_alive.rs).
     if keep_alive == 0 {
         // Keep-alive 0 turns the mechanism off [MQTT-3.1.2-21]. ntex-mqtt defaults to a
         // 30 s idle timeout and refuses 0 here, so use the largest value (~18 h), which

@@ -1,0 +1,184 @@
+//! Connection-level rules checked with raw sockets, so the client does exactly (and only)
+//! what the test says: keep-alive enforcement for MQTT 3.1.1 and 5.0, the DISCONNECT
+//! reason codes the broker sends (0x8D keep-alive timeout, 0x8E session taken over), and
+//! the will on DISCONNECT 0x00 versus 0x04.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::{Broker, Client, WAIT};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn varint(mut n: usize, out: &mut Vec<u8>) {
+    loop {
+        let mut b = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            b |= 0x80;
+        }
+        out.push(b);
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+fn packet(header: u8, body: &[u8]) -> Vec<u8> {
+    let mut p = vec![header];
+    varint(body.len(), &mut p);
+    p.extend_from_slice(body);
+    p
+}
+
+fn str16(s: &[u8]) -> Vec<u8> {
+    [&(s.len() as u16).to_be_bytes()[..], s].concat()
+}
+
+/// CONNECT with clean start, the given keep-alive, and a QoS 0 will `will/{id}` = "gone".
+fn connect(v5: bool, id: &str, keep_alive: u16) -> Vec<u8> {
+    let mut b = str16(b"MQTT");
+    b.push(if v5 { 5 } else { 4 });
+    b.push(0x02 | 0x04); // clean start, will flag (QoS 0, not retained)
+    b.extend_from_slice(&keep_alive.to_be_bytes());
+    if v5 {
+        b.push(0); // no CONNECT properties
+    }
+    b.extend(str16(id.as_bytes()));
+    if v5 {
+        b.push(0); // no will properties
+    }
+    b.extend(str16(format!("will/{id}").as_bytes()));
+    b.extend(str16(b"gone"));
+    packet(0x10, &b)
+}
+
+/// Reads one packet: (first byte, body); `None` when the socket closed.
+async fn read_packet(s: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+    let first = s.read_u8().await.ok()?;
+    let (mut len, mut shift) = (0usize, 0);
+    loop {
+        let b = s.read_u8().await.ok()?;
+        len |= usize::from(b & 0x7f) << shift;
+        shift += 7;
+        if b & 0x80 == 0 {
+            break;
+        }
+    }
+    let mut body = vec![0; len];
+    s.read_exact(&mut body).await.ok()?;
+    Some((first, body))
+}
+
+async fn open(addr: SocketAddr, v5: bool, id: &str, keep_alive: u16) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&connect(v5, id, keep_alive)).await.unwrap();
+    let (kind, body) = tokio::time::timeout(WAIT, read_packet(&mut s))
+        .await
+        .unwrap()
+        .expect("CONNACK");
+    assert_eq!((kind, body[1]), (0x20, 0), "CONNACK accepted");
+    s
+}
+
+/// Waits (up to 10 s) until the broker closes `s`; returns when, and a v5 DISCONNECT's
+/// reason code if one came first.
+async fn until_closed(s: &mut TcpStream) -> (Instant, Option<u8>) {
+    let mut reason = None;
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some((kind, body)) = read_packet(s).await {
+            if kind == 0xE0 {
+                reason = Some(body.first().copied().unwrap_or(0));
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "connection still open after 10 s");
+    (Instant::now(), reason)
+}
+
+/// [MQTT-3.1.2-24] (3.1.1) / [MQTT-3.1.2-22] (5.0): with no packet from the client for
+/// one and a half times its keep-alive, the broker disconnects it "as if the network had
+/// failed" — so its will is published [MQTT-3.1.2-8]; MQTT 5 first says why with
+/// DISCONNECT 0x8D Keep Alive timeout (§3.14.2.1). A client that sends within 1.5× (here
+/// every 1.25×) stays connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_clients_are_closed_after_one_and_a_half_keep_alives_and_their_will_sent() {
+    let broker = Broker::start().await;
+    let mut watcher = Client::v5(&broker, "ka-watch").await;
+    watcher.subscribe("will/#", 0).await;
+    const K: u16 = 2;
+
+    let mut silent3 = open(broker.mqtt, false, "ka3", K).await;
+    let t3 = Instant::now();
+    let mut silent5 = open(broker.mqtt, true, "ka5", K).await;
+    let t5 = Instant::now();
+    let mut chatty3 = open(broker.mqtt, false, "chatty3", K).await;
+    let mut chatty5 = open(broker.mqtt, true, "chatty5", K).await;
+
+    let pinger = tokio::spawn(async move {
+        // 3 PINGREQs 2.5 s apart: longer than the keep-alive, shorter than 1.5× it.
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            for s in [&mut chatty3, &mut chatty5] {
+                s.write_all(&[0xC0, 0]).await.unwrap();
+                let resp = tokio::time::timeout(WAIT, read_packet(s)).await.unwrap();
+                assert_eq!(resp, Some((0xD0, vec![])), "PINGRESP, still connected");
+            }
+        }
+    });
+
+    let ((end3, reason3), (end5, reason5)) =
+        tokio::join!(until_closed(&mut silent3), until_closed(&mut silent5));
+    let (after3, after5) = (end3 - t3, end5 - t5);
+    eprintln!("keep-alive {K} s: v3 closed after {after3:?}, v5 after {after5:?}");
+    // Never before 1.5× the keep-alive (so never before 1×): ntex-mqtt sets its idle
+    // timer to 1.5× and its timer wheel ticks once a second, so the close comes up to
+    // 1 s after that. (Measured from when we saw CONNACK, a little after the broker's
+    // timer started, hence the small allowance below 3 s.)
+    let window = Duration::from_millis(2_900)..Duration::from_millis(4_600);
+    assert!(window.contains(&after3), "v3 closed after {after3:?}");
+    assert!(window.contains(&after5), "v5 closed after {after5:?}");
+    assert_eq!(reason3, None, "MQTT 3.1.1 has no server DISCONNECT");
+    assert_eq!(reason5, Some(0x8D), "v5 DISCONNECT reason");
+
+    let mut wills = vec![
+        watcher.next_publish().await.topic,
+        watcher.next_publish().await.topic,
+    ];
+    wills.sort();
+    assert_eq!(wills, ["will/ka3", "will/ka5"]);
+    pinger.await.unwrap();
+    broker.stop().await;
+}
+
+/// [MQTT-3.1.4-3] (5.0): a second connection with the same client id makes the broker
+/// send the first one DISCONNECT 0x8E Session taken over, then close it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v5_takeover_sends_disconnect_0x8e_to_the_old_connection() {
+    let broker = Broker::start().await;
+    let mut old = open(broker.mqtt, true, "twin", 60).await;
+    let _new = Client::v5(&broker, "twin").await;
+    let (_, reason) = until_closed(&mut old).await;
+    assert_eq!(reason, Some(0x8E));
+    broker.stop().await;
+}
+
+/// MQTT 5 §3.14.2.1: DISCONNECT 0x00 deletes the will [MQTT-3.1.2-10]; 0x04 Disconnect
+/// with Will Message has it published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v5_disconnect_0x04_publishes_the_will_and_0x00_does_not() {
+    let broker = Broker::start().await;
+    let mut watcher = Client::v5(&broker, "dw-watch").await;
+    watcher.subscribe("will/#", 0).await;
+    for (id, reason) in [("normal", 0x00), ("with-will", 0x04)] {
+        let mut s = open(broker.mqtt, true, id, 60).await;
+        s.write_all(&[0xE0, 1, reason]).await.unwrap();
+        until_closed(&mut s).await;
+    }
+    // Had "normal" left a will, it would have come first.
+    assert_eq!(watcher.next_publish().await.topic, "will/with-will");
+    broker.stop().await;
+}
