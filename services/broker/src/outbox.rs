@@ -15,12 +15,29 @@
 //!
 //! So the router never blocks and never waits for a subscriber: a stalled one costs at
 //! most its two bounds in memory, and publishers and the other subscribers go on.
+//!
+//! # Overload: [`Pressure`]
+//! Bounds alone would drop QoS ≥ 1 messages whenever publishers outrun the broker
+//! itself (e.g. 4 publishers × 4 subscribers on one topic need four deliveries per
+//! publish; acknowledging publishes is far cheaper than delivering them). So QoS ≥ 1
+//! messages waiting in the queues of subscribers that are **not** waiting on their
+//! client are counted broker-wide, and while that backlog is above a high watermark a
+//! QoS ≥ 1 PUBLISH is routed (and acknowledged) only once it falls below the low one:
+//! publishers slow down to what the broker delivers, the way a single-threaded broker
+//! behaves by construction.
+//!
+//! A subscriber whose client is the bottleneck — its socket does not drain, or its
+//! in-flight window has stayed full for 500 ms (`session.rs`) — takes its messages out
+//! of that count while it waits, and adds new ones only once it is ready again. So a
+//! slow or stalled subscriber does not slow publishers or other subscribers beyond
+//! that half second: it only fills its own bound.
 
+use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use ntex_mqtt::QoS;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use crate::router::Outgoing;
 
@@ -33,14 +50,116 @@ pub struct Bounds {
     pub untracked: usize,
 }
 
+/// The broker-wide backlog of QoS ≥ 1 messages queued to subscribers that are keeping
+/// up with their clients (see the module docs), and the publishers waiting for it.
+pub struct Pressure {
+    queued: AtomicUsize,
+    high: usize,
+    low: usize,
+    drained: Notify,
+}
+
+impl Pressure {
+    /// Publishers wait above `high` until the backlog is below `high / 2`.
+    pub fn new(high: usize) -> Self {
+        Self {
+            queued: AtomicUsize::new(0),
+            high: high.max(2),
+            low: high.max(2) / 2,
+            drained: Notify::new(),
+        }
+    }
+
+    /// The backlog now.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    fn add(&self, n: usize) {
+        self.queued.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn sub(&self, n: usize) {
+        let before = self.queued.fetch_sub(n, Ordering::Relaxed);
+        if before >= self.low && before - n < self.low {
+            self.drained.notify_waiters();
+        }
+    }
+
+    /// Returns at once unless the broker is overloaded; then when the backlog has
+    /// drained below the low watermark, or after a second at most, so that a counting
+    /// slip can cost latency but never stop publishing.
+    pub async fn admit(&self) {
+        if self.queued() <= self.high {
+            return;
+        }
+        let wait = async {
+            loop {
+                let mut notified = pin!(self.drained.notified());
+                notified.as_mut().enable();
+                if self.queued() < self.low {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        let _ = ntex_util::time::timeout(ntex_util::time::Millis(1_000), wait).await;
+    }
+}
+
 /// What both ends count.
-#[derive(Default)]
 pub struct Counts {
     qos0: AtomicUsize,
     untracked: AtomicUsize,
+    /// QoS ≥ 1 messages of this queue included in [`Pressure`].
+    pressing: AtomicUsize,
+    /// The delivery task is waiting for the client (window full, socket not draining).
+    client_bound: AtomicBool,
+    pressure: Arc<Pressure>,
 }
 
 impl Counts {
+    fn new(pressure: Arc<Pressure>) -> Self {
+        Self {
+            qos0: AtomicUsize::new(0),
+            untracked: AtomicUsize::new(0),
+            pressing: AtomicUsize::new(0),
+            client_bound: AtomicBool::new(false),
+            pressure,
+        }
+    }
+
+    /// A QoS ≥ 1 message was queued.
+    fn queued(&self) {
+        if !self.client_bound.load(Ordering::Relaxed) {
+            self.pressing.fetch_add(1, Ordering::Relaxed);
+            self.pressure.add(1);
+        }
+    }
+
+    /// The delivery task took a QoS ≥ 1 message off the queue.
+    pub fn taken(&self) {
+        if self
+            .pressing
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            self.pressure.sub(1);
+        }
+    }
+
+    /// The delivery task starts (`true`) or stops waiting for its client: while it
+    /// waits, its queue does not count as broker overload.
+    pub fn client_bound(&self, waiting: bool) {
+        self.client_bound.store(waiting, Ordering::Relaxed);
+        if waiting {
+            let n = self.pressing.swap(0, Ordering::Relaxed);
+            if n > 0 {
+                self.pressure.sub(n);
+            }
+        }
+    }
+
     /// The delivery task took a QoS 0 message off the channel.
     pub fn qos0_taken(&self) {
         self.qos0.fetch_sub(1, Ordering::Relaxed);
@@ -84,9 +203,16 @@ pub struct Inbox {
     pub counts: Arc<Counts>,
 }
 
-pub fn channel(bounds: Bounds) -> (Outbox, Inbox) {
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        // Whatever is left no longer weighs on the broker.
+        self.counts.client_bound(true);
+    }
+}
+
+pub fn channel(bounds: Bounds, pressure: Arc<Pressure>) -> (Outbox, Inbox) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let counts = Arc::new(Counts::default());
+    let counts = Arc::new(Counts::new(pressure));
     let outbox = Outbox {
         tx,
         counts: counts.clone(),
@@ -112,17 +238,26 @@ impl Outbox {
         if count.load(Ordering::Relaxed) >= bound {
             return Err(full);
         }
+        let qos = out.msg.qos;
         count.fetch_add(1, Ordering::Relaxed);
         self.tx.send(out).map_err(|_| {
             count.fetch_sub(1, Ordering::Relaxed);
             Refused::Closed
-        })
+        })?;
+        if qos != QoS::AtMostOnce {
+            self.counts.queued();
+        }
+        Ok(())
     }
 
     /// Queues a message of a persistent session's owed queue (bounded there). Returns
     /// false when the connection is gone (the message stays owed).
     pub fn send_owed(&self, out: Outgoing) -> bool {
-        self.tx.send(out).is_ok()
+        let sent = self.tx.send(out).is_ok();
+        if sent {
+            self.counts.queued();
+        }
+        sent
     }
 }
 
@@ -147,10 +282,13 @@ mod tests {
 
     #[test]
     fn each_kind_is_refused_only_beyond_its_own_bound_and_frees_as_the_task_drains() {
-        let (ob, mut ib) = channel(Bounds {
-            qos0: 2,
-            untracked: 3,
-        });
+        let (ob, mut ib) = channel(
+            Bounds {
+                qos0: 2,
+                untracked: 3,
+            },
+            Arc::new(Pressure::new(100)),
+        );
         for _ in 0..2 {
             ob.offer(out(QoS::AtMostOnce)).unwrap();
         }
@@ -181,5 +319,53 @@ mod tests {
             1,
             "a refused message is not counted"
         );
+    }
+}
+
+#[cfg(test)]
+mod pressure_tests {
+    use super::*;
+    use crate::router::Message;
+
+    fn q1() -> Outgoing {
+        Outgoing {
+            msg: Message {
+                topic: "t".into(),
+                payload: Default::default(),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                properties: None,
+            },
+            seq: None,
+            dup: false,
+        }
+    }
+
+    #[test]
+    fn backlog_counts_subscribers_keeping_up_and_not_those_waiting_for_their_client() {
+        let p = Arc::new(Pressure::new(4));
+        let bounds = Bounds {
+            qos0: 10,
+            untracked: 10,
+        };
+        let (busy, busy_in) = channel(bounds, p.clone());
+        let (slow, slow_in) = channel(bounds, p.clone());
+        for _ in 0..3 {
+            busy.offer(q1()).unwrap();
+            assert!(slow.send_owed(q1()));
+        }
+        assert_eq!(p.queued(), 6);
+        // The slow one's client stops taking messages: its backlog is its own problem.
+        slow_in.counts.client_bound(true);
+        assert_eq!(p.queued(), 3);
+        slow.offer(q1()).unwrap();
+        assert_eq!(p.queued(), 3, "queued while waiting for the client");
+        slow_in.counts.client_bound(false);
+        slow_in.counts.taken();
+        assert_eq!(p.queued(), 3, "taking an uncounted message changes nothing");
+        busy_in.counts.taken();
+        assert_eq!(p.queued(), 2);
+        drop(busy_in);
+        assert_eq!(p.queued(), 0, "a closed queue releases its share");
     }
 }

@@ -34,7 +34,7 @@ use ntex_mqtt::QoS;
 use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
-use crate::outbox::{Outbox, Refused};
+use crate::outbox::{Outbox, Pressure, Refused};
 use crate::store::recover::Recovered;
 use crate::store::{Record, Store};
 use crate::topic_filter::{Filter, matches};
@@ -173,6 +173,8 @@ impl Default for Limits {
 #[derive(Clone)]
 pub struct Router {
     state: Arc<Mutex<State>>,
+    /// Broker-wide delivery backlog; QoS ≥ 1 publishers wait on it when overloaded.
+    pressure: Arc<Pressure>,
     metrics: Metrics,
     store: Store,
     limits: Limits,
@@ -278,6 +280,11 @@ impl Router {
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// See `outbox.rs`: a QoS ≥ 1 PUBLISH awaits `pressure().admit()` before routing.
+    pub fn pressure(&self) -> &Arc<Pressure> {
+        &self.pressure
     }
 
     pub fn store(&self) -> &Store {

@@ -25,7 +25,7 @@ fn register_with(
     clean_start: bool,
     expiry: u32,
 ) -> (ConnId, Rx, Arc<Notify>) {
-    let (tx, rx) = crate::outbox::channel(BOUNDS);
+    let (tx, rx) = crate::outbox::channel(BOUNDS, r.pressure().clone());
     let kick = Arc::new(Notify::new());
     let reg = Registration {
         client_id: client.into(),

@@ -161,7 +161,7 @@ impl Shared {
 
 /// Creates a connection's queue and spawns its delivery task on the current thread.
 fn start_delivery(sink: Sink, router: Router, client_id: String, bounds: Bounds) -> Outbox {
-    let (outbox, inbox) = outbox::channel(bounds);
+    let (outbox, inbox) = outbox::channel(bounds, router.pressure().clone());
     let delivery = Delivery {
         client_id,
         router,
@@ -238,6 +238,21 @@ impl Sink {
         match self {
             Sink::V3(s) => s.is_open(),
             Sink::V5(s) => s.is_open(),
+        }
+    }
+
+    fn is_ready(&self) -> bool {
+        match self {
+            Sink::V3(s) => s.is_ready(),
+            Sink::V5(s) => s.is_ready(),
+        }
+    }
+
+    /// Room left in the client's in-flight window.
+    fn credit(&self) -> usize {
+        match self {
+            Sink::V3(s) => s.credit(),
+            Sink::V5(s) => s.credit(),
         }
     }
 
@@ -335,6 +350,9 @@ impl Delivery {
             let untracked = m.seq.is_none();
             if qos == QoS::AtMostOnce {
                 counts.qos0_taken();
+            } else {
+                counts.taken();
+                self.wait_for_client(&counts).await;
             }
             // Frees this message's place in the clean-session bound.
             let done = || {
@@ -372,6 +390,31 @@ impl Delivery {
         }
     }
 }
+
+impl Delivery {
+    /// Waits for room to send a QoS ≥ 1 message, telling [`Counts`] when the wait is the
+    /// client's doing — its socket does not drain, or its in-flight window stays full
+    /// for [`STALLED`] — so that its backlog stops counting as broker overload. (A window
+    /// that is full only briefly is usually the broker being slow to read PUBACKs.)
+    async fn wait_for_client(&self, counts: &Counts) {
+        if self.sink.is_ready() || !self.sink.is_open() {
+            return;
+        }
+        if self.sink.credit() == 0 {
+            let ready = ntex_util::time::timeout(STALLED, self.sink.ready()).await;
+            if ready.is_ok() {
+                return;
+            }
+        }
+        counts.client_bound(true);
+        self.sink.ready().await;
+        counts.client_bound(false);
+    }
+}
+
+/// How long a subscriber's full in-flight window counts as broker overload before it is
+/// the subscriber's own slowness (see `outbox.rs`).
+const STALLED: ntex_util::time::Millis = ntex_util::time::Millis(500);
 
 /// Watches one connection for its end or a takeover.
 struct Watch {

@@ -93,6 +93,10 @@ pub async fn publish(s: &v3::Session<ConnState>, p: v3::Publish) -> Result<(), B
         // A resend of a QoS 2 message not yet released: PUBREC again, route once.
         return Ok(());
     }
+    if p.qos() != QoS::AtMostOnce {
+        // Broker overloaded: hold this publisher back rather than drop later (outbox.rs).
+        s.router.pressure().admit().await;
+    }
     let lsn = s.router.publish(
         Some(s.id),
         Message {

@@ -165,6 +165,10 @@ pub async fn publish(
         // A resend of a QoS 2 message not yet released: PUBREC again, route once.
         return Ok(p.ack());
     }
+    if p.qos() != QoS::AtMostOnce {
+        // Broker overloaded: hold this publisher back rather than drop later (outbox.rs).
+        s.router.pressure().admit().await;
+    }
     let lsn = s.router.publish(Some(s.id), msg);
     // The PUBACK/PUBREC goes out when this returns: the message must be on disk first.
     s.router.store().durable(lsn).await;

@@ -7,6 +7,7 @@ use std::time::Instant;
 use super::sessions::expiry_deadline;
 use super::{Limits, Owed, Router, Session, State};
 use crate::metrics::Metrics;
+use crate::outbox::Pressure;
 use crate::store::recover::Recovered;
 use crate::store::{Record, Store, record};
 
@@ -43,6 +44,9 @@ impl Router {
         metrics.sessions.set(st.sessions.len() as i64);
         let router = Self {
             state: Arc::new(Mutex::new(st)),
+            // Publishers are held back before one subscriber that keeps up with its
+            // client but not with the publishers reaches its own bound and drops.
+            pressure: Arc::new(Pressure::new(limits.session_queue_capacity / 2)),
             metrics,
             store,
             limits,
