@@ -1,9 +1,9 @@
 //! A throw-away MQTT broker for the services' integration tests.
 //!
 //! [`TestBroker::start`] runs our own `lentera-broker` binary on OS-chosen ports, so the
-//! tests exercise the broker that ships. [`TestBroker::mosquitto`] exists only for the
-//! few tests that need a behaviour ours does not have yet (queueing QoS 1 messages for
-//! an offline persistent session); each such test says why in a comment.
+//! tests exercise the broker that ships. [`TestBroker::mosquitto`] runs Debian's
+//! Mosquitto instead, for the tests that prove the services work unchanged on another
+//! broker (and for behaviour ours did not have yet; each such test says why).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -105,11 +105,55 @@ impl TestBroker {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
+    /// True for our `lentera-broker`, false for Mosquitto.
+    pub fn is_ours(&self) -> bool {
+        matches!(self.kind, Kind::Ours)
+    }
+
+    /// Our broker's process (its admin address, log), `None` for Mosquitto or while stopped.
+    pub fn service(&self) -> Option<&Service> {
+        match &self.process {
+            Some(Process::Ours(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The current process's log.
+    pub fn log_text(&self) -> String {
+        self.process
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p.log()).ok())
+            .unwrap_or_default()
+    }
+
     /// Kills the broker and starts a fresh one on the same MQTT port, so connected
-    /// clients see the connection drop and must reconnect. Nothing survives: sessions
-    /// and retained messages are in memory only.
+    /// clients see the connection drop and must reconnect. Our broker keeps its store
+    /// (persistent sessions, their queued messages, retained messages) in this broker's
+    /// directory, so those survive; Mosquitto runs without persistence and forgets all.
     pub fn restart(&mut self) {
+        self.kill();
+        self.start_again();
+    }
+
+    /// SIGKILL, as in a crash: nothing is flushed, no Last Will is withheld. No-op when
+    /// already stopped.
+    pub fn kill(&mut self) {
         self.process = None; // drop kills and reaps, which frees the port
+    }
+
+    /// SIGTERM, then waits (up to 20 s) for the broker to exit; returns its exit status.
+    pub fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        // The exited process is kept (until the next start) so its log can still be read.
+        match self.process.as_mut().context("the broker is not running")? {
+            Process::Ours(s) => s.terminate(),
+            Process::Mosquitto(m) => m.terminate(),
+        }
+    }
+
+    /// Starts the stopped broker again on the same MQTT port and data directory (killing
+    /// it first if it still runs).
+    pub fn start_again(&mut self) {
+        self.process = None;
         let process = match self.kind {
             Kind::Ours => spawn_ours(&self.dir, self.port).map(Process::Ours),
             Kind::Mosquitto => mosquitto_binary()
@@ -141,6 +185,12 @@ fn spawn_ours(dir: &Path, mqtt_port: u16) -> anyhow::Result<Service> {
             format!("127.0.0.1:{mqtt_port}"),
         ),
         ("LENTERA_BROKER__ADMIN_ADDR", "127.0.0.1:0".to_owned()),
+        // Spelled out (it is also the default, relative to the working directory `dir`)
+        // because restarts rely on finding the same store.
+        (
+            "LENTERA_BROKER__DATA_DIR",
+            dir.join("data").display().to_string(),
+        ),
         ("LENTERA_TELEMETRY__LOG", "info".to_owned()),
     ]
     .map(|(k, v)| (k.to_owned(), v));
@@ -211,6 +261,24 @@ impl Mosquitto {
             }
             if start.elapsed() > Duration::from_secs(10) {
                 bail!("mosquitto did not listen on port {} in 10 s", self.port);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Mosquitto {
+    fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                bail!("mosquitto did not stop within 20 s of SIGTERM");
             }
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -15,6 +15,13 @@ impl TestDb {
         let admin_url = std::env::var("DATABASE_URL").context(
             "DATABASE_URL is not set: run the suite with scripts/test, which starts PostgreSQL",
         )?;
+        Self::create_on(&admin_url).await
+    }
+
+    /// A fresh database on the server of `admin_url` (a role allowed to create databases),
+    /// e.g. a [`crate::PrivatePostgres`].
+    pub async fn create_on(admin_url: &str) -> anyhow::Result<TestDb> {
+        let admin_url = admin_url.to_owned();
         let name = format!("lentera_test_{}", crate::unique());
         let mut conn = PgConnection::connect(&admin_url)
             .await

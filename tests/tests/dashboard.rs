@@ -174,7 +174,7 @@ async fn the_dashboard_shows_a_new_reading_live_in_a_real_browser() {
     page.call("Page.enable", json!({})).await;
     page.call(
         "Page.navigate",
-        json!({"url": stack.url(&stack.web, "http")}),
+        json!({"url": stack.url(stack.web(), "http")}),
     )
     .await;
     // Initial state from REST, then the live stream connects.

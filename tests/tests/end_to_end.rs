@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use lentera_tests::Stack;
+use lentera_tests::{Stack, TestBroker};
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -70,7 +70,7 @@ async fn expect_mqtt(
 
 /// Polls the history REST API until `pred` holds for the returned points.
 async fn expect_history(stack: &Stack, query: &str, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-    let url = format!("{}/api/v1/devices/{query}", stack.url(&stack.web, "http"));
+    let url = format!("{}/api/v1/devices/{query}", stack.url(stack.web(), "http"));
     let start = std::time::Instant::now();
     loop {
         let r = reqwest::get(&url).await.unwrap();
@@ -134,14 +134,36 @@ impl Board {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readings_flow_to_storage_and_browsers_and_darkness_lights_the_lamp() {
-    let mut stack = Stack::start().await.expect("stack starts");
+    let stack = Stack::start().await.expect("stack starts");
+    everything_flows(stack).await;
+}
+
+/// The services work unchanged on another broker: the same journey with Debian's
+/// Mosquitto in place of ours (skipped, loudly, when it is not installed, unless
+/// `LENTERA_REQUIRE_MOSQUITTO` is set).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_flow_works_unchanged_on_mosquitto() {
+    let Some(broker) = TestBroker::mosquitto() else {
+        return;
+    };
+    let stack = Stack::builder()
+        .broker(broker)
+        .start()
+        .await
+        .expect("stack starts");
+    everything_flows(stack).await;
+}
+
+/// HTTP, TCP and MQTT readings reach storage, MQTT and a browser; darkness lights a
+/// lamp and an operator's override turns it off; everything stops cleanly.
+async fn everything_flows(mut stack: Stack) {
     let http = reqwest::Client::new();
     let ingest = stack.url(&stack.ingest, "http");
-    let web = stack.url(&stack.web, "http");
+    let web = stack.url(stack.web(), "http");
     let mut mqtt = subscriber(&stack, "e2e-observer").await;
 
     // A browser on the live stream, narrowed to gh-1.
-    let ws_url = format!("ws://{}/ws", stack.web.addr("http").unwrap());
+    let ws_url = format!("ws://{}/ws", stack.web().addr("http").unwrap());
     let (mut ws, _) = tokio_tungstenite::connect_async(&ws_url)
         .await
         .expect("ws connects");
@@ -258,23 +280,11 @@ async fn readings_flow_to_storage_and_browsers_and_darkness_lights_the_lamp() {
         "{lamps}"
     );
 
-    // 8. Every service stops cleanly on SIGTERM.
+    // 8. Every service stops cleanly on SIGTERM, the broker last.
     drop(ws);
-    for s in [
-        &mut stack.ingest,
-        &mut stack.web,
-        &mut stack.lamp,
-        &mut stack.historian,
-        &mut stack.broker,
-    ] {
-        let status = s.terminate().unwrap();
-        assert!(
-            status.success(),
-            "{} exited with {status}:\n{}",
-            s.name,
-            s.log_text()
-        );
-    }
+    stack
+        .terminate_all()
+        .expect("every service exits 0 on SIGTERM");
     let Stack { db, .. } = stack;
     db.drop_db().await.unwrap();
 }

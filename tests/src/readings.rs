@@ -1,0 +1,389 @@
+//! Counting readings in and out: a paced stream of readings sent to ingest the way a board
+//! sends them, and what PostgreSQL holds afterwards.
+//!
+//! Every reading carries its sequence number twice — as the metric `seq` and in its
+//! timestamp (`ts` = stream start + `seq` ms) — so a stored row names the reading it came
+//! from, and no two readings share the `(device, metric, ts)` key that makes redelivery
+//! idempotent (which would hide a loss behind a "duplicate").
+//!
+//! The sender behaves like a well-written board: a `503`/`429` is retried after its
+//! `Retry-After`, a failed connection after 100 ms, until the reading gets its `202`.
+//! Only `202`s count as sent.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::json;
+use sqlx::PgPool;
+use tokio::time::Instant;
+
+/// How long one reading is retried before the sender gives up on it (a test failure).
+const GIVE_UP: Duration = Duration::from_secs(25);
+
+/// One answer (or the lack of one) to one attempt at sending a reading.
+#[derive(Debug, Clone)]
+pub enum Attempt {
+    /// `202`: ingest says the broker has it.
+    Accepted,
+    /// Any other status, with its `Retry-After` header if it had one.
+    Refused {
+        status: u16,
+        retry_after: Option<String>,
+    },
+    /// No answer: the connection could not be made, or broke before the response.
+    NoAnswer { connect: bool, error: String },
+}
+
+/// What happened to every attempt, in the order they completed.
+#[derive(Debug, Default)]
+pub struct Log {
+    /// `(seq, when the attempt started, when it ended, outcome)`.
+    pub attempts: Vec<(u64, Instant, Instant, Attempt)>,
+}
+
+/// A stream of `count` readings for `device`, `rate` per second, sent to `url`
+/// (`…/api/v1/readings`) by `workers` concurrent senders.
+pub struct Stream {
+    pub device: String,
+    pub count: u64,
+    accepted: Arc<AtomicUsize>,
+    log: Arc<Mutex<Log>>,
+    url: Arc<Mutex<String>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// The stream's result once every sender has finished.
+#[derive(Debug)]
+pub struct Report {
+    pub device: String,
+    pub count: u64,
+    /// Sequence numbers that got a `202`.
+    pub accepted: BTreeSet<u64>,
+    pub log: Log,
+}
+
+impl Stream {
+    pub fn start(url: String, device: &str, count: u64, rate: f64, workers: usize) -> Stream {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("reqwest client");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let log = Arc::new(Mutex::new(Log::default()));
+        let url = Arc::new(Mutex::new(url));
+        let next = Arc::new(AtomicUsize::new(0));
+        let t0 = Instant::now();
+        let base_ms = chrono::Utc::now().timestamp_millis();
+        let tasks = (0..workers.max(1))
+            .map(|_| {
+                let (http, accepted, log, url, next) = (
+                    http.clone(),
+                    accepted.clone(),
+                    log.clone(),
+                    url.clone(),
+                    next.clone(),
+                );
+                let device = device.to_owned();
+                tokio::spawn(async move {
+                    loop {
+                        let seq = next.fetch_add(1, Ordering::Relaxed) as u64;
+                        if seq >= count {
+                            return;
+                        }
+                        // A steady pace: reading `seq` is due `seq / rate` after the start.
+                        tokio::time::sleep_until(t0 + Duration::from_secs_f64(seq as f64 / rate))
+                            .await;
+                        let body =
+                            json!({"device": device, "seq": seq, "ts": base_ms + seq as i64});
+                        let give_up = Instant::now() + GIVE_UP;
+                        while Instant::now() < give_up {
+                            let target = url.lock().unwrap().clone();
+                            let started = Instant::now();
+                            let attempt = send(&http, &target, &body).await;
+                            let retry_in = match &attempt {
+                                Attempt::Accepted => None,
+                                Attempt::Refused { retry_after, .. } => Some(
+                                    retry_after
+                                        .as_deref()
+                                        .and_then(|s| s.parse::<u64>().ok())
+                                        .map_or(Duration::from_millis(200), Duration::from_secs),
+                                ),
+                                Attempt::NoAnswer { .. } => Some(Duration::from_millis(100)),
+                            };
+                            log.lock().unwrap().attempts.push((
+                                seq,
+                                started,
+                                Instant::now(),
+                                attempt,
+                            ));
+                            match retry_in {
+                                None => {
+                                    accepted.fetch_add(1, Ordering::Relaxed);
+                                    break;
+                                }
+                                Some(d) => tokio::time::sleep(d).await,
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Stream {
+            device: device.to_owned(),
+            count,
+            accepted,
+            log,
+            url,
+            tasks,
+        }
+    }
+
+    /// Readings that have had their `202` so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Waits until at least `n` readings have had their `202`.
+    pub async fn wait_accepted(&self, n: usize, limit: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
+        while self.accepted() < n {
+            if Instant::now() > deadline {
+                bail!(
+                    "only {} of {n} readings accepted within {limit:?}",
+                    self.accepted()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    /// Points later attempts at another ingest.
+    pub fn set_url(&self, url: String) {
+        *self.url.lock().unwrap() = url;
+    }
+
+    /// Every attempt so far whose answer was not a `202`.
+    pub fn refusals(&self) -> Vec<(u64, Attempt)> {
+        self.log
+            .lock()
+            .unwrap()
+            .attempts
+            .iter()
+            .filter(|(_, _, _, a)| !matches!(a, Attempt::Accepted))
+            .map(|(s, _, _, a)| (*s, a.clone()))
+            .collect()
+    }
+
+    /// Waits for every sender to finish (each reading accepted or given up on).
+    pub async fn finish(self, limit: Duration) -> anyhow::Result<Report> {
+        let all = futures_util::future::join_all(self.tasks);
+        let results = tokio::time::timeout(limit, all)
+            .await
+            .with_context(|| format!("the stream did not finish within {limit:?}"))?;
+        for r in results {
+            r.context("a sender panicked")?;
+        }
+        let log = std::mem::take(&mut *self.log.lock().unwrap());
+        let accepted = log
+            .attempts
+            .iter()
+            .filter(|(_, _, _, a)| matches!(a, Attempt::Accepted))
+            .map(|(s, _, _, _)| *s)
+            .collect();
+        Ok(Report {
+            device: self.device,
+            count: self.count,
+            accepted,
+            log,
+        })
+    }
+}
+
+impl Report {
+    /// Fails unless every reading of the stream got its `202`.
+    pub fn assert_all_accepted(&self) {
+        let missing: Vec<u64> = (0..self.count)
+            .filter(|s| !self.accepted.contains(s))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "{} of {} readings never got a 202 (sender gave up after {GIVE_UP:?}): {}",
+            missing.len(),
+            self.count,
+            summarize(&missing)
+        );
+    }
+
+    /// How many attempts ended with each non-202 kind: (refused by status, no answer).
+    pub fn refused_statuses(&self) -> Vec<(u16, Option<String>)> {
+        self.log
+            .attempts
+            .iter()
+            .filter_map(|(_, _, _, a)| match a {
+                Attempt::Refused {
+                    status,
+                    retry_after,
+                } => Some((*status, retry_after.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn no_answers(&self) -> usize {
+        self.log
+            .attempts
+            .iter()
+            .filter(|(_, _, _, a)| matches!(a, Attempt::NoAnswer { .. }))
+            .count()
+    }
+}
+
+async fn send(http: &reqwest::Client, url: &str, body: &serde_json::Value) -> Attempt {
+    match http.post(url).json(body).send().await {
+        Ok(r) if r.status() == reqwest::StatusCode::ACCEPTED => {
+            // Read the body, so the connection goes back to the pool in a clean state.
+            let _ = r.bytes().await;
+            Attempt::Accepted
+        }
+        Ok(r) => {
+            let status = r.status().as_u16();
+            let retry_after = r
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let _ = r.bytes().await;
+            Attempt::Refused {
+                status,
+                retry_after,
+            }
+        }
+        Err(e) => Attempt::NoAnswer {
+            connect: e.is_connect(),
+            error: format!("{e:#}"),
+        },
+    }
+}
+
+/// What PostgreSQL holds for one stream's device.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Stored {
+    /// Raw rows of the metric `seq`.
+    pub rows: i64,
+    /// Their distinct sequence numbers.
+    pub seqs: BTreeSet<u64>,
+    /// The hourly rollup's count for the metric: it must equal `rows`, or a redelivery
+    /// was counted twice there.
+    pub rollup_count: i64,
+}
+
+pub async fn stored(pool: &PgPool, device: &str) -> anyhow::Result<Stored> {
+    let values: Vec<f64> =
+        sqlx::query_scalar("SELECT value FROM readings WHERE device = $1 AND metric = 'seq'")
+            .bind(device)
+            .fetch_all(pool)
+            .await?;
+    let rollup_count: i64 = sqlx::query_scalar(
+        "SELECT coalesce(sum(count), 0)::bigint FROM readings_hourly
+         WHERE device = $1 AND metric = 'seq'",
+    )
+    .bind(device)
+    .fetch_one(pool)
+    .await?;
+    Ok(Stored {
+        rows: values.len() as i64,
+        seqs: values.iter().map(|v| *v as u64).collect(),
+        rollup_count,
+    })
+}
+
+/// Waits until at least `n` rows of `device`'s stream are stored.
+pub async fn wait_rows(
+    pool: &PgPool,
+    device: &str,
+    n: usize,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let rows: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM readings WHERE device = $1 AND metric = 'seq'",
+        )
+        .bind(device)
+        .fetch_one(pool)
+        .await?;
+        if rows as usize >= n {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("only {rows} of {n} readings of {device} stored within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The heart of every fault test: waits (up to `limit`) until PostgreSQL holds as many
+/// readings as were accepted, then checks they are exactly the accepted ones — none
+/// lost, none stored twice (raw rows and rollup), none stored that was never accepted.
+pub async fn assert_stored_exactly_once(pool: &PgPool, report: &Report, limit: Duration) -> Stored {
+    let n = report.accepted.len();
+    let waited = wait_rows(pool, &report.device, n, limit).await;
+    let s = stored(pool, &report.device).await.expect("query readings");
+    let lost: Vec<u64> = report.accepted.difference(&s.seqs).copied().collect();
+    let unasked: Vec<u64> = s.seqs.difference(&report.accepted).copied().collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {n} accepted readings were never stored ({}): {}",
+        lost.len(),
+        waited.err().map(|e| e.to_string()).unwrap_or_default(),
+        summarize(&lost)
+    );
+    assert!(
+        unasked.is_empty(),
+        "stored readings that never got a 202: {}",
+        summarize(&unasked)
+    );
+    assert_eq!(
+        s.rows as usize, n,
+        "raw rows {} != accepted readings {n}",
+        s.rows
+    );
+    assert_eq!(
+        s.rollup_count, s.rows,
+        "the hourly rollup counts {} readings but {} are stored: some were counted twice",
+        s.rollup_count, s.rows
+    );
+    s
+}
+
+/// `0-9, 15, 40-41` for a sorted list of sequence numbers.
+fn summarize(seqs: &[u64]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < seqs.len() {
+        let mut j = i;
+        while j + 1 < seqs.len() && seqs[j + 1] == seqs[j] + 1 {
+            j += 1;
+        }
+        out.push(if i == j {
+            seqs[i].to_string()
+        } else {
+            format!("{}-{}", seqs[i], seqs[j])
+        });
+        i = j + 1;
+    }
+    out.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn summarize_collapses_runs() {
+        assert_eq!(super::summarize(&[0, 1, 2, 5, 7, 8]), "0-2, 5, 7-8");
+        assert_eq!(super::summarize(&[]), "");
+    }
+}
