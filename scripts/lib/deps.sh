@@ -44,6 +44,19 @@ start_throwaway_postgres() {
   export DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
 }
 
+# The fault tests start (and stop) private clusters of their own with initdb/pg_ctl, even
+# when DATABASE_URL points elsewhere; with the binaries present they must run, not skip.
+ensure_pg_ctl() {
+  if ! pg_bindir >/dev/null; then
+    if [ "$(id -u)" -ne 0 ]; then
+      echo "note: PostgreSQL's server binaries are not installed; the fault tests that stop PostgreSQL will say SKIPPING" >&2
+      return 0
+    fi
+    install_postgres
+  fi
+  export LENTERA_REQUIRE_PG_CTL=1
+}
+
 # A cluster that keeps its data between runs (scripts/run-local), in $1 on port $2.
 start_persistent_postgres() {
   local dir=$1 port=$2 bin run_as=()

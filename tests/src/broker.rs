@@ -185,6 +185,9 @@ fn spawn_ours(dir: &Path, mqtt_port: u16) -> anyhow::Result<Service> {
             format!("127.0.0.1:{mqtt_port}"),
         ),
         ("LENTERA_BROKER__ADMIN_ADDR", "127.0.0.1:0".to_owned()),
+        // With a fixed MQTT port (a restart) the WebSocket listener would default to
+        // 8083, which two restarted brokers cannot both have.
+        ("LENTERA_BROKER__WS_ADDR", "127.0.0.1:0".to_owned()),
         // Spelled out (it is also the default, relative to the working directory `dir`)
         // because restarts rely on finding the same store.
         (

@@ -1,0 +1,63 @@
+//! The scale-out story: several historians share one MQTT shared subscription
+//! (`$share/historian/…`), the broker splits the stream between them, and PostgreSQL
+//! still ends up with every reading exactly once — on our broker and on Mosquitto.
+
+use std::time::Duration;
+
+use lentera_tests::readings::{Stream, assert_stored_exactly_once};
+use lentera_tests::{Stack, TestBroker};
+
+const WAIT: Duration = Duration::from_secs(20);
+const STORED: &str = "lentera_historian_readings_stored_total";
+
+async fn two_historians_split_the_stream(stack: Stack, device: &str) {
+    let mut stack = stack;
+    assert_eq!(stack.historians.len(), 2);
+    let stream = Stream::start(stack.readings_url(), device, 400, 200.0, 4);
+    let report = stream.finish(WAIT).await.unwrap();
+    report.assert_all_accepted();
+    let pool = stack.db.connect().await.unwrap();
+    assert_stored_exactly_once(&pool, &report, WAIT).await;
+
+    // Both took part, and between them inserted each reading once.
+    let mut per_historian = Vec::new();
+    for h in &stack.historians {
+        per_historian.push(h.metric("admin", STORED).await.unwrap());
+    }
+    assert!(
+        per_historian.iter().all(|n| *n > 0.0),
+        "each historian stored some of the stream: {per_historian:?}"
+    );
+    assert_eq!(
+        per_historian.iter().sum::<f64>(),
+        400.0,
+        "inserted rows per historian: {per_historian:?}"
+    );
+    stack.terminate_all().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_historians_sharing_a_subscription_store_each_reading_once() {
+    let stack = Stack::builder()
+        .historians(2, "historian")
+        .readings_only()
+        .start()
+        .await
+        .expect("stack starts");
+    two_historians_split_the_stream(stack, "shared-ours").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_historians_sharing_a_subscription_on_mosquitto_store_each_reading_once() {
+    let Some(broker) = TestBroker::mosquitto() else {
+        return;
+    };
+    let stack = Stack::builder()
+        .broker(broker)
+        .historians(2, "historian")
+        .readings_only()
+        .start()
+        .await
+        .expect("stack starts");
+    two_historians_split_the_stream(stack, "shared-mosquitto").await;
+}
