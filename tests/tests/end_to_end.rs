@@ -266,19 +266,25 @@ async fn everything_flows(mut stack: Stack) {
     .await;
     assert_eq!(points[0]["value"], 27.5);
 
-    // 7. The lamp shows up as a lamp with its mode stored.
-    let lamps: Value = reqwest::get(format!("{web}/api/v1/lamps"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert!(
-        lamps["lamps"]
+    // 7. The lamp shows up as a lamp with its mode stored (by the historian, which may
+    //    still be writing it: poll).
+    let start = std::time::Instant::now();
+    loop {
+        let lamps: Value = reqwest::get(format!("{web}/api/v1/lamps"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if lamps["lamps"]
             .as_array()
-            .is_some_and(|a| a.iter().any(|l| l["device"] == "lamp-1")),
-        "{lamps}"
-    );
+            .is_some_and(|a| a.iter().any(|l| l["device"] == "lamp-1"))
+        {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "lamp-1 never listed: {lamps}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // 8. Every service stops cleanly on SIGTERM, the broker last.
     drop(ws);
