@@ -187,6 +187,8 @@ struct State {
     conns: HashMap<ConnId, String>,
     sessions: HashMap<String, Session>,
     retained: BTreeMap<ByteString, Message>,
+    /// Some retained message may carry a Message Expiry Interval: the sweeper looks.
+    retained_may_expire: bool,
     /// Round-robin position for shared subscriptions.
     share_turn: usize,
 }
@@ -391,6 +393,10 @@ impl Router {
                 if !crate::auth::is_sys(&msg.topic) {
                     lsn = self.store.append(&Record::Retain(&msg));
                 }
+                st.retained_may_expire |= msg
+                    .properties
+                    .as_ref()
+                    .is_some_and(|p| p.expires_at.is_some());
                 st.retained.insert(msg.topic.clone(), msg.clone());
             }
             self.metrics

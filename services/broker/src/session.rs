@@ -56,6 +56,9 @@ pub struct ConnState {
     pub router: Router,
     /// What this connection may publish and subscribe to.
     pub acl: Arc<dyn crate::auth::Authorizer>,
+    /// MQTT 5 Request Problem Information: when false, acknowledgements carry no reason
+    /// strings [MQTT-3.1.2-29]. Always true for MQTT 3.1.1 (nothing to send anyway).
+    pub problem_info: bool,
     /// Until the connection has a queue and delivery task: what starting them takes.
     idle: RefCell<Option<(Sink, Bounds)>>,
 }
@@ -153,6 +156,7 @@ impl Shared {
             client_id,
             router: self.router.clone(),
             acl,
+            problem_info: true,
             idle: RefCell::new((!started.get()).then_some((sink, self.bounds))),
         };
         (state, connected.session_present)

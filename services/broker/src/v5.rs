@@ -58,7 +58,11 @@ pub async fn connect(
     if let Some(w) = &will
         && validate_name(&w.topic).is_err()
     {
-        return Ok(c.failed(v5::codec::ConnectAckReason::TopicNameInvalid));
+        return Ok(c.fail_with(v5::codec::ConnectAck {
+            reason_code: v5::codec::ConnectAckReason::TopicNameInvalid,
+            reason_string: Some(ByteString::from_static("will topic name invalid")),
+            ..Default::default()
+        }));
     }
     tracing::debug!(%client_id, clean_start = pkt.clean_start, keep_alive, "v5 connect");
     // Before `register`: a refused client must not take over anyone's session.
@@ -83,7 +87,8 @@ pub async fn connect(
         expiry,
         acl,
     };
-    let (state, present) = shared.register(conn, Sink::V5(c.sink()), c.io().on_disconnect());
+    let (mut state, present) = shared.register(conn, Sink::V5(c.sink()), c.io().on_disconnect());
+    state.problem_info = pkt.request_problem_info;
     if let Some(t) = will_timing {
         shared.router.set_will_timing(state.id, t);
     }
@@ -123,13 +128,13 @@ pub async fn publish(
     if let Err(e) = validate_name(&pkt.topic) {
         tracing::debug!(topic = %pkt.topic, code = e.code(), "publish refused");
         let why = format!("topic name invalid: {}", e.code());
-        return Ok(refuse(p, PublishAckReason::TopicNameInvalid, why));
+        return Ok(refuse(s, p, PublishAckReason::TopicNameInvalid, why));
     }
     if !auth::may_publish(&*s.acl, &pkt.topic) {
         // PUBACK / PUBREC 0x87; a QoS 0 message is just dropped. Counted either way.
         auth::publish_refused(s.router.metrics(), &s.client_id, &pkt.topic);
         let why = format!("not authorized to publish to {}", pkt.topic);
-        return Ok(refuse(p, PublishAckReason::NotAuthorized, why));
+        return Ok(refuse(s, p, PublishAckReason::NotAuthorized, why));
     }
     let props = &pkt.properties;
     let properties = Properties {
@@ -149,7 +154,7 @@ pub async fn publish(
     // A payload that says it is UTF-8 and is not may be refused (MQTT 5 §3.3.2.3.2).
     if properties.is_utf8_payload && std::str::from_utf8(&payload).is_err() {
         let why = "payload format indicator says UTF-8, payload is not".to_owned();
-        return Ok(refuse(p, PublishAckReason::PayloadFormatInvalid, why));
+        return Ok(refuse(s, p, PublishAckReason::PayloadFormatInvalid, why));
     }
     let msg = Message {
         topic,
@@ -176,8 +181,19 @@ pub async fn publish(
 }
 
 /// A negative PUBACK / PUBREC with a reason string saying why (MQTT 5 §3.4.2.2.2).
-fn refuse(p: v5::Publish, code: PublishAckReason, why: String) -> v5::PublishAck {
-    p.ack().reason_code(code).reason(ByteString::from(why))
+/// Without one when the client asked for no problem information [MQTT-3.1.2-29].
+fn refuse(
+    s: &v5::Session<ConnState>,
+    p: v5::Publish,
+    code: PublishAckReason,
+    why: String,
+) -> v5::PublishAck {
+    let ack = p.ack().reason_code(code);
+    if s.problem_info {
+        ack.reason(ByteString::from(why))
+    } else {
+        ack
+    }
 }
 
 pub async fn protocol(
@@ -235,7 +251,7 @@ pub async fn protocol(
             }
             // A persistent session's subscription is on disk before the SUBACK.
             s.router.store().durable(lsn).await;
-            if refused.is_empty() {
+            if refused.is_empty() || !s.problem_info {
                 Ok(sub.ack())
             } else {
                 // The reason string covers the whole SUBACK: name each refused filter.

@@ -446,6 +446,14 @@ async fn expired_messages_are_not_delivered_and_the_rest_carry_the_remaining_int
         "100 s less 1.5 s waited, got {left}"
     );
 
+    // The sweeper forgets the expired retained message within about a second.
+    let gauge = "lentera_broker_retained_messages 1\n";
+    let deadline = Instant::now() + WAIT;
+    while !broker.metrics().await.contains(gauge) {
+        assert!(Instant::now() < deadline, "{}", broker.metrics().await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     let mut back = V5::connect(o).await;
     assert!(back.connack.session_present);
     let a = back.publish_in().await;
@@ -636,5 +644,22 @@ async fn negative_acks_carry_reason_codes_and_reason_strings() {
     // The connection survives all three.
     c.send("neg/ok", b"fine", false, PublishProperties::default())
         .await;
+
+    // [MQTT-3.1.2-29] Request Problem Information 0: the codes, without reason strings.
+    let mut o = V5::opts(&broker, "neg-quiet");
+    o.set_request_problem_info(Some(0));
+    let mut quiet = V5::connect(o).await;
+    quiet
+        .c
+        .publish("", QoS::AtLeastOnce, false, b"x".to_vec())
+        .await
+        .unwrap();
+    let ack = quiet.puback().await;
+    assert_eq!(ack.reason, PubAckReason::TopicNameInvalid, "{ack:?}");
+    assert_eq!(ack.properties.and_then(|p| p.reason_string), None);
+    let ack = quiet
+        .sub_filter(filter("$share//empty-group", QoS::AtMostOnce), None)
+        .await;
+    assert_eq!(ack.properties.and_then(|p| p.reason_string), None);
     broker.stop().await;
 }

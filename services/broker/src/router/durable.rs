@@ -15,6 +15,11 @@ impl Router {
     /// A router starting from recovered state, writing changes to `store`.
     pub fn with_store(metrics: Metrics, store: Store, rec: Recovered, limits: Limits) -> Self {
         let mut st = State {
+            retained_may_expire: rec.retained.values().any(|m| {
+                m.properties
+                    .as_ref()
+                    .is_some_and(|p| p.expires_at.is_some())
+            }),
             retained: rec.retained,
             ..State::default()
         };

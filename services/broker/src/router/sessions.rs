@@ -254,6 +254,31 @@ impl Router {
                 wills.extend(s.pending_will.take());
             }
         }
+        // Expired retained messages are never sent again: forget them (and log it).
+        if st.retained_may_expire {
+            let expired: Vec<_> = st
+                .retained
+                .iter()
+                .filter(|(_, m)| m.expired(now))
+                .map(|(t, _)| t.clone())
+                .collect();
+            for t in &expired {
+                st.retained.remove(t);
+                if !crate::auth::is_sys(t) {
+                    self.store.append(&Record::Unretain(t));
+                }
+            }
+            st.retained_may_expire = st.retained.values().any(|m| {
+                m.properties
+                    .as_ref()
+                    .is_some_and(|p| p.expires_at.is_some())
+            });
+            if !expired.is_empty() {
+                self.metrics
+                    .retained
+                    .set(super::stats::client_retained(&st.retained));
+            }
+        }
         drop(guard);
         for w in wills {
             self.publish_will(w);

@@ -402,6 +402,57 @@ mod tests {
         assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
     }
 
+    /// Subscription identifiers and the expiry deadline survive the log (as wall-clock
+    /// time), and a `Sub` record keeps its identifier.
+    #[test]
+    fn mqtt5_extensions_round_trip() {
+        let in_a_minute = Instant::now() + Duration::from_secs(60);
+        let msg = Message {
+            topic: ByteString::from_static("a"),
+            payload: Bytes::from_static(b"p"),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: Some(Arc::new(Properties {
+                expires_at: Some(in_a_minute),
+                subscription_ids: vec![3, 268_435_455],
+                ..Default::default()
+            })),
+        };
+        let mut buf = Vec::new();
+        encode(&Record::Retain(&msg), &mut buf);
+        let sub = Record::Sub {
+            client: "c",
+            filter: "a/#",
+            qos: QoS::AtMostOnce,
+            no_local: true,
+            retain_as_published: false,
+            id: Some(42),
+        };
+        encode(&sub, &mut buf);
+        let (Owned::Retain(m), n) = decode(&buf).unwrap() else {
+            panic!("not a Retain")
+        };
+        let p = m.properties.unwrap();
+        assert_eq!(p.subscription_ids, [3, 268_435_455]);
+        let at = p.expires_at.unwrap();
+        let drift = at.max(in_a_minute) - at.min(in_a_minute);
+        assert!(
+            drift < Duration::from_millis(50),
+            "deadline moved by {drift:?}"
+        );
+        assert!(matches!(
+            decode(&buf[n..]),
+            Some((
+                Owned::Sub {
+                    id: Some(42),
+                    no_local: true,
+                    ..
+                },
+                _
+            ))
+        ));
+    }
+
     #[test]
     fn records_round_trip_and_a_torn_tail_is_rejected() {
         let msg = Message {
