@@ -88,6 +88,13 @@ impl Properties {
 }
 
 impl Message {
+    /// Whether the message has a Message Expiry Interval at all.
+    pub fn expires(&self) -> bool {
+        self.properties
+            .as_ref()
+            .is_some_and(|p| p.expires_at.is_some())
+    }
+
     /// Whether the message's expiry interval has passed at `now`.
     pub fn expired(&self, now: Instant) -> bool {
         self.properties
@@ -240,6 +247,9 @@ struct Session {
     qos2_in: HashSet<u16>,
     /// A will waiting for its delay interval to pass (MQTT 5 §3.1.3.2.2).
     pending_will: Option<PendingWill>,
+    /// Some owed message may carry a Message Expiry Interval: while the session is
+    /// offline the sweeper drops expired ones, so they do not hold queue places.
+    owed_may_expire: bool,
 }
 
 impl Session {
@@ -254,6 +264,7 @@ impl Session {
             next_seq: 1,
             qos2_in: HashSet::new(),
             pending_will: None,
+            owed_may_expire: false,
         }
     }
 
@@ -499,6 +510,7 @@ impl Router {
                 seq,
                 msg: &msg,
             });
+            s.owed_may_expire |= msg.expires();
             s.owed.push_back(Owed {
                 seq,
                 msg,

@@ -466,6 +466,39 @@ async fn expired_messages_are_not_delivered_and_the_rest_carry_the_remaining_int
     broker.stop().await;
 }
 
+/// [MQTT-3.3.2-5] for an offline session: expired messages leave its queue while it is
+/// away, so they do not use up its places (`session_queue_capacity`, here 2) and crowd
+/// out what arrives later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_messages_do_not_hold_places_in_an_offline_sessions_queue() {
+    let mut settings = lentera_broker::settings::Settings::default();
+    settings.broker.mqtt_addr = "127.0.0.1:0".into();
+    settings.broker.admin_addr = "127.0.0.1:0".into();
+    settings.broker.data_dir = Default::default();
+    settings.broker.session_queue_capacity = 2;
+    let broker = Broker::start_with(settings).await;
+    let mut o = V5::opts(&broker, "mq-away");
+    o.set_clean_start(false)
+        .set_session_expiry_interval(Some(600));
+    let mut away = V5::connect(o.clone()).await;
+    away.sub_filter(filter("mq/t", QoS::AtLeastOnce), None)
+        .await;
+    away.c.disconnect().await.unwrap();
+    assert!(away.next(WAIT).await.is_some_and(|r| r.is_err()), "closes");
+
+    let mut p = V5::new(&broker, "mq-pub").await;
+    p.send("mq/t", b"old-1", false, expiring(1)).await;
+    p.send("mq/t", b"old-2", false, expiring(1)).await;
+    // Both places taken until the sweeper (once a second) sees them expired.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    p.send("mq/t", b"new", false, PublishProperties::default())
+        .await;
+    let mut back = V5::connect(o).await;
+    assert!(back.connack.session_present);
+    assert_eq!(back.publish_in().await.payload, &b"new"[..]);
+    broker.stop().await;
+}
+
 /// Inbound topic aliases (MQTT 5 §3.3.2.3.4): the CONNACK announces a Topic Alias
 /// Maximum above 0, a PUBLISH may set an alias and later ones may use it with an empty
 /// topic name; the subscriber gets the full topic name either way. The broker sends no
@@ -661,5 +694,26 @@ async fn negative_acks_carry_reason_codes_and_reason_strings() {
         .sub_filter(filter("$share//empty-group", QoS::AtMostOnce), None)
         .await;
     assert_eq!(ack.properties.and_then(|p| p.reason_string), None);
+    broker.stop().await;
+}
+
+/// Overlapping subscriptions on MQTT 3.1.1 as well: one copy, respecting the maximum QoS
+/// of all matching subscriptions ([MQTT-3.3.5-1] in 3.1.1, [MQTT-3.3.4-2] in 5.0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v3_overlapping_subscriptions_get_one_copy_at_the_highest_qos() {
+    let broker = Broker::start().await;
+    let mut s = common::Client::v3(&broker, "ov3").await;
+    assert_eq!(s.subscribe("ov/#", 0).await, 0);
+    assert_eq!(s.subscribe("ov/+", 1).await, 1);
+    let p = common::Client::v3(&broker, "ov3-pub").await;
+    p.publish("ov/x", b"once", 1, false).await;
+    p.publish("ov/x", b"marker", 0, false).await;
+    let first = s.next_publish().await;
+    assert_eq!((&first.payload[..], first.qos), (&b"once"[..], 1));
+    assert_eq!(
+        s.next_publish().await.payload,
+        b"marker",
+        "a second copy came"
+    );
     broker.stop().await;
 }

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::sessions::expiry_deadline;
-use super::{Limits, Owed, Router, Session, State};
+use super::{Limits, Message, Owed, Router, Session, State};
 use crate::metrics::Metrics;
 use crate::outbox::Pressure;
 use crate::store::recover::Recovered;
@@ -15,11 +15,7 @@ impl Router {
     /// A router starting from recovered state, writing changes to `store`.
     pub fn with_store(metrics: Metrics, store: Store, rec: Recovered, limits: Limits) -> Self {
         let mut st = State {
-            retained_may_expire: rec.retained.values().any(|m| {
-                m.properties
-                    .as_ref()
-                    .is_some_and(|p| p.expires_at.is_some())
-            }),
+            retained_may_expire: rec.retained.values().any(Message::expires),
             retained: rec.retained,
             ..State::default()
         };
@@ -43,6 +39,7 @@ impl Router {
                     dispatched: true,
                 })
                 .collect();
+            s.owed_may_expire = s.owed.iter().any(|o| o.msg.expires());
             st.sessions.insert(client, s);
         }
         metrics.retained.set(st.retained.len() as i64);

@@ -254,6 +254,22 @@ impl Router {
                 wills.extend(s.pending_will.take());
             }
         }
+        // Expired messages owed to offline sessions will never be sent [MQTT-3.3.2-5]:
+        // drop them now so they do not hold places in the session's queue.
+        for (client, s) in st.sessions.iter_mut() {
+            if s.live.is_some() || !s.owed_may_expire {
+                continue;
+            }
+            let store = &self.store;
+            s.owed.retain(|o| {
+                let expired = o.msg.expired(now);
+                if expired {
+                    store.append(&Record::Ack { client, seq: o.seq });
+                }
+                !expired
+            });
+            s.owed_may_expire = s.owed.iter().any(|o| o.msg.expires());
+        }
         // Expired retained messages are never sent again: forget them (and log it).
         if st.retained_may_expire {
             let expired: Vec<_> = st
@@ -268,11 +284,7 @@ impl Router {
                     self.store.append(&Record::Unretain(t));
                 }
             }
-            st.retained_may_expire = st.retained.values().any(|m| {
-                m.properties
-                    .as_ref()
-                    .is_some_and(|p| p.expires_at.is_some())
-            });
+            st.retained_may_expire = st.retained.values().any(Message::expires);
             if !expired.is_empty() {
                 self.metrics
                     .retained
