@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use lentera_tests::readings::{Attempt, Stream, assert_stored_exactly_once, wait_rows};
-use lentera_tests::{PrivatePostgres, Stack};
+use lentera_tests::{PrivatePostgres, Stack, StackBuilder, TestBroker};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
@@ -90,19 +90,39 @@ async fn postgres_down_for_ten_seconds_mid_stream_loses_and_doubles_nothing() {
     stack.terminate_all().unwrap();
 }
 
-/// The historian SIGKILLed mid-stream, with deliveries in hand that it had not yet
-/// acknowledged, and started again 2 s later: its persistent session makes the broker
-/// keep and redeliver them, and the idempotent write stores each once.
+/// The historian SIGKILLed mid-stream, with a batch in hand that it had neither
+/// committed nor acknowledged (half-second batches at 50 readings/s: ~25 of them), and
+/// started again once 80 more readings were accepted: its persistent session makes the
+/// broker keep and redeliver them, and the idempotent write stores each once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn historian_killed_mid_stream_loses_and_doubles_nothing() {
-    let mut stack = Stack::builder()
+    let builder = Stack::builder();
+    historian_killed_mid_stream(builder, "hist-kill").await;
+}
+
+/// The same on Mosquitto, which keeps an offline persistent session's messages too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn historian_killed_mid_stream_on_mosquitto_loses_and_doubles_nothing() {
+    let Some(broker) = TestBroker::mosquitto() else {
+        return;
+    };
+    historian_killed_mid_stream(Stack::builder().broker(broker), "hist-kill-mosq").await;
+}
+
+async fn historian_killed_mid_stream(builder: StackBuilder, device: &str) {
+    let mut stack = builder
+        .env("historian", "LENTERA_HISTORIAN__BATCH_INTERVAL_MS", "500")
         .readings_only()
         .start()
         .await
         .expect("stack starts");
     let pool = stack.db.connect().await.unwrap();
-    let stream = Stream::start(stack.readings_url(), "hist-kill", 300, 50.0, 4);
-    wait_rows(&pool, "hist-kill", 80, WAIT).await.unwrap();
+    let stream = Stream::start(stack.readings_url(), device, 300, 50.0, 4);
+    wait_rows(&pool, device, 80, WAIT).await.unwrap();
+    // A batch has just been committed; a quarter second later the next one holds ~12
+    // readings, received and neither committed nor acknowledged.
+    let n = stream.accepted();
+    stream.wait_accepted(n + 12, WAIT).await.unwrap();
 
     stack.historian_mut().kill().unwrap();
     // Readings accepted while no historian is connected must wait in the broker.
