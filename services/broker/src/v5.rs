@@ -65,6 +65,17 @@ pub async fn connect(
         }));
     }
     tracing::debug!(%client_id, clean_start = pkt.clean_start, keep_alive, "v5 connect");
+    if let Some(method) = &pkt.auth_method {
+        // Enhanced authentication (MQTT 5 §4.12) is not offered: refuse and close
+        // [MQTT-4.12.0-1] rather than pretend the exchange happened.
+        shared.router.metrics().refused_not_authorized.inc();
+        let why = format!("authentication method {method:?} is not supported");
+        return Ok(c.fail_with(v5::codec::ConnectAck {
+            reason_code: v5::codec::ConnectAckReason::BadAuthenticationMethod,
+            reason_string: Some(ByteString::from(why)),
+            ..Default::default()
+        }));
+    }
     // Before `register`: a refused client must not take over anyone's session.
     let creds = Credentials {
         client_id: &client_id,

@@ -424,3 +424,51 @@ async fn a_password_hashed_by_mosquitto_passwd_is_accepted() {
     );
     b.stop().await;
 }
+
+#[tokio::test]
+async fn an_enhanced_authentication_method_is_refused_with_0x8c() {
+    // Enhanced authentication is not offered [MQTT-4.12.0-1].
+    let b = Broker::start().await;
+    let mut o = v5_opts(&b, "scram", None);
+    o.set_authentication_method(Some("SCRAM-SHA-1".into()));
+    assert_eq!(
+        v5_connect_result(o).await,
+        Err(V5Code::BadAuthenticationMethod)
+    );
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn the_shipped_example_users_file_loads_once_hashes_are_filled_in() {
+    use lentera_broker::auth::{Credentials, file::FileAuth, password};
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/broker-auth.example.toml"
+    );
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(
+        FileAuth::from_toml(&text, false).is_err(),
+        "placeholders must stop the broker"
+    );
+    let filled = text.replace("REPLACE_WITH_HASH", &password::hash(b"pw", 100));
+    let auth = FileAuth::from_toml(&filled, false).unwrap();
+    let login = async |client_id, user| {
+        let creds = Credentials {
+            client_id,
+            username: Some(user),
+            password: Some(b"pw".as_slice()),
+        };
+        lentera_broker::auth::Authenticator::authenticate(&auth, creds)
+            .await
+            .unwrap_or_else(|e| panic!("{user}: {e:?}"))
+    };
+    let board = login("gh-1", "board").await;
+    assert!(board.may_publish("lentera/gh-1/telemetry"));
+    assert!(!board.may_publish("lentera/gh-2/telemetry"));
+    assert!(board.may_subscribe("lentera/gh-1/lamp/set"));
+    let historian = login("lentera-historian", "historian").await;
+    assert!(historian.may_subscribe("lentera/+/telemetry"));
+    let ops = login("ops-1", "ops").await;
+    assert!(ops.may_subscribe("$SYS/#"));
+    assert!(!ops.may_publish("lentera/gh-1/lamp/set"), "read-only");
+}

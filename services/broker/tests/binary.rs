@@ -83,3 +83,29 @@ async fn binary_writes_ready_file_serves_mqtt_and_exits_on_sigterm() {
     assert!(exit.success(), "exit status {exit}");
     let _ = std::fs::remove_file(&ready);
 }
+
+#[test]
+fn hash_password_prints_a_hash_the_broker_accepts() {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lentera-broker"))
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"open sesame\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let hash = String::from_utf8(out.stdout).unwrap();
+    let parsed = lentera_broker::auth::password::PasswordHash::parse(hash.trim()).unwrap();
+    assert!(
+        parsed.verify(b"open sesame"),
+        "the newline is not part of it"
+    );
+    assert!(!parsed.verify(b"open sesame\n"));
+}

@@ -53,11 +53,15 @@ struct User {
 }
 
 pub struct FileAuth {
-    users: HashMap<String, User>,
+    users: HashMap<String, Arc<User>>,
     /// `None` when anonymous clients are refused.
     anonymous: Option<Rules>,
     /// Verified when the user name is unknown, so that a refusal takes as long either way.
-    dummy: PasswordHash,
+    dummy: Arc<User>,
+    /// Where password hashes are checked: tokio's blocking pool when the broker was built
+    /// inside a tokio runtime (it is), so the ~10 ms of PBKDF2 per CONNECT does not stall
+    /// the other connections of the ntex worker thread; inline otherwise.
+    blocking: Option<tokio::runtime::Handle>,
 }
 
 impl FileAuth {
@@ -89,7 +93,7 @@ impl FileAuth {
                 hash,
                 rules: file.all_users.and(&own),
             };
-            if users.insert(u.username.clone(), user).is_some() {
+            if users.insert(u.username.clone(), Arc::new(user)).is_some() {
                 bail!("user {:?} is listed twice", u.username);
             }
         }
@@ -108,41 +112,68 @@ impl FileAuth {
             anonymous = anonymous.is_some(),
             "authentication file loaded"
         );
+        let dummy = User {
+            hash: PasswordHash::parse(&password::hash(b"", password::DEFAULT_ITERATIONS))
+                .map_err(anyhow::Error::msg)?,
+            rules: Rules::default(),
+        };
         Ok(Self {
             users,
             anonymous,
-            dummy: PasswordHash::parse(&password::hash(b"", password::DEFAULT_ITERATIONS))
-                .map_err(anyhow::Error::msg)?,
+            dummy: Arc::new(dummy),
+            blocking: tokio::runtime::Handle::try_current().ok(),
         })
     }
 
-    fn check(&self, c: Credentials<'_>) -> Result<Arc<dyn Authorizer>, Refusal> {
-        let rules = match (c.username, c.password) {
+    /// Who is connecting: anonymous, or a known user whose password is still to be
+    /// checked (`Err` when the answer is already clear).
+    fn lookup(&self, c: &Credentials<'_>) -> Result<Lookup, Refusal> {
+        match (c.username, c.password) {
             // No user name: anonymous [MQTT-3.1.2-19] (3.1.1 forbids a password without
             // one [MQTT-3.1.2-22]; MQTT 5 allows it, but there is nobody to check it for).
-            (None, None) => self.anonymous.as_ref().ok_or(Refusal::NotAuthorized)?,
-            (None, Some(_)) => return Err(Refusal::BadCredentials),
-            (Some(name), password) => {
-                let password = password.unwrap_or_default();
-                match self.users.get(name) {
-                    Some(u) if u.hash.verify(password) => &u.rules,
-                    Some(_) => return Err(Refusal::BadCredentials),
-                    None => {
-                        self.dummy.verify(password);
-                        return Err(Refusal::BadCredentials);
-                    }
-                }
-            }
-        };
-        Ok(Arc::new(rules.for_client(c.client_id, c.username)))
+            (None, None) => self
+                .anonymous
+                .clone()
+                .map(Lookup::Anonymous)
+                .ok_or(Refusal::NotAuthorized),
+            (None, Some(_)) => Err(Refusal::BadCredentials),
+            (Some(name), _) => Ok(match self.users.get(name) {
+                Some(u) => Lookup::User(u.clone(), true),
+                None => Lookup::User(self.dummy.clone(), false),
+            }),
+        }
     }
+}
+
+enum Lookup {
+    Anonymous(Rules),
+    /// The user (or the dummy, `false`, for an unknown name: same work, then refused).
+    User(Arc<User>, bool),
 }
 
 impl Authenticator for FileAuth {
     fn authenticate<'a>(&'a self, c: Credentials<'a>) -> AuthFuture<'a> {
-        // Everything is in memory: no need to leave the worker thread.
-        let result = self.check(c);
-        Box::pin(async move { result })
+        Box::pin(async move {
+            let rules = match self.lookup(&c)? {
+                Lookup::Anonymous(rules) => rules,
+                Lookup::User(user, known) => {
+                    let password = c.password.unwrap_or_default().to_vec();
+                    let verify = {
+                        let user = user.clone();
+                        move || user.hash.verify(&password)
+                    };
+                    let ok = match &self.blocking {
+                        Some(pool) => pool.spawn_blocking(verify).await.unwrap_or(false),
+                        None => verify(),
+                    };
+                    if !(ok && known) {
+                        return Err(Refusal::BadCredentials);
+                    }
+                    user.rules.clone()
+                }
+            };
+            Ok(Arc::new(rules.for_client(c.client_id, c.username)) as Arc<dyn Authorizer>)
+        })
     }
 }
 
@@ -170,6 +201,19 @@ mod tests {
         FileAuth::from_toml(&text, allow_anonymous).unwrap()
     }
 
+    /// `authenticate`, driven to completion (no runtime: verification runs inline).
+    fn check(f: &FileAuth, c: Credentials<'_>) -> Result<Arc<dyn Authorizer>, Refusal> {
+        let mut fut = f.authenticate(c);
+        let waker = std::task::Waker::noop();
+        match fut
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(waker))
+        {
+            std::task::Poll::Ready(r) => r,
+            std::task::Poll::Pending => panic!("inline verification completes at once"),
+        }
+    }
+
     fn creds<'a>(user: Option<&'a str>, pw: Option<&'a [u8]>) -> Credentials<'a> {
         Credentials {
             client_id: "lamp-svc",
@@ -180,7 +224,7 @@ mod tests {
 
     #[test]
     fn users_get_their_own_and_the_common_rules() {
-        let acl = file(false).check(creds(Some("lamp"), Some(b"pw"))).unwrap();
+        let acl = check(&file(false), creds(Some("lamp"), Some(b"pw"))).unwrap();
         assert!(acl.may_publish("lentera/gh-1/lamp/set"));
         assert!(
             acl.may_publish("lentera/lamp-svc/status"),
@@ -194,7 +238,7 @@ mod tests {
     #[test]
     fn wrong_password_unknown_user_and_anonymous_are_refused() {
         let f = file(false);
-        let refused = |c| f.check(c).err();
+        let refused = |c| check(&f, c).err();
         assert_eq!(
             refused(creds(Some("lamp"), Some(b"nope"))),
             Some(Refusal::BadCredentials)
@@ -216,7 +260,7 @@ mod tests {
 
     #[test]
     fn anonymous_clients_get_the_anonymous_rules_when_allowed() {
-        let acl = file(true).check(creds(None, None)).unwrap();
+        let acl = check(&file(true), creds(None, None)).unwrap();
         assert!(acl.may_subscribe("$SYS/#"));
         assert!(
             !acl.may_publish("lentera/lamp-svc/status"),

@@ -5,8 +5,8 @@
 //! (`mosquitto_passwd -b file user pass`, or `lentera-broker hash-password`), and both
 //! crates it needs (ring for PBKDF2 and constant-time comparison, base64) are already
 //! compiled into the broker — argon2 or bcrypt would add crates for little gain here.
-//! The iteration count is part of each hash: verification costs CPU on the connection's
-//! worker thread at every CONNECT, so it is a trade between brute-force cost and
+//! The iteration count is part of each hash: verification costs CPU at every CONNECT
+//! (on tokio's blocking pool, see `file.rs`), so it is a trade between brute-force cost and
 //! reconnect storms of many devices (Mosquitto writes 101; we write 10 000, ≈ 10–15 ms
 //! on one core of a small VM).
 
