@@ -310,6 +310,14 @@ async fn subscription_identifiers_of_every_matching_subscription_come_in_one_cop
         .await;
     let m = plain.publish_in().await;
     assert_eq!((&m.payload[..], sub_ids(&m)), (&b"plain"[..], vec![]));
+    // A shared subscription's copy carries its identifier too.
+    plain
+        .sub_filter(filter("$share/g/si/s", QoS::AtMostOnce), Some(13))
+        .await;
+    p.send("si/s", b"shared", false, PublishProperties::default())
+        .await;
+    let m = plain.publish_in().await;
+    assert_eq!((&m.payload[..], sub_ids(&m)), (&b"shared"[..], vec![13]));
     broker.stop().await;
 }
 
@@ -497,6 +505,56 @@ async fn expired_messages_do_not_hold_places_in_an_offline_sessions_queue() {
     assert!(back.connack.session_present);
     assert_eq!(back.publish_in().await.payload, &b"new"[..]);
     broker.stop().await;
+}
+
+/// A persistent session's subscription identifier, and an owed message's properties and
+/// expiry, survive a broker restart (the on-disk store).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_identifiers_and_expiry_survive_a_restart() {
+    let dir = std::env::temp_dir().join(format!("lentera-v5-restart-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let broker = Broker::start_with(Broker::settings_with_store(&dir)).await;
+    let mut o = V5::opts(&broker, "dur-sub");
+    o.set_clean_start(false)
+        .set_session_expiry_interval(Some(600));
+    let mut s = V5::connect(o.clone()).await;
+    s.sub_filter(filter("dur/t", QoS::AtLeastOnce), Some(21))
+        .await;
+    s.c.disconnect().await.unwrap();
+    assert!(s.next(WAIT).await.is_some_and(|r| r.is_err()), "closes");
+    let mut p = V5::new(&broker, "dur-pub").await;
+    let props = PublishProperties {
+        user_properties: vec![("trace".into(), "abc".into())],
+        ..expiring(100)
+    };
+    p.send("dur/t", b"owed", false, props).await;
+    drop(p);
+    broker.stop().await;
+
+    let broker = Broker::start_with(Broker::settings_with_store(&dir)).await;
+    let mut o2 = V5::opts(&broker, "dur-sub");
+    o2.set_clean_start(false)
+        .set_session_expiry_interval(Some(600));
+    let mut s = V5::connect(o2).await;
+    assert!(s.connack.session_present);
+    let m = s.publish_in().await;
+    assert_eq!((&m.payload[..], sub_ids(&m)), (&b"owed"[..], vec![21]));
+    let props = m.properties.unwrap();
+    assert_eq!(
+        props.user_properties,
+        [("trace".to_owned(), "abc".to_owned())]
+    );
+    assert!(
+        props.message_expiry_interval.is_some_and(|e| e <= 100),
+        "{props:?}"
+    );
+    let mut p = V5::new(&broker, "dur-pub").await;
+    p.send("dur/t", b"new", false, PublishProperties::default())
+        .await;
+    let m = s.publish_in().await;
+    assert_eq!((&m.payload[..], sub_ids(&m)), (&b"new"[..], vec![21]));
+    broker.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Inbound topic aliases (MQTT 5 §3.3.2.3.4): the CONNACK announces a Topic Alias
