@@ -34,6 +34,8 @@ pub struct Metrics {
     /// CONNECTs refused: unknown user / wrong password, or not authorized.
     pub refused_bad_credentials: Counter,
     pub refused_not_authorized: Counter,
+    /// CONNECTs refused because `max_connections` were open.
+    pub refused_connection_limit: Counter,
     /// SUBSCRIBE filters refused by the ACL.
     pub subscriptions_refused: Counter,
     /// Subscriptions held by all sessions (refreshed each second by `sys.rs`).
@@ -95,6 +97,11 @@ impl Metrics {
                 "connections_refused_total",
                 "CONNECTs refused, by reason.",
                 &[("reason", "not_authorized")],
+            ),
+            refused_connection_limit: obs.counter(
+                "connections_refused_total",
+                "CONNECTs refused, by reason.",
+                &[("reason", "connection_limit")],
             ),
             subscriptions_refused: obs.counter(
                 "subscriptions_refused_total",

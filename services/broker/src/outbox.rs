@@ -26,11 +26,12 @@
 //! publishers slow down to what the broker delivers, the way a single-threaded broker
 //! behaves by construction.
 //!
-//! A subscriber whose client is the bottleneck — its socket does not drain, or its
-//! in-flight window has stayed full for 500 ms (`session.rs`) — takes its messages out
-//! of that count while it waits, and adds new ones only once it is ready again. So a
-//! slow or stalled subscriber does not slow publishers or other subscribers beyond
-//! that half second: it only fills its own bound.
+//! A subscriber that stops making progress — nothing could be sent to it for 500 ms
+//! (in-flight window full, socket not draining; `session.rs`) — takes its messages out
+//! of that count while it waits, and adds new ones only once it moves again. So a
+//! stalled subscriber holds publishers back for half a second at most and then only
+//! fills its own bound; a subscriber that keeps reading, however slowly, is served
+//! without loss, at the price of slowing the publishers it hears from.
 
 use std::pin::pin;
 use std::sync::Arc;

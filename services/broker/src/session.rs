@@ -45,6 +45,8 @@ pub struct Shared {
     pub max_session_expiry: u32,
     /// Source of ids for clients that connect without one.
     auto_ids: Arc<AtomicU64>,
+    /// `max_connections` (0 = none).
+    max_connections: usize,
     /// Decides at CONNECT who may connect and with which rights (`auth.rs`).
     pub auth: Arc<dyn crate::auth::Authenticator>,
 }
@@ -93,7 +95,21 @@ impl Shared {
             },
             auto_ids: Arc::default(),
             auth,
+            max_connections: 0,
         }
+    }
+
+    /// Refuse CONNECT while `max` connections are open (0 = no limit).
+    pub fn with_max_connections(mut self, max: usize) -> Self {
+        self.max_connections = max;
+        self
+    }
+
+    /// Whether a new connection would exceed `max_connections`. Checked at CONNECT, so
+    /// CONNECTs being handled at the same instant may overshoot by their number.
+    pub fn at_connection_limit(&self) -> bool {
+        self.max_connections > 0
+            && self.router.metrics().connections.get() >= self.max_connections as i64
     }
 
     pub fn generated_client_id(&self) -> String {
@@ -252,14 +268,6 @@ impl Sink {
         }
     }
 
-    /// Room left in the client's in-flight window.
-    fn credit(&self) -> usize {
-        match self {
-            Sink::V3(s) => s.credit(),
-            Sink::V5(s) => s.credit(),
-        }
-    }
-
     /// Writes one PUBLISH. QoS 0/1 wait only for room in the client's in-flight window;
     /// QoS 2 waits for the whole exchange. Returns `Some(seq)` when the exchange is
     /// complete (QoS 2) — `seq` being the owed message to acknowledge, if tracked.
@@ -396,19 +404,20 @@ impl Delivery {
 }
 
 impl Delivery {
-    /// Waits for room to send a QoS ≥ 1 message, telling [`Counts`] when the wait is the
-    /// client's doing — its socket does not drain, or its in-flight window stays full
-    /// for [`STALLED`] — so that its backlog stops counting as broker overload. (A window
-    /// that is full only briefly is usually the broker being slow to read PUBACKs.)
+    /// Waits for room to send a QoS ≥ 1 message (in-flight window, socket drained),
+    /// telling [`Counts`] once it has waited [`STALLED`] without progress: from then on
+    /// the wait is the client's doing and its backlog stops counting as broker overload.
+    /// A subscriber that keeps reading, however slowly, stays counted, so publishers are
+    /// held back rather than its messages dropped; one that stops is left to its bound.
     async fn wait_for_client(&self, counts: &Counts) {
         if self.sink.is_ready() || !self.sink.is_open() {
             return;
         }
-        if self.sink.credit() == 0 {
-            let ready = ntex_util::time::timeout(STALLED, self.sink.ready()).await;
-            if ready.is_ok() {
-                return;
-            }
+        if ntex_util::time::timeout(STALLED, self.sink.ready())
+            .await
+            .is_ok()
+        {
+            return;
         }
         counts.client_bound(true);
         self.sink.ready().await;
@@ -416,8 +425,8 @@ impl Delivery {
     }
 }
 
-/// How long a subscriber's full in-flight window counts as broker overload before it is
-/// the subscriber's own slowness (see `outbox.rs`).
+/// How long a subscriber may make no progress before its backlog is its own problem
+/// rather than broker overload (see `outbox.rs`).
 const STALLED: ntex_util::time::Millis = ntex_util::time::Millis(500);
 
 /// Watches one connection for its end or a takeover.

@@ -57,6 +57,14 @@ pub struct BrokerSettings {
     pub receive_maximum: u16,
     /// Largest packet accepted from a client, in bytes.
     pub max_packet_bytes: u32,
+    /// Open MQTT connections (all listeners) beyond which CONNECT is refused: MQTT 5
+    /// CONNACK 0x97 Quota exceeded, MQTT 3.1.1 CONNACK 3 Server unavailable. 0 = no limit
+    /// (the open-files limit still applies).
+    pub max_connections: usize,
+    /// Read buffer per connection, in bytes: ntex keeps one posted per idle connection
+    /// (io-uring), so this is most of an idle connection's memory. Larger packets still
+    /// arrive whole; the buffer grows in steps of this size while they do.
+    pub read_buffer_bytes: usize,
     /// A client must send CONNECT within this many seconds of opening the socket.
     pub connect_timeout_secs: u16,
     /// On SIGTERM, how long connections may take to finish what they are doing before
@@ -126,6 +134,8 @@ impl Default for BrokerSettings {
             max_inflight: 64,
             receive_maximum: 1024,
             max_packet_bytes: 1024 * 1024,
+            max_connections: 0,
+            read_buffer_bytes: 2048,
             connect_timeout_secs: 10,
             shutdown_timeout_ms: 2_000,
             ws_addr: None,

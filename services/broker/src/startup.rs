@@ -59,7 +59,8 @@ impl Application {
             .with_context(|| format!("binding MQTT listener {}", cfg.mqtt_addr))?;
         let mqtt_addr = listener.local_addr()?;
         let auth = crate::auth::from_settings(cfg)?;
-        let shared = Shared::new(router.clone(), cfg.queue_capacity, limits, auth);
+        let shared = Shared::new(router.clone(), cfg.queue_capacity, limits, auth)
+            .with_max_connections(cfg.max_connections);
         let tls = match (cfg.tls_listen_addr(), &cfg.tls_cert, &cfg.tls_key) {
             (Some(addr), Some(cert), Some(key)) => Some(TlsListener::bind(&addr, cert, key)?),
             _ => None,
@@ -258,10 +259,18 @@ fn build_server(
             .set_max_receive(cfg.receive_maximum.max(1))
             .set_connect_timeout(Seconds(cfg.connect_timeout_secs))
     };
+    // ntex keeps a read buffer posted for every idle connection (io-uring), by default
+    // 16 KiB: most of an idle connection's memory. MQTT packets are mostly tiny; larger
+    // ones grow the buffer in steps of `read_buffer_bytes`.
+    let io_cfg = || {
+        let high = cfg.read_buffer_bytes.max(256);
+        ntex_io::IoConfig::new().set_read_buf(high, (high / 8).max(64), 128)
+    };
     let tls_cfg = SharedCfg::new("MQTT-TLS")
         .add(mqtt_cfg())
+        .add(io_cfg())
         .add(ntex_tls::TlsConfig::new());
-    let shared_cfg = SharedCfg::new("MQTT").add(mqtt_cfg());
+    let shared_cfg = SharedCfg::new("MQTT").add(mqtt_cfg()).add(io_cfg());
 
     ntex_server::net::build()
         .workers(cfg.workers.max(1))

@@ -15,6 +15,11 @@ pub async fn connect(
     shared: &Shared,
     c: v3::Connect,
 ) -> Result<v3::ConnectAck<ConnState>, BrokerError> {
+    if shared.at_connection_limit() {
+        // `max_connections`: CONNACK 3 Server unavailable (MQTT 3.1.1 §3.2.2.3).
+        shared.router.metrics().refused_connection_limit.inc();
+        return Ok(c.service_unavailable());
+    }
     let pkt = c.packet();
     let mut client_id = pkt.client_id.to_string();
     if client_id.is_empty() {

@@ -25,6 +25,11 @@ pub async fn connect(
     shared: &Shared,
     c: v5::Connect,
 ) -> Result<v5::ConnectAck<ConnState>, BrokerError> {
+    if shared.at_connection_limit() {
+        // `max_connections`: CONNACK 0x97 Quota exceeded (MQTT 5 §3.2.2.2).
+        shared.router.metrics().refused_connection_limit.inc();
+        return Ok(c.failed(v5::codec::ConnectAckReason::QuotaExceeded));
+    }
     let pkt = c.packet();
     let mut assigned = None;
     let client_id = if pkt.client_id.is_empty() {

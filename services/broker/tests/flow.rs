@@ -278,3 +278,103 @@ async fn stalled_subscriber_keeps_exactly_session_queue_capacity_qos1_and_queue_
     assert_eq!(dropped(&text, "session_queue_full"), 34, "{text}");
     broker.stop().await;
 }
+
+mod raw;
+
+/// Reads one whole MQTT packet (header byte + body) from a raw socket.
+async fn read_packet(s: &mut TcpStream) -> (u8, Vec<u8>) {
+    let mut h = [0u8; 1];
+    tokio::time::timeout(common::WAIT, s.read_exact(&mut h))
+        .await
+        .expect("a packet in time")
+        .expect("socket open");
+    let (mut len, mut shift) = (0usize, 0);
+    loop {
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await.unwrap();
+        len |= ((b[0] & 0x7f) as usize) << shift;
+        shift += 7;
+        if b[0] & 0x80 == 0 {
+            break;
+        }
+    }
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).await.unwrap();
+    (h[0], body)
+}
+
+async fn raw_connect(broker: &Broker, connect: Vec<u8>) -> (TcpStream, (u8, Vec<u8>)) {
+    let mut s = TcpStream::connect(broker.mqtt).await.unwrap();
+    s.write_all(&connect).await.unwrap();
+    let connack = read_packet(&mut s).await;
+    (s, connack)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_beyond_max_connections_is_refused_with_server_unavailable_or_quota_exceeded() {
+    let mut s = settings();
+    s.broker.max_connections = 2;
+    let broker = Broker::start_with(s).await;
+    let a = Client::v3(&broker, "a").await;
+    let _b = Client::v5(&broker, "b").await;
+
+    // MQTT 3.1.1: CONNACK return code 3 "Server unavailable" (§3.2.2.3), then the server
+    // closes the connection [MQTT-3.2.2-5].
+    let (mut s3, (h, body)) = raw_connect(&broker, raw::connect_v311("c3")).await;
+    assert_eq!((h, body.as_slice()), (0x20, &[0u8, 3][..]));
+    assert_eq!(
+        s3.read(&mut [0u8; 8]).await.unwrap(),
+        0,
+        "closed after CONNACK"
+    );
+    // MQTT 5: CONNACK reason 0x97 Quota exceeded (§3.2.2.2); a CONNACK with a reason
+    // code >= 0x80 is followed by closing the connection [MQTT-3.2.2-7].
+    let (mut s5, (h, body)) = raw_connect(&broker, raw::connect_v5("c5")).await;
+    assert_eq!((h, body[0], body[1]), (0x20, 0, 0x97));
+    assert_eq!(
+        s5.read(&mut [0u8; 8]).await.unwrap(),
+        0,
+        "closed after CONNACK"
+    );
+
+    let text = broker.metrics().await;
+    assert_eq!(
+        metric(
+            &text,
+            "lentera_broker_connections_refused_total{reason=\"connection_limit\"}"
+        ),
+        2
+    );
+    // A place frees when a connection ends.
+    a.disconnect().await;
+    let mut freed = false;
+    for _ in 0..50 {
+        let (_s, (_, body)) = raw_connect(&broker, raw::connect_v311("c3")).await;
+        if body == [0, 0] {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(freed, "no connection accepted after one closed");
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_far_larger_than_the_read_buffer_arrives_whole() {
+    let mut s = settings();
+    s.broker.read_buffer_bytes = 256;
+    let broker = Broker::start_with(s).await;
+    let big = |id| {
+        let mut o = Client::v3_options(&broker, id);
+        o.set_max_packet_size(300_000, 300_000);
+        o
+    };
+    let mut sub = Client::connect_v3(big("sub")).await;
+    sub.subscribe("big", 1).await;
+    let p = Client::connect_v3(big("pub")).await;
+    let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    p.publish("big", &payload, 1, false).await;
+    assert_eq!(sub.next_publish().await.payload, payload);
+    broker.stop().await;
+}
