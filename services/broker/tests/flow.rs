@@ -378,3 +378,106 @@ async fn publish_far_larger_than_the_read_buffer_arrives_whole() {
     assert_eq!(sub.next_publish().await.payload, payload);
     broker.stop().await;
 }
+
+/// MQTT 5 CONNACK properties as (identifier, value bytes), for the few fixed-size ones
+/// read here (§3.2.2.3); stops at the first other property.
+fn connack_props(body: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    // body: flags, reason, property length (one byte here: the CONNACK is short), props.
+    let (len, mut rest) = (body[2] as usize, &body[3..]);
+    rest = &rest[..len];
+    let mut out = Vec::new();
+    while let Some((&id, tail)) = rest.split_first() {
+        let n = match id {
+            0x21 => 2,                             // Receive Maximum
+            0x27 | 0x11 => 4,                      // Maximum Packet Size, Session Expiry
+            0x24 | 0x25 | 0x28 | 0x29 | 0x2A => 1, // Max QoS, Retain/Wildcard/Sub-id/Shared available
+            0x22 | 0x13 => 2,                      // Topic Alias Maximum, Server Keep Alive
+            _ => break,
+        };
+        out.push((id, tail[..n].to_vec()));
+        rest = &tail[n..];
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v5_connack_announces_limits_and_an_oversized_packet_gets_disconnect_0x95() {
+    let mut s = settings();
+    s.broker.max_packet_bytes = 1000;
+    s.broker.receive_maximum = 10;
+    let broker = Broker::start_with(s).await;
+    let (mut sock, (h, body)) = raw_connect(&broker, raw::connect_v5("big")).await;
+    assert_eq!((h, body[1]), (0x20, 0), "accepted");
+    let props = connack_props(&body);
+    // Maximum Packet Size and Receive Maximum announced (MQTT 5 §3.2.2.3.6, §3.2.2.3.3).
+    assert!(
+        props.contains(&(0x27, 1000u32.to_be_bytes().to_vec())),
+        "{props:?}"
+    );
+    assert!(
+        props.contains(&(0x21, 10u16.to_be_bytes().to_vec())),
+        "{props:?}"
+    );
+
+    // A PUBLISH beyond it: DISCONNECT 0x95 Packet too large (§3.2.2.3.6, §4.13), then
+    // the connection closes.
+    let mut publish = raw::str16("t");
+    publish.push(0); // no properties
+    publish.extend(vec![b'x'; 2000]);
+    sock.write_all(&packet(0x30, &publish)).await.unwrap();
+    let (h, body) = read_packet(&mut sock).await;
+    assert_eq!((h, body[0]), (0xE0, 0x95), "DISCONNECT Packet too large");
+    let mut rest = [0u8; 16];
+    let n = tokio::time::timeout(common::WAIT, sock.read(&mut rest))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0, "closed after DISCONNECT");
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v5_outbound_qos1_respects_the_clients_receive_maximum() {
+    // [MQTT-3.3.4-9]: the server sends no more unacknowledged QoS 1 PUBLISHes than the
+    // client's Receive Maximum (here 2, below the broker's own max_inflight of 64).
+    let broker = Broker::start_with(settings()).await;
+    let mut s = TcpStream::connect(broker.mqtt).await.unwrap();
+    let mut connect = raw::str16("MQTT");
+    connect.extend_from_slice(&[5, 0x02, 0, 60, 3, 0x21, 0, 2]); // props: Receive Maximum 2
+    connect.extend(raw::str16("rm2"));
+    s.write_all(&packet(0x10, &connect)).await.unwrap();
+    assert_eq!(read_packet(&mut s).await.0, 0x20);
+    let mut sub = vec![0, 1, 0]; // packet id 1, no properties
+    sub.extend(raw::str16("rm/#"));
+    sub.push(1); // QoS 1
+    s.write_all(&packet(0x82, &sub)).await.unwrap();
+    let (h, body) = read_packet(&mut s).await;
+    assert_eq!(
+        (h, *body.last().unwrap()),
+        (0x90, 1),
+        "SUBACK granted QoS 1"
+    );
+
+    let mut p = Client::v3(&broker, "rm-pub").await;
+    for n in 0..5 {
+        p.publish("rm/x", format!("{n}").as_bytes(), 1, false).await;
+        p.expect_puback().await;
+    }
+    // Read what arrives without acknowledging: exactly two.
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let (h, body) = read_packet(&mut s).await;
+        assert_eq!(h & 0xf6, 0x32, "QoS 1 PUBLISH");
+        let tl = u16::from_be_bytes([body[0], body[1]]) as usize;
+        ids.push([body[2 + tl], body[3 + tl]]);
+    }
+    let mut more = [0u8; 1];
+    let third = tokio::time::timeout(Duration::from_millis(700), s.read(&mut more)).await;
+    assert!(third.is_err(), "a third PUBLISH beyond Receive Maximum 2");
+    // Acknowledging one lets exactly one more through.
+    s.write_all(&[0x40, 2, ids[0][0], ids[0][1]]).await.unwrap();
+    let (h, body) = read_packet(&mut s).await;
+    assert_eq!(h & 0xf6, 0x32);
+    assert_eq!(*body.last().unwrap(), b'2', "the next message, in order");
+    broker.stop().await;
+}
