@@ -151,16 +151,36 @@ async fn historian_killed_mid_stream(builder: StackBuilder, device: &str) {
 /// a board would, and every reading that got a 202 — before or after — is stored once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_killed_and_restarted_mid_stream_loses_and_doubles_nothing() {
+    broker_restarted_mid_stream("broker-kill", false).await;
+}
+
+/// The same with a graceful stop: SIGTERM, the broker drains and exits 0, then starts
+/// again from its store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_terminated_and_restarted_mid_stream_loses_and_doubles_nothing() {
+    broker_restarted_mid_stream("broker-term", true).await;
+}
+
+async fn broker_restarted_mid_stream(device: &str, graceful: bool) {
     let mut stack = Stack::builder()
         .readings_only()
         .start()
         .await
         .expect("stack starts");
     let pool = stack.db.connect().await.unwrap();
-    let stream = Stream::start(stack.readings_url(), "broker-kill", 300, 50.0, 4);
-    wait_rows(&pool, "broker-kill", 80, WAIT).await.unwrap();
+    let stream = Stream::start(stack.readings_url(), device, 300, 50.0, 4);
+    wait_rows(&pool, device, 80, WAIT).await.unwrap();
 
-    stack.broker.kill();
+    if graceful {
+        let status = tokio::task::block_in_place(|| stack.broker.terminate()).unwrap();
+        assert!(
+            status.success(),
+            "the broker exits 0 on SIGTERM: {status}\n{}",
+            stack.broker.log_text()
+        );
+    } else {
+        stack.broker.kill();
+    }
     // Down until ingest has refused a few readings, so the 503 path is exercised.
     let deadline = Instant::now() + WAIT;
     while stream.refusals().len() < 4 {

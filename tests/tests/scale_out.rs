@@ -1,11 +1,12 @@
 //! The scale-out story: several historians share one MQTT shared subscription
 //! (`$share/historian/…`), the broker splits the stream between them, and PostgreSQL
-//! still ends up with every reading exactly once — on our broker and on Mosquitto.
+//! still ends up with every reading exactly once — on our broker and on Mosquitto, also
+//! when one of the historians is killed mid-stream.
 
 use std::time::Duration;
 
-use lentera_tests::readings::{Stream, assert_stored_exactly_once};
-use lentera_tests::{Stack, TestBroker};
+use lentera_tests::readings::{Stream, assert_stored_exactly_once, wait_rows};
+use lentera_tests::{Stack, StackBuilder, TestBroker};
 
 const WAIT: Duration = Duration::from_secs(20);
 const STORED: &str = "lentera_historian_readings_stored_total";
@@ -60,4 +61,47 @@ async fn two_historians_sharing_a_subscription_on_mosquitto_store_each_reading_o
         .await
         .expect("stack starts");
     two_historians_split_the_stream(stack, "shared-mosquitto").await;
+}
+
+/// One of two sharing historians SIGKILLed mid-stream with a half-full batch in hand,
+/// and started again once 60 more readings were accepted: what it held is redelivered
+/// (to it, or to its partner) and every reading is stored once.
+async fn a_sharing_historian_killed_mid_stream(builder: StackBuilder, device: &str) {
+    let mut stack = builder
+        .historians(2, "historian")
+        .env("historian", "LENTERA_HISTORIAN__BATCH_INTERVAL_MS", "500")
+        .readings_only()
+        .start()
+        .await
+        .expect("stack starts");
+    let pool = stack.db.connect().await.unwrap();
+    let stream = Stream::start(stack.readings_url(), device, 300, 50.0, 4);
+    wait_rows(&pool, device, 80, WAIT).await.unwrap();
+    let n = stream.accepted();
+    stream.wait_accepted(n + 12, WAIT).await.unwrap();
+
+    stack.historians[1].kill().unwrap();
+    let n = stream.accepted();
+    stream.wait_accepted(n + 60, WAIT).await.unwrap();
+    stack.historians[1].restart().unwrap();
+    stack.historians[1].wait_ready("admin").await.unwrap();
+
+    let report = stream.finish(WAIT).await.unwrap();
+    report.assert_all_accepted();
+    assert_stored_exactly_once(&pool, &report, WAIT).await;
+    stack.terminate_all().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sharing_historian_killed_mid_stream_loses_nothing() {
+    a_sharing_historian_killed_mid_stream(Stack::builder(), "shared-kill-ours").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sharing_historian_killed_mid_stream_on_mosquitto_loses_nothing() {
+    let Some(broker) = TestBroker::mosquitto() else {
+        return;
+    };
+    a_sharing_historian_killed_mid_stream(Stack::builder().broker(broker), "shared-kill-mosq")
+        .await;
 }
