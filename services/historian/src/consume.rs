@@ -178,15 +178,15 @@ impl Consumer {
     /// delivery in it. Once `stop` is set it retries for at most [`SHUTDOWN_GRACE`] and
     /// returns false if the batch is still unwritten (the broker will redeliver it).
     async fn flush(&self, batch: &mut Batch<Pending>, stop: &mut watch::Receiver<bool>) -> bool {
-        let records: Vec<Record> = batch
-            .items()
-            .iter()
-            .filter_map(|p| p.record.clone())
-            .collect();
         let mut backoff = RETRY_MIN;
         let mut give_up_at = None;
         loop {
-            match write::store(&self.pool, &records).await {
+            match write::store_all(
+                &self.pool,
+                batch.items().iter().filter_map(|p| p.record.as_ref()),
+            )
+            .await
+            {
                 Ok(inserted) => {
                     let done = batch.take();
                     self.metrics.pending.set(0);

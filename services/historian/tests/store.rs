@@ -1,8 +1,11 @@
-//! `write::store` against a real, freshly migrated PostgreSQL: redelivery is harmless.
+//! `write::store` against a real, freshly migrated PostgreSQL: redelivery is harmless,
+//! whichever way a batch is written (the `COPY` fast path, or the row-by-row fallback a
+//! batch with already stored or repeated readings takes), and a month partition dropped
+//! behind the writer's back is re-created.
 
 mod common;
 
-use chrono::{TimeZone, Utc};
+use chrono::{DateTime, TimeZone, Utc};
 use lentera_db::write::{self, Record};
 use lentera_protocol::{DeviceId, Reading};
 
@@ -29,5 +32,88 @@ async fn storing_the_same_records_twice_does_not_duplicate_readings() {
     assert_eq!(db.count("SELECT count(*) FROM readings").await, 2);
     assert_eq!(db.count("SELECT count(*) FROM latest_readings").await, 2);
     assert_eq!(db.count("SELECT count(*) FROM devices").await, 1);
+    db.drop_db().await;
+}
+
+fn reading(device: &str, ts: DateTime<Utc>, value: f64) -> Record {
+    Record::Reading(
+        Reading::new(
+            DeviceId::parse(device).unwrap(),
+            ts,
+            [("temperature".to_owned(), value)],
+        )
+        .unwrap(),
+    )
+}
+
+/// (count, sum, min, max, last) of the one rollup hour of gh-1's temperature.
+async fn rollup(db: &common::TestDb) -> (i64, f64, f64, f64, f64) {
+    sqlx::query_as(
+        "SELECT count, sum, min, max, last FROM readings_hourly
+         WHERE device = 'gh-1' AND metric = 'temperature'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_batch_mixing_stored_new_and_repeated_readings_stores_and_rolls_up_each_once() {
+    let db = common::TestDb::new().await;
+    let t = |s| Utc.with_ymd_and_hms(2026, 11, 22, 1, 0, s).unwrap();
+
+    // All new: the COPY path.
+    let first = vec![reading("gh-1", t(0), 1.0), reading("gh-1", t(1), 2.0)];
+    assert_eq!(write::store(&db.pool, &first).await.unwrap(), 2);
+    assert_eq!(rollup(&db).await, (2, 3.0, 1.0, 2.0, 2.0));
+
+    // One already stored, one new, one new twice in the same batch: COPY fails on the
+    // duplicate key and the batch is written again row by row.
+    let mixed = vec![
+        reading("gh-1", t(1), 2.0),
+        reading("gh-1", t(2), 10.0),
+        reading("gh-1", t(3), -4.0),
+        reading("gh-1", t(3), -4.0),
+    ];
+    assert_eq!(write::store(&db.pool, &mixed).await.unwrap(), 2);
+    assert_eq!(db.count("SELECT count(*) FROM readings").await, 4);
+    assert_eq!(rollup(&db).await, (4, 9.0, -4.0, 10.0, -4.0));
+    let latest: (f64,) = sqlx::query_as("SELECT value FROM latest_readings WHERE device = 'gh-1'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(latest.0, -4.0);
+
+    // Redelivering both batches changes nothing.
+    assert_eq!(write::store(&db.pool, &first).await.unwrap(), 0);
+    assert_eq!(write::store(&db.pool, &mixed).await.unwrap(), 0);
+    assert_eq!(db.count("SELECT count(*) FROM readings").await, 4);
+    assert_eq!(rollup(&db).await, (4, 9.0, -4.0, 10.0, -4.0));
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn a_month_partition_dropped_behind_the_writers_back_is_recreated() {
+    let db = common::TestDb::new().await;
+    let ts = Utc.with_ymd_and_hms(2026, 11, 22, 1, 0, 0).unwrap();
+    assert_eq!(
+        write::store(&db.pool, &[reading("gh-1", ts, 1.0)])
+            .await
+            .unwrap(),
+        1
+    );
+    // The writer remembers that November exists; drop it without telling it.
+    sqlx::query("DROP TABLE readings_p202611")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let later = ts + chrono::Duration::hours(1);
+    assert_eq!(
+        write::store(&db.pool, &[reading("gh-1", later, 2.0)])
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(db.count("SELECT count(*) FROM readings").await, 1);
     db.drop_db().await;
 }

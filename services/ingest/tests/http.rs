@@ -265,3 +265,77 @@ async fn accepted_readings_are_202_after_the_broker_has_them() {
     );
     app.shutdown().await;
 }
+
+/// A broker that accepts the MQTT connection (CONNACK) and then reads and ignores
+/// everything: publishes are never acknowledged, so ingest's in-flight window fills.
+async fn broker_that_never_acks() -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                // The first read holds (part of) CONNECT; CONNACK: session absent, accepted.
+                if sock.read(&mut buf).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                if sock.write_all(&[0x20, 0x02, 0x00, 0x00]).await.is_err() {
+                    return;
+                }
+                while sock.read(&mut buf).await.unwrap_or(0) > 0 {}
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_publishes_in_flight_is_429_overloaded_never_2xx() {
+    let port = broker_that_never_acks().await;
+    let mut s = settings(port);
+    // One publish may await its PUBACK at a time; others wait at most ack_timeout for it.
+    s.mqtt.max_inflight = 2;
+    s.mqtt.ack_timeout_ms = 1_000;
+    let app = TestApp::spawn(s).await;
+    app.wait_ready().await;
+
+    let client = reqwest::Client::new();
+    let requests = (0..4).map(|i| {
+        let req = client
+            .post(app.url("/api/v1/readings"))
+            .header("content-type", "application/json")
+            .body(json!({"device": format!("gh-{i}"), "temperature": 20}).to_string())
+            .send();
+        async move {
+            let r = req.await.unwrap();
+            let status = r.status().as_u16();
+            let retry = r.headers().get("retry-after").cloned();
+            let body: Value = r.json().await.unwrap();
+            (
+                status,
+                retry,
+                body["error"].as_str().unwrap_or("").to_owned(),
+            )
+        }
+    });
+    let answers = futures_util::future::join_all(requests).await;
+    // The request holding the one slot times out waiting for PUBACK (503); the next in
+    // line takes the slot and times out the same way; the ones still waiting for a slot
+    // when their own wait ends are told to slow down (429). None is accepted.
+    for (status, retry, error) in &answers {
+        assert!(
+            matches!(
+                (*status, error.as_str()),
+                (429, "overloaded") | (503, "broker_unavailable")
+            ),
+            "{answers:?}"
+        );
+        assert_eq!(retry.as_ref().map(|v| v.to_str().unwrap()), Some("1"));
+    }
+    assert!(
+        answers.iter().any(|(s, ..)| *s == 429),
+        "no request was refused as overloaded: {answers:?}"
+    );
+    app.shutdown().await;
+}

@@ -1,0 +1,180 @@
+#!/usr/bin/env bash
+# The readings-path benchmark of docs/benchmarks.md ("Readings path"), in one command:
+#
+#   scripts/bench/readings.sh                      # every row, 10 s wrk runs, 200,000 readings
+#   DURATION=30s READINGS=500000 scripts/bench/readings.sh
+#   ROWS="historian e2e" scripts/bench/readings.sh # some rows only
+#
+# Needs: PostgreSQL at DATABASE_URL (default postgres://postgres:postgres@127.0.0.1:5432/postgres),
+# wrk, python3 with flask. Builds release binaries, starts the broker, ingest, the seed's
+# Flask server and the historian on free ports, runs every row, stops everything and
+# prints a Markdown table. Raw outputs stay in $OUT (printed). Run it on a quiet machine.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-64}
+BATCH=${BATCH:-100}
+READINGS=${READINGS:-200000}
+E2E_RATE=${E2E_RATE:-200}
+E2E_SECS=${E2E_SECS:-20}
+ROWS=${ROWS:-"broker ingest seed historian e2e"}
+export DATABASE_URL=${DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}
+OUT=${OUT:-$(mktemp -d /tmp/lentera-bench-readings.XXXXXX)}
+
+for tool in wrk python3 psql; do
+  command -v $tool >/dev/null || { echo "$tool is not installed" >&2; exit 2; }
+done
+python3 -c 'import flask' 2>/dev/null || { echo "python3 flask is not installed (apt-get install python3-flask)" >&2; exit 2; }
+
+echo "==> release build (broker, ingest, historian + its bench, load generator)" >&2
+cargo build --release --locked -p lentera-broker -p lentera-ingest -p lentera-historian -p lentera-loadgen >&2
+cargo build --release --locked -p lentera-historian --example bench >&2
+T=${CARGO_TARGET_DIR:-target}/release
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { # $1 port, $2 name
+  for _ in $(seq 200); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "$2 did not start; see $OUT/$2.log" >&2
+  exit 2
+}
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+
+# The broker: the historian acknowledges a delivery only after its batch commits, so the
+# broker's per-subscriber in-flight window must hold at least two batches (the default 64
+# would cap every batch at 64 readings), and the persistent session must be able to queue
+# the whole `historian` row.
+MQTT_PORT=$(free_port)
+LENTERA_BROKER__MQTT_ADDR=127.0.0.1:$MQTT_PORT LENTERA_BROKER__ADMIN_ADDR=127.0.0.1:0 \
+LENTERA_BROKER__DATA_DIR="$OUT/broker-store" LENTERA_BROKER__WS_ADDR= \
+LENTERA_BROKER__MAX_INFLIGHT=4096 LENTERA_BROKER__SESSION_QUEUE_CAPACITY=$((READINGS + 100000)) \
+LENTERA_TELEMETRY__LOG=warn $T/lentera-broker >"$OUT/broker.log" 2>&1 &
+PIDS+=($!)
+wait_port "$MQTT_PORT" broker
+
+declare -A R
+run_wrk() { # $1 name, $2 url, then env for ingest.lua
+  local name=$1 url=$2; shift 2
+  env "$@" wrk -t2 -c"$CONNECTIONS" -d"$DURATION" -s scripts/bench/ingest.lua "$url" >"$OUT/$name.wrk" 2>&1
+  local line; line=$(grep '^RESULT' "$OUT/$name.wrk")
+  local req secs per non2xx sockerr p99
+  req=$(sed 's/.*requests=\([0-9]*\).*/\1/' <<<"$line")
+  secs=$(sed 's/.*seconds=\([0-9.]*\).*/\1/' <<<"$line")
+  per=$(sed 's/.*readings_per_request=\([0-9]*\).*/\1/' <<<"$line")
+  non2xx=$(sed 's/.*non2xx=\([0-9]*\).*/\1/' <<<"$line")
+  sockerr=$(sed 's/.*socket_errors=\([0-9]*\).*/\1/' <<<"$line")
+  p99=$(sed 's/.*p99_ms=\([0-9.]*\).*/\1/' <<<"$line")
+  R[$name]=$(python3 -c "print(round($req*$per/$secs))")
+  R[$name.note]="$(python3 -c "print(round($req/$secs))") req/s, p99 ${p99} ms, non-2xx $non2xx, socket errors $sockerr"
+  echo "    $name: ${R[$name]} readings/s (${R[$name.note]})" >&2
+}
+
+if [[ " $ROWS " == *" broker "* ]]; then
+  echo "==> broker: lentera-loadgen QoS 1 publish rate (4 publishers, 1 subscriber)" >&2
+  $T/lentera-loadgen throughput --port "$MQTT_PORT" --publishers 4 --subscribers 1 --topics shared \
+    --qos 1 --size 64 --duration "$DURATION" --json >"$OUT/broker.json"
+  R[broker]=$(python3 -c "import json; print(round(json.load(open('$OUT/broker.json'))['sent_per_sec']))")
+  R[broker.note]="lost $(python3 -c "import json; print(json.load(open('$OUT/broker.json')).get('lost'))")"
+  echo "    broker: ${R[broker]} msg/s" >&2
+fi
+
+if [[ " $ROWS " == *" ingest "* || " $ROWS " == *" seed "* ]]; then
+  echo "==> ingest: wrk against POST /api/v1/readings and /sensor" >&2
+  HTTP_PORT=$(free_port)
+  LENTERA_INGEST__HTTP_ADDR=127.0.0.1:$HTTP_PORT LENTERA_INGEST__TCP_ADDR=127.0.0.1:0 \
+  LENTERA_MQTT__PORT=$MQTT_PORT LENTERA_MQTT__CLIENT_ID=bench-ingest-$$ LENTERA_TELEMETRY__LOG=warn \
+    $T/lentera-ingest >"$OUT/ingest.log" 2>&1 &
+  INGEST_PID=$!
+  PIDS+=($INGEST_PID)
+  wait_port "$HTTP_PORT" ingest
+  for _ in $(seq 100); do
+    curl -sf "http://127.0.0.1:$HTTP_PORT/readyz" >/dev/null && break
+    sleep 0.1
+  done
+  run_wrk ingest_batch "http://127.0.0.1:$HTTP_PORT" BENCH_BATCH="$BATCH"
+  run_wrk ingest_one "http://127.0.0.1:$HTTP_PORT" BENCH_BATCH=1
+  run_wrk ingest_sensor "http://127.0.0.1:$HTTP_PORT" BENCH_PATH=/sensor
+  kill "$INGEST_PID"; wait "$INGEST_PID" 2>/dev/null || true
+fi
+
+if [[ " $ROWS " == *" seed "* ]]; then
+  echo "==> seed: wrk against the seed's Flask /sensor" >&2
+  SEED_PORT=$(free_port)
+  python3 scripts/bench/seed_server.py "$SEED_PORT" >"$OUT/seed.log" 2>&1 &
+  SEED_PID=$!
+  PIDS+=($SEED_PID)
+  wait_port "$SEED_PORT" seed
+  run_wrk seed "http://127.0.0.1:$SEED_PORT" BENCH_PATH=/sensor
+  kill "$SEED_PID"; wait "$SEED_PID" 2>/dev/null || true
+fi
+
+if [[ " $ROWS " == *" historian "* ]]; then
+  echo "==> historian: $READINGS readings queued at the broker, drained into PostgreSQL; then one raw COPY" >&2
+  $T/examples/bench drain --mqtt-port "$MQTT_PORT" --readings "$READINGS" >"$OUT/historian.json"
+  cat "$OUT/historian.json" >&2
+fi
+
+if [[ " $ROWS " == *" e2e "* ]]; then
+  echo "==> e2e: HTTP accept -> row committed, $E2E_RATE req/s for $E2E_SECS s" >&2
+  DB=lentera_bench_e2e_$$
+  psql -q "$DATABASE_URL" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB" >&2
+  DB_URL=$(python3 -c "import sys,urllib.parse as u; p=u.urlsplit(sys.argv[1]); print(u.urlunsplit(p._replace(path='/$DB')))" "$DATABASE_URL")
+  HIST_READY=$OUT/historian.ready
+  LENTERA_HISTORIAN__ADMIN_ADDR=127.0.0.1:0 LENTERA_DATABASE__URL=$DB_URL LENTERA_MQTT__PORT=$MQTT_PORT \
+  LENTERA_MQTT__CLIENT_ID=bench-historian-e2e-$$ LENTERA_READY_FILE=$HIST_READY LENTERA_TELEMETRY__LOG=warn \
+    $T/lentera-historian >"$OUT/historian.log" 2>&1 &
+  HIST_PID=$!
+  PIDS+=($HIST_PID)
+  HTTP_PORT=$(free_port)
+  LENTERA_INGEST__HTTP_ADDR=127.0.0.1:$HTTP_PORT LENTERA_INGEST__TCP_ADDR=127.0.0.1:0 \
+  LENTERA_MQTT__PORT=$MQTT_PORT LENTERA_MQTT__CLIENT_ID=bench-ingest-e2e-$$ LENTERA_TELEMETRY__LOG=warn \
+    $T/lentera-ingest >"$OUT/ingest-e2e.log" 2>&1 &
+  INGEST_PID=$!
+  PIDS+=($INGEST_PID)
+  wait_port "$HTTP_PORT" ingest
+  for _ in $(seq 200); do
+    [ -s "$HIST_READY" ] && curl -sf "http://$(python3 -c "import json; print(json.load(open('$HIST_READY'))['admin'])")/readyz" >/dev/null \
+      && curl -sf "http://127.0.0.1:$HTTP_PORT/readyz" >/dev/null && break
+    sleep 0.1
+  done
+  sleep 1 # the historian's SUBSCRIBE follows its CONNACK
+  $T/examples/bench e2e --ingest "http://127.0.0.1:$HTTP_PORT" --database-url "$DB_URL" \
+    --rate "$E2E_RATE" --duration-secs "$E2E_SECS" >"$OUT/e2e.json"
+  cat "$OUT/e2e.json" >&2
+  kill "$INGEST_PID" "$HIST_PID"; wait "$INGEST_PID" "$HIST_PID" 2>/dev/null || true
+  psql -q "$DATABASE_URL" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >&2
+fi
+
+j() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print($2)" "$1"; }
+echo
+echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | xargs) · Date: $(date -u +%F) · Commit: $(git rev-parse --short HEAD)"
+echo
+echo "| Row | Lentera | Baseline | Ratio | Target | Notes |"
+echo "|---|---|---|---|---|---|"
+ratio() { python3 -c "print(f'{$1/$2:.2f}×' if $2 else '—')"; }
+if [ -n "${R[broker]:-}" ] && [ -n "${R[ingest_batch]:-}" ]; then
+  echo "| 1. ingest HTTP readings/s ($BATCH per request) vs broker QoS 1 publish msg/s | ${R[ingest_batch]} | ${R[broker]} | $(ratio ${R[ingest_batch]} ${R[broker]}) | ≥ 0.5× | ${R[ingest_batch.note]}; loadgen ${R[broker.note]} |"
+  echo "| 1b. ingest, 1 reading per request, vs broker | ${R[ingest_one]} | ${R[broker]} | $(ratio ${R[ingest_one]} ${R[broker]}) | — | ${R[ingest_one.note]} |"
+fi
+if [ -n "${R[seed]:-}" ]; then
+  [ -n "${R[ingest_batch]:-}" ] && echo "| 2. ingest readings/s ($BATCH per request) vs seed Flask /sensor | ${R[ingest_batch]} | ${R[seed]} | $(ratio ${R[ingest_batch]} ${R[seed]}) | ≥ 50× | seed: ${R[seed.note]} |"
+  [ -n "${R[ingest_sensor]:-}" ] && echo "| 2b. ingest /sensor vs seed Flask /sensor (same request) | ${R[ingest_sensor]} | ${R[seed]} | $(ratio ${R[ingest_sensor]} ${R[seed]}) | — | ingest: ${R[ingest_sensor.note]} |"
+fi
+if [ -s "$OUT/historian.json" ]; then
+  F=$OUT/historian.json
+  echo "| 3. historian readings/s into PostgreSQL vs raw COPY | $(j $F "round(d['historian_per_sec'])") | $(j $F "round(d['copy_per_sec'])") | $(j $F "f\"{d['historian_vs_copy']:.2f}×\"") | ≥ 0.5× and ≥ 50,000/s | $(j $F "f\"{d['readings']} readings, batch {d['batch_size']}; queued at {round(d['publish_per_sec'])}/s\"") |"
+fi
+if [ -s "$OUT/e2e.json" ]; then
+  F=$OUT/e2e.json
+  echo "| 4. HTTP accept → row committed, p50 / p99 / max ms | $(j $F "f\"{d['p50_ms']:.0f} / {d['p99_ms']:.0f} / {d['max_ms']:.0f}\"") | — | — | — | $(j $F "f\"{d['rate']} req/s, {d['committed']}/{d['requests']} committed, non-202 {d['not_202']}, poll {d['poll_ms']} ms\"") |"
+fi
+echo
+echo "Raw results: $OUT" >&2
