@@ -36,6 +36,8 @@ pub struct Metrics {
     pub refused_not_authorized: Counter,
     /// CONNECTs refused because `max_connections` were open.
     pub refused_connection_limit: Counter,
+    /// QoS ≥ 1 PUBLISHes held back because the broker's delivery backlog was too high.
+    pub publishes_held: Counter,
     /// SUBSCRIBE filters refused by the ACL.
     pub subscriptions_refused: Counter,
     /// Subscriptions held by all sessions (refreshed each second by `sys.rs`).
@@ -102,6 +104,11 @@ impl Metrics {
                 "connections_refused_total",
                 "CONNECTs refused, by reason.",
                 &[("reason", "connection_limit")],
+            ),
+            publishes_held: obs.counter(
+                "publishes_held_total",
+                "QoS 1/2 PUBLISHes held back until the delivery backlog drained (overload).",
+                &[],
             ),
             subscriptions_refused: obs.counter(
                 "subscriptions_refused_total",

@@ -71,6 +71,11 @@ impl Pressure {
         }
     }
 
+    /// Whether a QoS ≥ 1 publisher has to wait now.
+    pub fn overloaded(&self) -> bool {
+        self.queued() > self.high
+    }
+
     /// The backlog now.
     pub fn queued(&self) -> usize {
         self.queued.load(Ordering::Relaxed)
@@ -91,7 +96,7 @@ impl Pressure {
     /// drained below the low watermark, or after a second at most, so that a counting
     /// slip can cost latency but never stop publishing.
     pub async fn admit(&self) {
-        if self.queued() <= self.high {
+        if !self.overloaded() {
             return;
         }
         let wait = async {

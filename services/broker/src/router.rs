@@ -300,6 +300,15 @@ impl Router {
         &self.pressure
     }
 
+    /// Called before routing a QoS ≥ 1 PUBLISH: returns at once unless the broker is
+    /// overloaded, then once the delivery backlog has drained (see `outbox.rs`).
+    pub async fn admit_publish(&self) {
+        if self.pressure.overloaded() {
+            self.metrics.publishes_held.inc();
+            self.pressure.admit().await;
+        }
+    }
+
     pub fn store(&self) -> &Store {
         &self.store
     }

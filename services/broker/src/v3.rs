@@ -100,7 +100,7 @@ pub async fn publish(s: &v3::Session<ConnState>, p: v3::Publish) -> Result<(), B
     }
     if p.qos() != QoS::AtMostOnce {
         // Broker overloaded: hold this publisher back rather than drop later (outbox.rs).
-        s.router.pressure().admit().await;
+        s.router.admit_publish().await;
     }
     let lsn = s.router.publish(
         Some(s.id),

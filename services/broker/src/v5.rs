@@ -188,7 +188,7 @@ pub async fn publish(
     }
     if p.qos() != QoS::AtMostOnce {
         // Broker overloaded: hold this publisher back rather than drop later (outbox.rs).
-        s.router.pressure().admit().await;
+        s.router.admit_publish().await;
     }
     let lsn = s.router.publish(Some(s.id), msg);
     // The PUBACK/PUBREC goes out when this returns: the message must be on disk first.

@@ -481,3 +481,24 @@ async fn v5_outbound_qos1_respects_the_clients_receive_maximum() {
     assert_eq!(*body.last().unwrap(), b'2', "the next message, in order");
     broker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publisher_is_held_back_rather_than_a_slow_but_reading_subscriber_losing_messages() {
+    let mut s = settings();
+    // 2,000 owed at most per subscriber: a 3,000-message flood would overflow it if the
+    // publisher were not held back while the backlog is above 1,000.
+    s.broker.session_queue_capacity = 2_000;
+    let broker = Broker::start_with(s).await;
+    const N: usize = 3_000;
+    let slow = slow_subscriber(&broker, "reads-slowly", N, Duration::from_millis(1)).await;
+    assert_eq!(flood(&broker, "p".into(), N).await, N);
+    let got = slow.await.unwrap();
+    assert_eq!(got.len(), N, "the slow subscriber lost messages");
+    let text = broker.metrics().await;
+    assert_eq!(dropped(&text, "session_queue_full"), 0);
+    assert!(
+        metric(&text, "lentera_broker_publishes_held_total") > 0,
+        "the publisher was never held back, so this test proved nothing"
+    );
+    broker.stop().await;
+}
