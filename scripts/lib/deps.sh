@@ -81,9 +81,9 @@ stop_persistent_postgres() {
   if [ -n "${PERSISTENT_PG+x}" ]; then "${PERSISTENT_PG[@]}" >/dev/null 2>&1 || true; fi
 }
 
-# Mosquitto, for the tests that check our services also run on it (and, until our broker
-# keeps offline sessions, the historian restart test). Only the binary is needed: the
-# package's own daemon is kept from starting so it cannot take port 1883.
+# Mosquitto, for the tests that check our services run unchanged on another broker, and
+# its clients (mosquitto_pub/sub) as independent clients of ours. Only the binary is
+# needed: the package's own daemon is kept from starting so it cannot take port 1883.
 ensure_mosquitto() {
   if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
     if [ "$(id -u)" -ne 0 ]; then
