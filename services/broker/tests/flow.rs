@@ -502,3 +502,35 @@ async fn publisher_is_held_back_rather_than_a_slow_but_reading_subscriber_losing
     );
     broker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v3_packet_beyond_max_packet_bytes_closes_the_connection() {
+    // MQTT 3.1.1 has no reason codes and no announced maximum: closing the network
+    // connection is the only answer (as for other errors, §4.8).
+    let mut s = settings();
+    s.broker.max_packet_bytes = 1000;
+    let broker = Broker::start_with(s).await;
+    let (mut sock, (h, body)) = raw_connect(&broker, raw::connect_v311("big3")).await;
+    assert_eq!((h, body.as_slice()), (0x20, &[0u8, 0][..]));
+    let mut sub = Client::v3(&broker, "watcher").await;
+    sub.subscribe("t", 0).await;
+    // Just under the limit: routed.
+    let fits = [&raw::str16("t")[..], &[b'x'; 900][..]].concat();
+    sock.write_all(&packet(0x30, &fits)).await.unwrap();
+    assert_eq!(sub.next_publish().await.payload.len(), 900);
+    // Over it: not routed, connection closed.
+    let over = [&raw::str16("t")[..], &[b'y'; 2000][..]].concat();
+    sock.write_all(&packet(0x30, &over)).await.unwrap();
+    let n = tokio::time::timeout(common::WAIT, sock.read(&mut [0u8; 16]))
+        .await
+        .expect("closed in time")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "connection left open");
+    assert!(
+        sub.try_next_publish(Duration::from_millis(300))
+            .await
+            .is_none(),
+        "the oversized message was routed"
+    );
+    broker.stop().await;
+}
