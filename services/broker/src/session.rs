@@ -330,6 +330,7 @@ impl Sink {
             Sink::V3(s) => s.close(),
             Sink::V5(s) => s.close_with_reason(v5::codec::Disconnect {
                 reason_code: v5::codec::DisconnectReasonCode::SessionTakenOver,
+                reason_string: Some("another connection took over this client id".into()),
                 ..Default::default()
             }),
         }

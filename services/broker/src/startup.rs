@@ -236,6 +236,7 @@ macro_rules! mqtt_service {
                 crate::v5::publish(s, p).await
             })
             .protocol(async |s: &v5::Session<ConnState>, m| crate::v5::protocol(s, m).await)
+            .control(async |s: &v5::Session<ConnState>, m| crate::v5::control(s, m).await)
             .build(async move |c| crate::v5::connect(&s5, c).await))
     }};
 }

@@ -343,3 +343,35 @@ fn refuse_connect(c: v5::Connect, why: Refusal) -> v5::ConnectAck<ConnState> {
         ..Default::default()
     })
 }
+
+/// What ends a v5 connection from our side: a protocol error (including the keep-alive
+/// timeout) or a handler error. ntex-mqtt picks the DISCONNECT reason code; this adds a
+/// reason string saying what happened (allowed on DISCONNECT even without Request
+/// Problem Information, [MQTT-3.1.2-29]) and uses 0x94 Topic Alias invalid for an alias
+/// above the announced maximum (MQTT 5 §3.3.2.3.4).
+pub async fn control(
+    _: &v5::Session<ConnState>,
+    ctl: ntex_mqtt::Control<BrokerError>,
+) -> Result<Option<v5::codec::Encoded>, BrokerError> {
+    use ntex_mqtt::{Control, MqttProtocolError, Reason};
+    use v5::codec::{Disconnect, Packet};
+    let disconnect = match &ctl {
+        Control::Stop(Reason::Protocol(e)) => {
+            let err = e.get_ref();
+            let mut d = Disconnect::from_proto_error(err);
+            if let MqttProtocolError::ProtocolViolation(v) = err
+                && v.message().contains("Topic alias")
+            {
+                d.reason_code = DisconnectReasonCode::TopicAliasInvalid;
+            }
+            d.reason_string(Some(ByteString::from(err.to_string())))
+        }
+        Control::Stop(Reason::Error(e)) => {
+            Disconnect::new(DisconnectReasonCode::ImplementationSpecificError)
+                .reason_string(Some(ByteString::from(e.get_ref().to_string())))
+        }
+        _ => return Ok(None),
+    };
+    tracing::debug!(reason = ?disconnect.reason_code, why = ?disconnect.reason_string, "server DISCONNECT");
+    Ok(Some(Packet::from(disconnect).into()))
+}

@@ -83,20 +83,29 @@ async fn open(addr: SocketAddr, v5: bool, id: &str, keep_alive: u16) -> TcpStrea
     s
 }
 
-/// Waits (up to 10 s) until the broker closes `s`; returns when, and a v5 DISCONNECT's
-/// reason code if one came first.
-async fn until_closed(s: &mut TcpStream) -> (Instant, Option<u8>) {
-    let mut reason = None;
+/// Waits (up to 10 s) until the broker closes `s`; returns when, and the body of a v5
+/// DISCONNECT if one came first (reason code, then properties).
+async fn until_closed(s: &mut TcpStream) -> (Instant, Option<Vec<u8>>) {
+    let mut disconnect = None;
     let closed = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some((kind, body)) = read_packet(s).await {
             if kind == 0xE0 {
-                reason = Some(body.first().copied().unwrap_or(0));
+                disconnect = Some(body);
             }
         }
     })
     .await;
     assert!(closed.is_ok(), "connection still open after 10 s");
-    (Instant::now(), reason)
+    (Instant::now(), disconnect)
+}
+
+/// A DISCONNECT body's reason code, and whether its properties hold a reason string
+/// (property 0x1F) containing `text`.
+fn reason(body: &[u8], text: &str) -> (u8, bool) {
+    let has = body.len() > 2
+        && body[2..].contains(&0x1F)
+        && body.windows(text.len()).any(|w| w == text.as_bytes());
+    (body[0], has)
 }
 
 /// [MQTT-3.1.2-24] (3.1.1) / [MQTT-3.1.2-22] (5.0): with no packet from the client for
@@ -142,7 +151,8 @@ async fn silent_clients_are_closed_after_one_and_a_half_keep_alives_and_their_wi
     assert!(window.contains(&after3), "v3 closed after {after3:?}");
     assert!(window.contains(&after5), "v5 closed after {after5:?}");
     assert_eq!(reason3, None, "MQTT 3.1.1 has no server DISCONNECT");
-    assert_eq!(reason5, Some(0x8D), "v5 DISCONNECT reason");
+    let body = reason5.expect("a v5 DISCONNECT before the close");
+    assert_eq!(reason(&body, "Keep Alive"), (0x8D, true), "{body:?}");
 
     let mut wills = vec![
         watcher.next_publish().await.topic,
@@ -161,8 +171,25 @@ async fn v5_takeover_sends_disconnect_0x8e_to_the_old_connection() {
     let broker = Broker::start().await;
     let mut old = open(broker.mqtt, true, "twin", 60).await;
     let _new = Client::v5(&broker, "twin").await;
-    let (_, reason) = until_closed(&mut old).await;
-    assert_eq!(reason, Some(0x8E));
+    let (_, body) = until_closed(&mut old).await;
+    let body = body.expect("a DISCONNECT before the close");
+    assert_eq!(reason(&body, "took over"), (0x8E, true), "{body:?}");
+    broker.stop().await;
+}
+
+/// MQTT 5 §3.3.2.3.4: a Topic Alias above the Topic Alias Maximum the broker announced
+/// (32) is a protocol error answered with DISCONNECT 0x94 Topic Alias invalid, with a
+/// reason string; an alias within it works (tests/v5_features.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v5_topic_alias_above_the_maximum_gets_disconnect_0x94() {
+    let broker = Broker::start().await;
+    let mut s = open(broker.mqtt, true, "alias", 60).await;
+    // QoS 0 PUBLISH "t" with properties [Topic Alias (0x23) = 1000], payload "x".
+    let body = [&str16(b"t")[..], &[3, 0x23, 0x03, 0xE8], b"x"].concat();
+    s.write_all(&packet(0x30, &body)).await.unwrap();
+    let (_, body) = until_closed(&mut s).await;
+    let body = body.expect("a DISCONNECT before the close");
+    assert_eq!(reason(&body, "alias"), (0x94, true), "{body:?}");
     broker.stop().await;
 }
 
