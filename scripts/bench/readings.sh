@@ -49,13 +49,13 @@ cleanup() {
 trap cleanup EXIT
 
 # The broker: the historian acknowledges a delivery only after its batch commits, so the
-# broker's per-subscriber in-flight window must hold at least two batches (the default 64
-# would cap every batch at 64 readings), and the persistent session must be able to queue
-# the whole `historian` row.
+# broker's per-subscriber in-flight window must hold a whole batch (historian.batch_size,
+# 5,000; the broker's default of 64 would cap every batch at 64 readings), and the
+# persistent session must be able to queue the whole `historian` row.
 MQTT_PORT=$(free_port)
 LENTERA_BROKER__MQTT_ADDR=127.0.0.1:$MQTT_PORT LENTERA_BROKER__ADMIN_ADDR=127.0.0.1:0 \
 LENTERA_BROKER__DATA_DIR="$OUT/broker-store" LENTERA_BROKER__WS_ADDR= \
-LENTERA_BROKER__MAX_INFLIGHT=4096 LENTERA_BROKER__SESSION_QUEUE_CAPACITY=$((READINGS + 100000)) \
+LENTERA_BROKER__MAX_INFLIGHT=20000 LENTERA_BROKER__SESSION_QUEUE_CAPACITY=$((READINGS + 100000)) \
 LENTERA_TELEMETRY__LOG=warn $T/lentera-broker >"$OUT/broker.log" 2>&1 &
 PIDS+=($!)
 wait_port "$MQTT_PORT" broker

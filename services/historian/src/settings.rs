@@ -28,8 +28,12 @@ pub struct Settings {
 pub struct HistorianSettings {
     /// `/healthz`, `/readyz`, `/metrics`.
     pub admin_addr: String,
-    /// Most deliveries written in one transaction: large enough to amortise the round
-    /// trip, small enough that one failed batch is cheap to retry.
+    /// Most deliveries written in one transaction: large enough to amortise the commit
+    /// (an fsync) and the statements, small enough that one failed batch is cheap to
+    /// retry. The broker must let this many deliveries be in flight unacknowledged
+    /// (Lentera `broker.max_inflight`, Mosquitto `max_inflight_messages`), since they
+    /// are acknowledged only after the commit; with a smaller window batches only fill
+    /// up to it and then wait `batch_interval_ms`.
     pub batch_size: usize,
     /// Longest a delivery waits for its batch to fill, i.e. the worst added latency.
     pub batch_interval_ms: u64,
@@ -49,7 +53,7 @@ impl Default for HistorianSettings {
     fn default() -> Self {
         Self {
             admin_addr: "0.0.0.0:9101".into(),
-            batch_size: 500,
+            batch_size: 5000,
             batch_interval_ms: 100,
             shared_group: None,
             retention_days: 730,
