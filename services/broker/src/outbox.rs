@@ -265,6 +265,13 @@ impl Outbox {
         }
         sent
     }
+
+    /// Like [`Outbox::send_owed`] for a resumed session's backlog: not counted as broker
+    /// overload — it is old news, and one client resuming with thousands of owed
+    /// messages must not hold back every publisher while it catches up.
+    pub fn resend_owed(&self, out: Outgoing) -> bool {
+        self.tx.send(out).is_ok()
+    }
 }
 
 #[cfg(test)]
@@ -360,6 +367,9 @@ mod pressure_tests {
             busy.offer(q1()).unwrap();
             assert!(slow.send_owed(q1()));
         }
+        assert_eq!(p.queued(), 6);
+        // A resumed session's backlog is not overload.
+        assert!(busy.resend_owed(q1()));
         assert_eq!(p.queued(), 6);
         // The slow one's client stops taking messages: its backlog is its own problem.
         slow_in.counts.client_bound(true);

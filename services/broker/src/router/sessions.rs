@@ -136,7 +136,7 @@ impl Router {
             o.dispatched = true;
             // Resumed with expiry 0: no longer tracked, so within the clean-session bound.
             let sent = if tracked {
-                ob.send_owed(out)
+                ob.resend_owed(out)
             } else {
                 ob.offer(out).is_ok()
             };
