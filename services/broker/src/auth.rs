@@ -11,7 +11,8 @@
 //!   development default, `broker.allow_anonymous = true`).
 //! - [`file::FileAuth`]: a TOML file of users (`mosquitto_passwd`-compatible PBKDF2
 //!   hashes, see [`password`]) and topic rules with `%c` / `%u` substitution
-//!   ([`acl`]); anonymous clients only when allowed, with their own rules.
+//!   ([`acl`]); anonymous clients only when allowed, with their own rules. Wrapped in
+//!   [`file::Reloading`], which re-reads it on SIGHUP ([`reload_on_sighup`]).
 //!
 //! Whatever a provider says, `$SYS/…` is written by the broker alone ([`may_publish`]).
 //! How refusals reach the client: `v3.rs` / `v5.rs` and `docs/broker-auth.md`.
@@ -67,6 +68,12 @@ pub type AuthFuture<'a> = Pin<Box<dyn Future<Output = Result<Arc<dyn Authorizer>
 /// Decides whether a client may connect, and with which rights.
 pub trait Authenticator: Send + Sync + 'static {
     fn authenticate<'a>(&'a self, c: Credentials<'a>) -> AuthFuture<'a>;
+
+    /// Re-reads the provider's configuration (on SIGHUP, see `startup.rs`). Connections
+    /// already open keep the rights they were given; an error leaves the old ones.
+    fn reload(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 /// One connection's rights, asked on every PUBLISH and SUBSCRIBE (keep it in memory).
@@ -107,7 +114,7 @@ pub fn from_settings(cfg: &BrokerSettings) -> anyhow::Result<Arc<dyn Authenticat
         .as_deref()
         .filter(|p| !p.as_os_str().is_empty())
     {
-        Some(path) => Ok(Arc::new(file::FileAuth::load(path, cfg.allow_anonymous)?)),
+        Some(path) => Ok(Arc::new(file::Reloading::load(path, cfg.allow_anonymous)?)),
         None if cfg.allow_anonymous => {
             tracing::warn!(
                 "no broker.auth_file and broker.allow_anonymous = true: every client may \
@@ -119,6 +126,31 @@ pub fn from_settings(cfg: &BrokerSettings) -> anyhow::Result<Arc<dyn Authenticat
             bail!("broker.allow_anonymous = false needs broker.auth_file (nobody could connect)")
         }
     }
+}
+
+/// Reloads `auth` on every SIGHUP until the task is aborted.
+pub async fn reload_on_sighup(auth: Arc<dyn Authenticator>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP: the auth file is read at start only");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match auth.reload() {
+                Ok(()) => tracing::info!("authentication reloaded (SIGHUP)"),
+                Err(e) => {
+                    tracing::error!(
+                        error = format!("{e:#}"),
+                        "auth reload failed; old rules kept"
+                    )
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    drop(auth);
 }
 
 /// `$SYS/…` (and `$SYS` itself): the broker's own statistics topics.

@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use anyhow::Context;
@@ -38,6 +39,9 @@ pub struct Application {
     tls_addr: Option<SocketAddr>,
     /// `$SYS` publisher and gauge refresher (`sys.rs`).
     sys: tokio::task::JoinHandle<()>,
+    /// Re-reads the auth file on SIGHUP.
+    auth: Arc<dyn crate::auth::Authenticator>,
+    auth_reload: tokio::task::JoinHandle<()>,
 }
 
 impl Application {
@@ -59,6 +63,8 @@ impl Application {
             .with_context(|| format!("binding MQTT listener {}", cfg.mqtt_addr))?;
         let mqtt_addr = listener.local_addr()?;
         let auth = crate::auth::from_settings(cfg)?;
+        let auth_reload = tokio::spawn(crate::auth::reload_on_sighup(auth.clone()));
+        let shared_auth = auth.clone();
         let shared = Shared::new(router.clone(), cfg.queue_capacity, limits, auth)
             .with_max_connections(cfg.max_connections);
         let tls = match (cfg.tls_listen_addr(), &cfg.tls_cert, &cfg.tls_key) {
@@ -103,6 +109,8 @@ impl Application {
             ws,
             tls_addr,
             sys,
+            auth: shared_auth,
+            auth_reload,
         })
     }
 
@@ -124,6 +132,11 @@ impl Application {
         self.tls_addr
     }
 
+    /// The authenticator in use; `reload()` re-reads the auth file as SIGHUP does.
+    pub fn authenticator(&self) -> Arc<dyn crate::auth::Authenticator> {
+        self.auth.clone()
+    }
+
     pub fn router(&self) -> &Router {
         &self.router
     }
@@ -133,6 +146,7 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         shutdown.await;
         self.sys.abort();
+        self.auth_reload.abort();
         if let Some((_, accept)) = &self.ws {
             // Bridged WebSocket clients end as ntex closes their MQTT side below.
             accept.abort();

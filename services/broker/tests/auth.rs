@@ -472,3 +472,121 @@ async fn the_shipped_example_users_file_loads_once_hashes_are_filled_in() {
     assert!(ops.may_subscribe("$SYS/#"));
     assert!(!ops.may_publish("lentera/gh-1/lamp/set"), "read-only");
 }
+
+/// `auth_file_text()` plus one more user.
+fn with_user(name: &str, pw: &str) -> String {
+    format!(
+        "{}\n[[users]]\nusername = \"{name}\"\npassword = \"{}\"\n",
+        auth_file_text(),
+        lentera_broker::auth::password::hash(pw.as_bytes(), 1000)
+    )
+}
+
+#[tokio::test]
+async fn reload_reads_the_auth_file_again_and_keeps_the_old_rules_when_it_is_broken() {
+    let dir = temp_dir("reload");
+    let file = dir.join("auth.toml");
+    std::fs::write(&file, auth_file_text()).unwrap();
+    let app = lentera_broker::startup::Application::build(settings_with_auth(&file, false))
+        .await
+        .unwrap();
+    let auth = app.authenticator();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mqtt = app.mqtt_addr();
+    let task = tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    let opts = |user: &str, pw: &str| {
+        let mut o = rumqttc::v5::MqttOptions::new(user, "127.0.0.1", mqtt.port());
+        o.set_credentials(user, pw);
+        o
+    };
+    let connected = V5::connect(opts("gh-1", GH1_PASSWORD)).await;
+    assert_eq!(
+        v5_connect_result(opts("gh-7", "seven")).await,
+        Err(V5Code::BadUserNamePassword)
+    );
+
+    std::fs::write(&file, with_user("gh-7", "seven")).unwrap();
+    auth.reload().unwrap();
+    assert_eq!(v5_connect_result(opts("gh-7", "seven")).await, Ok(()));
+
+    // A broken file is refused and the rules in force stay.
+    std::fs::write(&file, "[[users]]\nusername = \"x\"\npassword = \"plain\"\n").unwrap();
+    assert!(auth.reload().is_err());
+    assert_eq!(v5_connect_result(opts("gh-7", "seven")).await, Ok(()));
+    drop(connected);
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn the_binary_rereads_the_auth_file_on_sighup() {
+    use std::process::{Command, Stdio};
+    let dir = temp_dir("sighup");
+    let (file, ready) = (dir.join("auth.toml"), dir.join("ready.json"));
+    std::fs::write(&file, auth_file_text()).unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let child = Kill(
+        Command::new(env!("CARGO_BIN_EXE_lentera-broker"))
+            .env("LENTERA_BROKER__MQTT_ADDR", "127.0.0.1:0")
+            .env("LENTERA_BROKER__ADMIN_ADDR", "127.0.0.1:0")
+            .env("LENTERA_BROKER__WS_ADDR", "")
+            .env("LENTERA_BROKER__DATA_DIR", "")
+            .env("LENTERA_BROKER__AUTH_FILE", &file)
+            .env("LENTERA_BROKER__ALLOW_ANONYMOUS", "false")
+            .env("LENTERA_READY_FILE", &ready)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let addrs: serde_json::Value = loop {
+        if let Ok(text) = std::fs::read_to_string(&ready) {
+            break serde_json::from_str(&text).unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "no ready file");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let port: u16 = addrs["mqtt"]
+        .as_str()
+        .unwrap()
+        .rsplit_once(':')
+        .unwrap()
+        .1
+        .parse()
+        .unwrap();
+    let opts = || {
+        let mut o = rumqttc::MqttOptions::new("gh-7", "127.0.0.1", port);
+        o.set_credentials("gh-7", "seven");
+        o
+    };
+    assert_eq!(
+        v3_connect_result(opts()).await,
+        Err(V3Code::BadUserNamePassword)
+    );
+    std::fs::write(&file, with_user("gh-7", "seven")).unwrap();
+    let hup = Command::new("kill")
+        .args(["-HUP", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    // The reload happens on the broker's own time: poll briefly.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match v3_connect_result(opts()).await {
+            Ok(()) => break,
+            Err(code) if std::time::Instant::now() > deadline => {
+                panic!("still refused after SIGHUP: {code:?}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}

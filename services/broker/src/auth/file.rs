@@ -17,8 +17,8 @@
 //! ```
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
@@ -174,6 +174,43 @@ impl Authenticator for FileAuth {
             };
             Ok(Arc::new(rules.for_client(c.client_id, c.username)) as Arc<dyn Authorizer>)
         })
+    }
+}
+
+/// [`FileAuth`] that [`Authenticator::reload`] replaces with a fresh read of its file.
+pub struct Reloading {
+    path: PathBuf,
+    allow_anonymous: bool,
+    current: RwLock<Arc<FileAuth>>,
+}
+
+impl Reloading {
+    pub fn load(path: &Path, allow_anonymous: bool) -> anyhow::Result<Self> {
+        Ok(Self {
+            path: path.to_owned(),
+            allow_anonymous,
+            current: RwLock::new(Arc::new(FileAuth::load(path, allow_anonymous)?)),
+        })
+    }
+
+    fn current(&self) -> Arc<FileAuth> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl Authenticator for Reloading {
+    fn authenticate<'a>(&'a self, c: Credentials<'a>) -> AuthFuture<'a> {
+        let auth = self.current();
+        Box::pin(async move { auth.authenticate(c).await })
+    }
+
+    fn reload(&self) -> anyhow::Result<()> {
+        let fresh = FileAuth::load(&self.path, self.allow_anonymous)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
+        Ok(())
     }
 }
 
