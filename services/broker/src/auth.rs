@@ -128,29 +128,32 @@ pub fn from_settings(cfg: &BrokerSettings) -> anyhow::Result<Arc<dyn Authenticat
     }
 }
 
-/// Reloads `auth` on every SIGHUP until the task is aborted.
-pub async fn reload_on_sighup(auth: Arc<dyn Authenticator>) {
+/// Reloads `auth` on every SIGHUP until the returned task is aborted. The handler is
+/// installed before this returns (not when the task first runs), so a SIGHUP sent once
+/// the ready file exists never meets the default action, which ends the process.
+pub fn reload_on_sighup(auth: Arc<dyn Authenticator>) -> impl Future<Output = ()> + Send {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            tracing::warn!("cannot listen for SIGHUP: the auth file is read at start only");
-            return;
-        };
-        while hup.recv().await.is_some() {
-            match auth.reload() {
-                Ok(()) => tracing::info!("authentication reloaded (SIGHUP)"),
-                Err(e) => {
-                    tracing::error!(
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+    async move {
+        #[cfg(unix)]
+        {
+            let Ok(mut hup) = hup else {
+                tracing::warn!("cannot listen for SIGHUP: the auth file is read at start only");
+                return;
+            };
+            while hup.recv().await.is_some() {
+                match auth.reload() {
+                    Ok(()) => tracing::info!("authentication reloaded (SIGHUP)"),
+                    Err(e) => tracing::error!(
                         error = format!("{e:#}"),
                         "auth reload failed; old rules kept"
-                    )
+                    ),
                 }
             }
         }
+        #[cfg(not(unix))]
+        drop(auth);
     }
-    #[cfg(not(unix))]
-    drop(auth);
 }
 
 /// `$SYS/…` (and `$SYS` itself): the broker's own statistics topics.
