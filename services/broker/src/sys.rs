@@ -80,6 +80,10 @@ pub fn snapshot(m: &Metrics, uptime: Duration) -> Vec<(&'static str, String)> {
             &m.refused_not_authorized,
         ),
         (
+            "$SYS/broker/connections/refused/connection_limit",
+            &m.refused_connection_limit,
+        ),
+        (
             "$SYS/broker/subscriptions/refused/not_authorized",
             &m.subscriptions_refused,
         ),
