@@ -590,3 +590,57 @@ async fn the_binary_rereads_the_auth_file_on_sighup() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_platform_services_client_connects_with_the_credentials_from_its_settings() {
+    // What deploy/docker-compose.auth.yml sets: LENTERA_MQTT__USERNAME / __PASSWORD.
+    let dir = temp_dir("services");
+    let file = dir.join("auth.toml");
+    let text = format!(
+        "{}\npublish = [\"lentera/#\"]\nsubscribe = [\"lentera/#\"]\n",
+        with_user("ingest", "ingest secret")
+    );
+    std::fs::write(&file, text).unwrap();
+    let b = Broker::start_with(settings_with_auth(&file, false)).await;
+    let mut lamp = V5::connect(v5_opts(&b, "lamp-svc", Some(("lamp", LAMP_PASSWORD)))).await;
+    assert_eq!(lamp.subscribe("lentera/+/telemetry").await, 1);
+
+    let service = |password: &str| {
+        let settings = lentera_mqtt::MqttSettings {
+            port: b.mqtt.port(),
+            username: Some("ingest".into()),
+            password: Some(password.into()),
+            ..Default::default()
+        };
+        let ready = lentera_bootstrap::Observability::new("test").check("mqtt");
+        let (client, _rx) = lentera_mqtt::Client::start(
+            &settings,
+            "lentera-ingest",
+            true,
+            false,
+            vec![],
+            Some(ready.clone()),
+        );
+        (client, ready)
+    };
+    let (client, ready) = service("ingest secret");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !ready.get() {
+        assert!(tokio::time::Instant::now() < deadline, "never connected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    client
+        .publish_acked("lentera/gh-1/telemetry", false, b"{\"lux\":1}".to_vec())
+        .await
+        .expect("acknowledged");
+    let (topic, _) = lamp.try_publish(WAIT).await.expect("delivered");
+    assert_eq!(topic, "lentera/gh-1/telemetry");
+
+    let (_wrong, ready) = service("not the secret");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !ready.get(),
+        "a wrong password never makes the service ready"
+    );
+    b.stop().await;
+}
