@@ -9,6 +9,13 @@
 //! The sender behaves like a well-written board: a `503`/`429` is retried after its
 //! `Retry-After`, a failed connection after 100 ms, until the reading gets its `202`.
 //! Only `202`s count as sent.
+//!
+//! [`Stream::start_tcp`] is the same over ingest's raw TCP line protocol: one board, one
+//! connection, `HELLO <device>` and then one line at a time (alternately `seq=N ts=T` and
+//! `{"seq":N,"ts":T}`), each waiting for its reply. Only `OK`s count as sent. A retryable
+//! `ERR` (`broker_unavailable`, `overloaded`) is retried on the same connection after
+//! 200 ms; a line without an answer (connection refused, closed or silent) is re-sent on a
+//! new connection after 100 ms; any other `ERR` gives the reading up.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,16 +25,27 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde_json::json;
 use sqlx::PgPool;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// How long one reading is retried before the sender gives up on it (a test failure).
 const GIVE_UP: Duration = Duration::from_secs(25);
 
+/// How long a TCP board waits for a reply line before it counts the line unanswered
+/// (ingest answers within its 5 s MQTT acknowledgement timeout).
+const REPLY_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// The `ERR` codes a board retries: the reading was fine, ingest could not pass it on.
+pub const RETRYABLE_ERR: [&str; 2] = ["broker_unavailable", "overloaded"];
+
 /// One answer (or the lack of one) to one attempt at sending a reading.
 #[derive(Debug, Clone)]
 pub enum Attempt {
-    /// `202`: ingest says the broker has it.
+    /// `202` (HTTP) or `OK` (TCP): ingest says the broker has it.
     Accepted,
+    /// TCP: an `ERR …` reply line (the whole line).
+    Erred { reply: String },
     /// Any other status, with its `Retry-After` header if it had one.
     Refused {
         status: u16,
@@ -112,6 +130,8 @@ impl Stream {
                                         .map_or(Duration::from_millis(200), Duration::from_secs),
                                 ),
                                 Attempt::NoAnswer { .. } => Some(Duration::from_millis(100)),
+                                // Only TCP answers `ERR`.
+                                Attempt::Erred { .. } => Some(Duration::from_millis(200)),
                             };
                             log.lock().unwrap().attempts.push((
                                 seq,
@@ -141,6 +161,81 @@ impl Stream {
         }
     }
 
+    /// One TCP board: `count` readings for `device`, `rate` per second, over one
+    /// connection at a time to `addr` (`host:port` of ingest's TCP listener; see the
+    /// module docs for the board's rules).
+    pub fn start_tcp(addr: String, device: &str, count: u64, rate: f64) -> Stream {
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let log = Arc::new(Mutex::new(Log::default()));
+        let addr = Arc::new(Mutex::new(addr));
+        let t0 = Instant::now();
+        let base_ms = chrono::Utc::now().timestamp_millis();
+        let task = {
+            let (accepted, log, addr) = (accepted.clone(), log.clone(), addr.clone());
+            let device = device.to_owned();
+            tokio::spawn(async move {
+                let mut conn: Option<BufReader<TcpStream>> = None;
+                for seq in 0..count {
+                    tokio::time::sleep_until(t0 + Duration::from_secs_f64(seq as f64 / rate)).await;
+                    let ts = base_ms + seq as i64;
+                    // Both line forms a board may use, each bound to the HELLO device.
+                    let line = if seq % 2 == 0 {
+                        format!("seq={seq} ts={ts}")
+                    } else {
+                        json!({"seq": seq, "ts": ts}).to_string()
+                    };
+                    let give_up = Instant::now() + GIVE_UP;
+                    while Instant::now() < give_up {
+                        let target = addr.lock().unwrap().clone();
+                        let started = Instant::now();
+                        let attempt = send_line(&mut conn, &target, &device, &line).await;
+                        let retry_in = match &attempt {
+                            Attempt::Accepted => None,
+                            Attempt::Erred { reply } if is_retryable(reply) => {
+                                Some(Duration::from_millis(200))
+                            }
+                            Attempt::NoAnswer { .. } => Some(Duration::from_millis(100)),
+                            // A refusal of the reading itself: retrying cannot help.
+                            _ => Some(Duration::ZERO),
+                        };
+                        log.lock()
+                            .unwrap()
+                            .attempts
+                            .push((seq, started, Instant::now(), attempt));
+                        match retry_in {
+                            None => {
+                                accepted.fetch_add(1, Ordering::Relaxed);
+                                break;
+                            }
+                            Some(Duration::ZERO) => break,
+                            Some(d) => tokio::time::sleep(d).await,
+                        }
+                    }
+                }
+            })
+        };
+        Stream {
+            device: device.to_owned(),
+            count,
+            accepted,
+            log,
+            url: addr,
+            tasks: vec![task],
+        }
+    }
+
+    /// The sequence numbers accepted so far.
+    pub fn accepted_seqs(&self) -> BTreeSet<u64> {
+        self.log
+            .lock()
+            .unwrap()
+            .attempts
+            .iter()
+            .filter(|(_, _, _, a)| matches!(a, Attempt::Accepted))
+            .map(|(s, _, _, _)| *s)
+            .collect()
+    }
+
     /// Readings that have had their `202` so far.
     pub fn accepted(&self) -> usize {
         self.accepted.load(Ordering::Relaxed)
@@ -161,7 +256,7 @@ impl Stream {
         Ok(())
     }
 
-    /// Points later attempts at another ingest.
+    /// Points later attempts at another ingest (a URL, or `host:port` for TCP).
     pub fn set_url(&self, url: String) {
         *self.url.lock().unwrap() = url;
     }
@@ -211,10 +306,17 @@ impl Report {
             .collect();
         assert!(
             missing.is_empty(),
-            "{} of {} readings never got a 202 (sender gave up after {GIVE_UP:?}): {}",
+            "{} of {} readings never got a 202/OK (sender gave up after {GIVE_UP:?} or on a \
+             final refusal): {}; the first one's last attempt: {:?}",
             missing.len(),
             self.count,
-            summarize(&missing)
+            summarize(&missing),
+            missing.first().and_then(|m| self
+                .log
+                .attempts
+                .iter()
+                .rev()
+                .find(|(s, _, _, _)| s == m))
         );
     }
 
@@ -228,6 +330,18 @@ impl Report {
                     status,
                     retry_after,
                 } => Some((*status, retry_after.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Every TCP `ERR …` reply line, in order.
+    pub fn err_replies(&self) -> Vec<String> {
+        self.log
+            .attempts
+            .iter()
+            .filter_map(|(_, _, _, a)| match a {
+                Attempt::Erred { reply } => Some(reply.clone()),
                 _ => None,
             })
             .collect()
@@ -266,6 +380,90 @@ async fn send(http: &reqwest::Client, url: &str, body: &serde_json::Value) -> At
             connect: e.is_connect(),
             error: format!("{e:#}"),
         },
+    }
+}
+
+/// True for `ERR <code> …` with a code in [`RETRYABLE_ERR`].
+pub fn is_retryable(reply: &str) -> bool {
+    reply
+        .strip_prefix("ERR ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .is_some_and(|code| RETRYABLE_ERR.contains(&code))
+}
+
+/// One attempt at one line: connects and says `HELLO` first if `conn` is `None`; leaves
+/// `conn` `None` whenever the connection can no longer be trusted to answer in order.
+async fn send_line(
+    conn: &mut Option<BufReader<TcpStream>>,
+    addr: &str,
+    device: &str,
+    line: &str,
+) -> Attempt {
+    if conn.is_none() {
+        let stream =
+            match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    return Attempt::NoAnswer {
+                        connect: true,
+                        error: e.to_string(),
+                    };
+                }
+                Err(_) => {
+                    return Attempt::NoAnswer {
+                        connect: true,
+                        error: "connect timed out".into(),
+                    };
+                }
+            };
+        let mut c = BufReader::new(stream);
+        match request(&mut c, &format!("HELLO {device}")).await {
+            Ok(reply) if reply == "OK" => *conn = Some(c),
+            Ok(reply) => {
+                return Attempt::Erred {
+                    reply: format!("{reply} (to HELLO)"),
+                };
+            }
+            Err(error) => {
+                return Attempt::NoAnswer {
+                    connect: true,
+                    error: format!("HELLO: {error}"),
+                };
+            }
+        }
+    }
+    let c = conn.as_mut().expect("connected above");
+    match request(c, line).await {
+        Ok(reply) if reply == "OK" => Attempt::Accepted,
+        Ok(reply) => {
+            if !is_retryable(&reply) {
+                *conn = None;
+            }
+            Attempt::Erred { reply }
+        }
+        Err(error) => {
+            *conn = None;
+            Attempt::NoAnswer {
+                connect: false,
+                error,
+            }
+        }
+    }
+}
+
+/// Writes one line and reads its one reply line (without the newline).
+async fn request(conn: &mut BufReader<TcpStream>, line: &str) -> Result<String, String> {
+    conn.get_mut()
+        .write_all(format!("{line}\n").as_bytes())
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    let mut reply = String::new();
+    match tokio::time::timeout(REPLY_TIMEOUT, conn.read_line(&mut reply)).await {
+        Err(_) => Err(format!("no reply within {REPLY_TIMEOUT:?}")),
+        Ok(Err(e)) => Err(format!("read: {e}")),
+        Ok(Ok(0)) => Err("closed without a reply".into()),
+        Ok(Ok(_)) if !reply.ends_with('\n') => Err(format!("closed mid-reply: {reply:?}")),
+        Ok(Ok(_)) => Ok(reply.trim_end().to_owned()),
     }
 }
 
@@ -344,7 +542,7 @@ pub async fn assert_stored_exactly_once(pool: &PgPool, report: &Report, limit: D
     );
     assert!(
         unasked.is_empty(),
-        "stored readings that never got a 202: {}",
+        "stored readings that never got a 202/OK: {}",
         summarize(&unasked)
     );
     assert_eq!(
@@ -385,5 +583,15 @@ mod tests {
     fn summarize_collapses_runs() {
         assert_eq!(super::summarize(&[0, 1, 2, 5, 7, 8]), "0-2, 5, 7-8");
         assert_eq!(super::summarize(&[]), "");
+    }
+
+    #[test]
+    fn only_pass_on_failures_are_retryable() {
+        assert!(super::is_retryable(
+            "ERR broker_unavailable not connected to the MQTT broker"
+        ));
+        assert!(super::is_retryable("ERR overloaded too many"));
+        assert!(!super::is_retryable("ERR out_of_range seq"));
+        assert!(!super::is_retryable("OK"));
     }
 }
