@@ -106,6 +106,16 @@ impl Service {
         Ok(())
     }
 
+    /// Sends signal `name` (`STOP`, `CONT`, …) without waiting: e.g. freezing a process
+    /// leaves its sockets open but unanswered, as a hung or overloaded peer does.
+    pub fn signal(&self, name: &str) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -{name} {} failed", self.child.id());
+        Ok(())
+    }
+
     /// Waits (without blocking the runtime) for the process to exit, up to `limit`.
     pub async fn wait_exit(&mut self, limit: Duration) -> anyhow::Result<std::process::ExitStatus> {
         let start = Instant::now();

@@ -68,6 +68,8 @@ pub struct Stream {
     pub device: String,
     pub count: u64,
     accepted: Arc<AtomicUsize>,
+    /// TCP: 1 while the board's current line has been sent and awaits its reply.
+    waiting: Arc<AtomicUsize>,
     log: Arc<Mutex<Log>>,
     url: Arc<Mutex<String>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -155,6 +157,7 @@ impl Stream {
             device: device.to_owned(),
             count,
             accepted,
+            waiting: Arc::default(),
             log,
             url,
             tasks,
@@ -166,12 +169,14 @@ impl Stream {
     /// module docs for the board's rules).
     pub fn start_tcp(addr: String, device: &str, count: u64, rate: f64) -> Stream {
         let accepted = Arc::new(AtomicUsize::new(0));
+        let waiting = Arc::new(AtomicUsize::new(0));
         let log = Arc::new(Mutex::new(Log::default()));
         let addr = Arc::new(Mutex::new(addr));
         let t0 = Instant::now();
         let base_ms = chrono::Utc::now().timestamp_millis();
         let task = {
-            let (accepted, log, addr) = (accepted.clone(), log.clone(), addr.clone());
+            let (accepted, waiting, log, addr) =
+                (accepted.clone(), waiting.clone(), log.clone(), addr.clone());
             let device = device.to_owned();
             tokio::spawn(async move {
                 let mut conn: Option<BufReader<TcpStream>> = None;
@@ -188,7 +193,7 @@ impl Stream {
                     while Instant::now() < give_up {
                         let target = addr.lock().unwrap().clone();
                         let started = Instant::now();
-                        let attempt = send_line(&mut conn, &target, &device, &line).await;
+                        let attempt = send_line(&mut conn, &target, &device, &line, &waiting).await;
                         let retry_in = match &attempt {
                             Attempt::Accepted => None,
                             Attempt::Erred { reply } if is_retryable(reply) => {
@@ -218,10 +223,17 @@ impl Stream {
             device: device.to_owned(),
             count,
             accepted,
+            waiting,
             log,
             url: addr,
             tasks: vec![task],
         }
+    }
+
+    /// TCP: true while the board's current reading line has been sent and has no reply
+    /// yet (e.g. ingest waits for the broker's PUBACK).
+    pub fn waiting(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed) > 0
     }
 
     /// The sequence numbers accepted so far.
@@ -398,6 +410,7 @@ async fn send_line(
     addr: &str,
     device: &str,
     line: &str,
+    waiting: &AtomicUsize,
 ) -> Attempt {
     if conn.is_none() {
         let stream =
@@ -433,7 +446,10 @@ async fn send_line(
         }
     }
     let c = conn.as_mut().expect("connected above");
-    match request(c, line).await {
+    waiting.store(1, Ordering::Relaxed);
+    let reply = request(c, line).await;
+    waiting.store(0, Ordering::Relaxed);
+    match reply {
         Ok(reply) if reply == "OK" => Attempt::Accepted,
         Ok(reply) => {
             if !is_retryable(&reply) {

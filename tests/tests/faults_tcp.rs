@@ -176,8 +176,9 @@ async fn historian_killed_mid_tcp_stream_every_ok_is_stored_once() {
     stack.terminate_all().unwrap();
 }
 
-/// Ingest SIGTERMed mid-stream: it answers the line each connection is handling, closes
-/// the connections, stops listening and exits 0; every `OK` it gave is stored before it is
+/// Ingest SIGTERMed mid-stream, with every board's line in flight (waiting for the
+/// PUBACK of a briefly frozen broker): it stops listening, answers each of those lines
+/// `OK` once the broker acknowledges, closes the connections and exits 0; every `OK` it gave is stored before it is
 /// started again. Back on the same port, the boards reconnect, re-send the lines that got
 /// no answer, and in the end every `OK` is stored once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -193,7 +194,34 @@ async fn ingest_terminated_mid_tcp_stream_every_ok_it_gave_is_stored_once() {
         .await
         .unwrap();
 
+    // Lines in flight at the signal: the broker frozen, so each board's next line waits
+    // in ingest for its PUBACK.
+    let broker = stack.broker.service().expect("our broker runs");
+    broker.signal("STOP").unwrap();
+    let deadline = Instant::now() + WAIT;
+    while !boards.iter().all(Stream::waiting) {
+        assert!(Instant::now() < deadline, "the boards' lines were answered");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     stack.ingest.signal_term().unwrap();
+    let term_at = Instant::now();
+    // Shutdown has begun when the listener refuses new connections; the lines in flight
+    // keep ingest running until the thawed broker acknowledges them.
+    let tcp_addr = stack.ingest.addr("tcp").unwrap();
+    let deadline = Instant::now() + WAIT;
+    while tokio::net::TcpStream::connect(tcp_addr).await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "ingest still accepts connections after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        stack.ingest.is_running(),
+        "ingest waits for the lines in flight:\n{}",
+        stack.ingest.log_text()
+    );
+    stack.broker.service().unwrap().signal("CONT").unwrap();
     let status = stack.ingest.wait_exit(WAIT).await.unwrap();
     assert!(
         status.success(),
@@ -238,6 +266,13 @@ async fn ingest_terminated_mid_tcp_stream_every_ok_it_gave_is_stored_once() {
         first
     );
     for report in &reports {
+        assert!(
+            report.log.attempts.iter().any(|(_, started, ended, a)| {
+                *started < term_at && *ended > term_at && matches!(a, Attempt::Accepted)
+            }),
+            "{}'s line in flight at SIGTERM was answered OK, not dropped",
+            report.device
+        );
         assert_stored_exactly_once(&pool, report, WAIT).await;
     }
     stack.terminate_all().unwrap();
