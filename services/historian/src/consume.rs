@@ -4,9 +4,11 @@
 //! transaction holding it has committed, so a crash at any point loses nothing (the
 //! broker redelivers, and `write::store` makes redelivery idempotent for readings). A
 //! failed write keeps the batch and retries it with backoff; while it retries the loop
-//! reads no more deliveries, so the pressure goes back to the broker, not into memory.
+//! fills at most one more batch and then reads no more deliveries, so the pressure goes
+//! back to the broker, not into memory.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use lentera_bootstrap::{Check, Counter, Gauge, Observability};
@@ -110,26 +112,48 @@ pub struct Consumer {
 
 impl Consumer {
     /// Runs until `stop` turns true, then writes and acknowledges the batch in hand.
+    ///
+    /// One batch is written while the next one is read: on two cores the JSON parsing
+    /// and the MQTT path then overlap PostgreSQL's work instead of alternating with it.
+    /// At most one write is in flight, and the next batch waits for it, so batches
+    /// commit and are acknowledged in the order the broker delivered them.
     pub async fn run(self, mut rx: mpsc::Receiver<Delivery>, mut stop: watch::Receiver<bool>) {
-        let mut batch = Batch::new(self.policy);
+        let this = Arc::new(self);
+        let mut batch = Batch::new(this.policy);
+        let mut writing: Option<tokio::task::JoinHandle<bool>> = None;
         loop {
             let deadline = batch.deadline();
             tokio::select! {
                 biased;
                 _ = stopped(&mut stop) => break,
                 d = rx.recv(), if !batch.is_full() => match d {
-                    Some(d) => self.accept(&mut batch, d),
+                    Some(d) => this.accept(&mut batch, d),
                     None => break,
                 },
                 _ = sleep_until(deadline), if deadline.is_some() => {}
             }
-            if batch.is_due(Instant::now().into_std()) && !self.flush(&mut batch, &mut stop).await {
-                return;
+            if batch.is_due(Instant::now().into_std()) {
+                if let Some(w) = writing.take()
+                    && !w.await.unwrap_or(false)
+                {
+                    return;
+                }
+                let items = batch.take();
+                this.metrics.pending.set(0);
+                let (this, mut stop) = (this.clone(), stop.clone());
+                writing = Some(tokio::spawn(
+                    async move { this.flush(items, &mut stop).await },
+                ));
             }
+        }
+        if let Some(w) = writing.take()
+            && !w.await.unwrap_or(false)
+        {
+            return;
         }
         if !batch.is_empty() {
             tracing::info!(size = batch.len(), "shutting down: writing the last batch");
-            self.flush(&mut batch, &mut stop).await;
+            this.flush(batch.take(), &mut stop).await;
         }
     }
 
@@ -177,19 +201,14 @@ impl Consumer {
     /// Writes the batch, retrying with backoff until it commits, then acknowledges every
     /// delivery in it. Once `stop` is set it retries for at most [`SHUTDOWN_GRACE`] and
     /// returns false if the batch is still unwritten (the broker will redeliver it).
-    async fn flush(&self, batch: &mut Batch<Pending>, stop: &mut watch::Receiver<bool>) -> bool {
+    async fn flush(&self, batch: Vec<Pending>, stop: &mut watch::Receiver<bool>) -> bool {
         let mut backoff = RETRY_MIN;
         let mut give_up_at = None;
         loop {
-            match write::store_all(
-                &self.pool,
-                batch.items().iter().filter_map(|p| p.record.as_ref()),
-            )
-            .await
+            match write::store_all(&self.pool, batch.iter().filter_map(|p| p.record.as_ref())).await
             {
                 Ok(inserted) => {
-                    let done = batch.take();
-                    self.metrics.pending.set(0);
+                    let done = batch;
                     for p in &done {
                         self.client.ack(&p.delivery);
                     }
