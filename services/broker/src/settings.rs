@@ -61,9 +61,12 @@ pub struct BrokerSettings {
     /// CONNACK 0x97 Quota exceeded, MQTT 3.1.1 CONNACK 3 Server unavailable. 0 = no limit
     /// (the open-files limit still applies).
     pub max_connections: usize,
-    /// Read buffer per connection, in bytes: ntex keeps one posted per idle connection
-    /// (io-uring), so this is most of an idle connection's memory. Larger packets still
-    /// arrive whole; the buffer grows in steps of this size while they do.
+    /// Read buffer per connection, in bytes; 0 (the default) keeps ntex's 16 KiB. ntex
+    /// keeps one posted per idle connection (io-uring), so smaller values save memory
+    /// (2048: ~2 KiB per idle connection, docs/benchmarks.md) — but under a publisher
+    /// that floods faster than the broker routes, ntex grows the buffer in steps of this
+    /// size, copying it each time, and a small step stalled the worker (measured with the
+    /// load generator at 2048). Only for many idle devices and modest rates.
     pub read_buffer_bytes: usize,
     /// A client must send CONNECT within this many seconds of opening the socket.
     pub connect_timeout_secs: u16,
@@ -135,7 +138,7 @@ impl Default for BrokerSettings {
             receive_maximum: 1024,
             max_packet_bytes: 1024 * 1024,
             max_connections: 0,
-            read_buffer_bytes: 2048,
+            read_buffer_bytes: 0,
             connect_timeout_secs: 10,
             shutdown_timeout_ms: 2_000,
             ws_addr: None,

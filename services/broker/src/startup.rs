@@ -275,17 +275,21 @@ fn build_server(
             .set_connect_timeout(Seconds(cfg.connect_timeout_secs))
     };
     // ntex keeps a read buffer posted for every idle connection (io-uring), by default
-    // 16 KiB: most of an idle connection's memory. MQTT packets are mostly tiny; larger
-    // ones grow the buffer in steps of `read_buffer_bytes`.
-    let io_cfg = || {
-        let high = cfg.read_buffer_bytes.max(256);
-        ntex_io::IoConfig::new().set_read_buf(high, (high / 8).max(64), 128)
+    // 16 KiB: most of an idle connection's memory. `read_buffer_bytes` > 0 replaces it —
+    // but see settings.rs: small buffers stall under a flooding publisher.
+    let with_io_cfg = |c: ntex_service::cfg::SharedCfgBuilder| match cfg.read_buffer_bytes {
+        0 => c,
+        n => {
+            let high = n.max(256);
+            c.add(ntex_io::IoConfig::new().set_read_buf(high, (high / 8).max(64), 128))
+        }
     };
-    let tls_cfg = SharedCfg::new("MQTT-TLS")
-        .add(mqtt_cfg())
-        .add(io_cfg())
-        .add(ntex_tls::TlsConfig::new());
-    let shared_cfg = SharedCfg::new("MQTT").add(mqtt_cfg()).add(io_cfg());
+    let tls_cfg = with_io_cfg(
+        SharedCfg::new("MQTT-TLS")
+            .add(mqtt_cfg())
+            .add(ntex_tls::TlsConfig::new()),
+    );
+    let shared_cfg = with_io_cfg(SharedCfg::new("MQTT").add(mqtt_cfg()));
 
     ntex_server::net::build()
         .workers(cfg.workers.max(1))
