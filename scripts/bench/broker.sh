@@ -17,6 +17,7 @@ LATENCY_DURATION=${LATENCY_DURATION:-60s}
 ROWS=${ROWS:-"4x4-qos0 4x4-qos1 fan-in fan-out latency idle"}
 BROKERS=${BROKERS:-"mosquitto lentera"}
 OUT=${OUT:-$(mktemp -d /tmp/lentera-bench-broker.XXXXXX)}
+mkdir -p "$OUT"
 
 MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 if [ ! -x "$MOSQUITTO" ]; then

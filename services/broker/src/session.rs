@@ -365,8 +365,12 @@ impl Delivery {
                 counts.qos0_taken();
             } else {
                 counts.taken();
-                self.wait_for_client(&counts).await;
             }
+            // QoS 0 waits for the socket too (ntex's write backpressure), not only QoS ≥ 1
+            // for the in-flight window: otherwise a subscriber slower than its publishers
+            // grows this connection's write buffer without bound, where its QoS 0 queue
+            // should drop the excess (seen: gigabytes, and a corrupted stream to it).
+            self.wait_for_client(&counts).await;
             // Frees this message's place in the clean-session bound.
             let done = || {
                 if untracked && qos != QoS::AtMostOnce {
@@ -405,7 +409,7 @@ impl Delivery {
 }
 
 impl Delivery {
-    /// Waits for room to send a QoS ≥ 1 message (in-flight window, socket drained),
+    /// Waits for room to send a message (in-flight window, socket drained),
     /// telling [`Counts`] once it has waited [`STALLED`] without progress: from then on
     /// the wait is the client's doing and its backlog stops counting as broker overload.
     /// A subscriber that keeps reading, however slowly, stays counted, so publishers are

@@ -279,6 +279,34 @@ async fn stalled_subscriber_keeps_exactly_session_queue_capacity_qos1_and_queue_
     broker.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos0_to_a_subscriber_that_stops_reading_is_dropped_at_queue_capacity_not_buffered() {
+    let mut s = settings();
+    s.broker.queue_capacity = 8;
+    let broker = Broker::start_with(s).await;
+    let _stalled = RawSubscriber::connect(broker.mqtt, "stalled0", "z/#").await;
+    let p = Client::v3(&broker, "flooder").await;
+    // 16 MiB of QoS 0, far beyond what the socket buffers hold: the subscriber never
+    // reads, so all but what fits in the socket, ntex's write buffer and the queue of 8
+    // must be dropped and counted — not kept in the broker's memory.
+    let body = vec![b'x'; 4096];
+    let sent = 4096u64;
+    for _ in 0..sent {
+        p.publish("z/0", &body, 0, false).await;
+    }
+    let mut seen = 0;
+    for _ in 0..100 {
+        let text = broker.metrics().await;
+        seen = dropped(&text, "queue_full");
+        if metric(&text, "lentera_broker_messages_received_total") == sent {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen >= sent / 2, "only {seen} of {sent} dropped");
+    broker.stop().await;
+}
+
 mod raw;
 
 /// Reads one whole MQTT packet (header byte + body) from a raw socket.

@@ -127,8 +127,12 @@ impl PubSubReport {
         self.sent as f64 / self.publish_secs.max(1e-9)
     }
 
+    /// Distinct deliveries over the whole run: from the start until the last delivery
+    /// or the end of publishing, whichever is later, so a broker that stops delivering
+    /// early (or drops most of a QoS 0 stream) is not credited with its first burst.
     pub fn delivered_rate(&self) -> f64 {
-        (self.delivered - self.duplicates) as f64 / self.delivery_secs.max(1e-9)
+        let secs = self.delivery_secs.max(self.publish_secs);
+        (self.delivered - self.duplicates) as f64 / secs.max(1e-9)
     }
 
     /// Acknowledged messages that never reached a subscriber: must be 0 at QoS ≥ 1.
@@ -165,7 +169,7 @@ impl PubSubReport {
             "  delivered  {:>10} of {} expected in {:.2}s = {:.0} msg/s (duplicates {})\n",
             self.delivered - self.duplicates,
             self.expected,
-            self.delivery_secs,
+            self.delivery_secs.max(self.publish_secs),
             self.delivered_rate(),
             self.duplicates
         );
