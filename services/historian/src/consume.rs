@@ -4,10 +4,10 @@
 //! transaction holding it has committed, so a crash at any point loses nothing (the
 //! broker redelivers, and `write::store` makes redelivery idempotent for readings). A
 //! failed write keeps the batch and retries it with backoff; while it retries the loop
-//! fills at most one more batch and then reads no more deliveries, so the pressure goes
-//! back to the broker, not into memory.
+//! fills at most [`WRITES_IN_FLIGHT`] more batches and then reads no more deliveries, so
+//! the pressure goes back to the broker, not into memory.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use lentera_db::write::{self, Record};
 use lentera_mqtt::{Client, Delivery};
 use lentera_protocol::{Limits, Topics};
 use sqlx::PgPool;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::batch::{Batch, BatchPolicy};
@@ -26,6 +26,8 @@ use crate::record::{self, Outcome};
 /// First and longest pause between attempts to write a failed batch.
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
+/// Batches being written at once, each on its own pool connection (see [`Consumer::run`]).
+const WRITES_IN_FLIGHT: usize = 2;
 /// How long shutdown keeps retrying the last batch before leaving it to redelivery.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -113,14 +115,18 @@ pub struct Consumer {
 impl Consumer {
     /// Runs until `stop` turns true, then writes and acknowledges the batch in hand.
     ///
-    /// One batch is written while the next one is read: on two cores the JSON parsing
-    /// and the MQTT path then overlap PostgreSQL's work instead of alternating with it.
-    /// At most one write is in flight, and the next batch waits for it, so batches
-    /// commit and are acknowledged in the order the broker delivered them.
+    /// Batches are written while the next one is read, up to [`WRITES_IN_FLIGHT`] at
+    /// once on their own connections: on two cores PostgreSQL then works on one batch's
+    /// `COPY` while it commits the one before, and the JSON parsing and the MQTT path
+    /// overlap both. Each write acknowledges its deliveries only after the write before
+    /// it has acknowledged its own, so acknowledgements still go out in the order the
+    /// broker delivered the messages (MQTT requires it), whatever order the commits end.
     pub async fn run(self, mut rx: mpsc::Receiver<Delivery>, mut stop: watch::Receiver<bool>) {
         let this = Arc::new(self);
         let mut batch = Batch::new(this.policy);
-        let mut writing: Option<tokio::task::JoinHandle<bool>> = None;
+        let mut writing: VecDeque<tokio::task::JoinHandle<bool>> = VecDeque::new();
+        // Resolves once the newest write has acknowledged (or given up: dropped unsent).
+        let mut acked: Option<oneshot::Receiver<()>> = None;
         loop {
             let deadline = batch.deadline();
             tokio::select! {
@@ -133,41 +139,46 @@ impl Consumer {
                 _ = sleep_until(deadline), if deadline.is_some() => {}
             }
             if batch.is_due(Instant::now().into_std()) {
-                if let Some(w) = writing.take()
+                if writing.len() >= WRITES_IN_FLIGHT
+                    && let Some(w) = writing.pop_front()
                     && !w.await.unwrap_or(false)
                 {
                     return;
                 }
                 let items = batch.take();
                 this.metrics.pending.set(0);
+                let (done, next) = oneshot::channel();
+                let previous = acked.replace(next);
                 let (this, mut stop) = (this.clone(), stop.clone());
-                writing = Some(tokio::spawn(
-                    async move { this.flush(items, &mut stop).await },
-                ));
+                writing.push_back(tokio::spawn(async move {
+                    this.flush(items, previous, done, &mut stop).await
+                }));
             }
         }
-        if let Some(w) = writing.take()
-            && !w.await.unwrap_or(false)
-        {
-            return;
+        for w in writing {
+            if !w.await.unwrap_or(false) {
+                return;
+            }
         }
         if !batch.is_empty() {
             tracing::info!(size = batch.len(), "shutting down: writing the last batch");
-            this.flush(batch.take(), &mut stop).await;
+            let (done, _) = oneshot::channel();
+            this.flush(batch.take(), acked, done, &mut stop).await;
         }
     }
 
     fn accept(&self, batch: &mut Batch<Pending>, delivery: Delivery) {
         let p = &delivery.publish;
+        // Read once per delivery: clock reads showed in the profile at 200k/s.
+        let now = chrono::Utc::now();
         let outcome = record::classify(
             &self.topics,
             &self.limits,
             &p.topic,
             &p.payload,
             p.retain,
-            chrono::Utc::now(),
+            now,
         );
-        let now = chrono::Utc::now();
         let expired = |r: &Record| match (r, retention_cutoff(self.retention_days, now)) {
             (Record::Reading(reading), Some(cutoff)) => reading.ts < cutoff,
             _ => false,
@@ -198,20 +209,39 @@ impl Consumer {
         self.metrics.pending.set(batch.len() as i64);
     }
 
-    /// Writes the batch, retrying with backoff until it commits, then acknowledges every
-    /// delivery in it. Once `stop` is set it retries for at most [`SHUTDOWN_GRACE`] and
-    /// returns false if the batch is still unwritten (the broker will redeliver it).
-    async fn flush(&self, batch: Vec<Pending>, stop: &mut watch::Receiver<bool>) -> bool {
+    /// Writes the batch, retrying with backoff until it commits, then — once the write
+    /// before it has acknowledged (`previous`) — acknowledges every delivery in it and
+    /// says so on `acked`. Once `stop` is set it retries for at most [`SHUTDOWN_GRACE`]
+    /// and returns false if the batch is still unwritten (the broker will redeliver it);
+    /// it also returns false, unacknowledged, when the write before it gave up, since
+    /// acknowledging past an unacknowledged message would break MQTT's order.
+    async fn flush(
+        &self,
+        batch: Vec<Pending>,
+        previous: Option<oneshot::Receiver<()>>,
+        acked: oneshot::Sender<()>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> bool {
         let mut backoff = RETRY_MIN;
         let mut give_up_at = None;
         loop {
             match write::store_all(&self.pool, batch.iter().filter_map(|p| p.record.as_ref())).await
             {
                 Ok(inserted) => {
+                    if let Some(previous) = previous
+                        && previous.await.is_err()
+                    {
+                        tracing::warn!(
+                            size = batch.len(),
+                            "committed, but the batch before was given up: left unacknowledged for redelivery"
+                        );
+                        return false;
+                    }
                     let done = batch;
                     for p in &done {
                         self.client.ack(&p.delivery);
                     }
+                    let _ = acked.send(());
                     self.db_ready.set(true);
                     self.metrics.readings_stored.add(inserted);
                     self.metrics.batches.inc();

@@ -117,3 +117,40 @@ async fn a_month_partition_dropped_behind_the_writers_back_is_recreated() {
     assert_eq!(db.count("SELECT count(*) FROM readings").await, 1);
     db.drop_db().await;
 }
+
+#[tokio::test]
+async fn copied_rows_read_back_exactly_as_written() {
+    let db = common::TestDb::new().await;
+    // Microseconds on both sides of PostgreSQL's epoch (2000-01-01) and values whose
+    // decimal text would not survive a careless round trip.
+    let rows = [
+        (
+            "gh-1",
+            Utc.timestamp_opt(1_795_353_043, 123_456_000).unwrap(),
+            0.1 + 0.2,
+        ),
+        (
+            "gh-2",
+            Utc.timestamp_opt(946_684_799, 999_999_000).unwrap(),
+            -1e-300,
+        ),
+        ("gh_3", Utc.timestamp_opt(946_684_800, 1_000).unwrap(), 27.5),
+    ];
+    let batch: Vec<Record> = rows.iter().map(|(d, t, v)| reading(d, *t, *v)).collect();
+    assert_eq!(write::store(&db.pool, &batch).await.unwrap(), 3);
+    let stored: Vec<(String, String, DateTime<Utc>, f64)> =
+        sqlx::query_as("SELECT device, metric, ts, value FROM readings ORDER BY device")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    let want: Vec<_> = rows
+        .iter()
+        .map(|(d, t, v)| (d.to_string(), "temperature".to_owned(), *t, *v))
+        .collect();
+    assert_eq!(stored.len(), 3);
+    for (s, w) in stored.iter().zip(&want) {
+        assert_eq!((&s.0, &s.1, s.2), (&w.0, &w.1, w.2));
+        assert_eq!(s.3.to_bits(), w.3.to_bits(), "{} value", s.0);
+    }
+    db.drop_db().await;
+}
