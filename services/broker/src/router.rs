@@ -185,6 +185,9 @@ pub struct Router {
     metrics: Metrics,
     store: Store,
     limits: Limits,
+    /// Turns true when the broker shuts down: every connection's watch task then closes
+    /// it, MQTT 5 ones with DISCONNECT 0x8B (`session.rs`).
+    closing: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 #[derive(Default)]
@@ -307,6 +310,16 @@ impl Router {
             self.metrics.publishes_held.inc();
             self.pressure.admit().await;
         }
+    }
+
+    /// Tells every open connection that the broker is shutting down (see `closing`).
+    pub fn close_connections(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Resolves once [`Router::close_connections`] was called.
+    pub fn closing(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.closing.subscribe()
     }
 
     pub fn store(&self) -> &Store {

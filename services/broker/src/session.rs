@@ -163,6 +163,7 @@ impl Shared {
             client_id: client_id.clone(),
             router: self.router.clone(),
             kick,
+            closing: self.router.closing(),
             sink: sink.clone(),
         };
         // Dropping the handle detaches the task; it ends with the connection.
@@ -324,6 +325,19 @@ impl Sink {
         Ok(None)
     }
 
+    /// Closes the connection because the broker shuts down: MQTT 5 clients learn why
+    /// (DISCONNECT 0x8B, Server shutting down); MQTT 3.1.1 has no server DISCONNECT.
+    fn close_shutting_down(&self) {
+        match self {
+            Sink::V3(s) => s.close(),
+            Sink::V5(s) => s.close_with_reason(v5::codec::Disconnect {
+                reason_code: v5::codec::DisconnectReasonCode::ServerShuttingDown,
+                reason_string: Some("the broker is shutting down".into()),
+                ..Default::default()
+            }),
+        }
+    }
+
     /// Closes the connection because its client id connected again.
     fn close_taken_over(&self) {
         match self {
@@ -440,14 +454,16 @@ struct Watch {
     client_id: String,
     router: Router,
     kick: Arc<Notify>,
+    closing: tokio::sync::watch::Receiver<bool>,
     sink: Sink,
 }
 
 impl Watch {
     /// Runs until the connection is closed, then unregisters it (which ends its delivery
     /// task) and publishes its will unless it disconnected cleanly or was taken over.
-    async fn run(self, disconnected: impl Future<Output = ()>) {
+    async fn run(mut self, disconnected: impl Future<Output = ()>) {
         let mut disconnected = pin!(disconnected);
+        let mut closed = false;
         loop {
             // `biased`: no RNG needed (this runs on ntex, not tokio).
             tokio::select! {
@@ -456,6 +472,10 @@ impl Watch {
                 () = self.kick.notified() => {
                     tracing::info!(client_id = %self.client_id, "session taken over");
                     self.sink.close_taken_over();
+                }
+                _ = self.closing.wait_for(|c| *c), if !closed => {
+                    closed = true;
+                    self.sink.close_shutting_down();
                 }
             }
         }

@@ -151,6 +151,8 @@ impl Application {
             // Bridged WebSocket clients end as ntex closes their MQTT side below.
             accept.abort();
         }
+        // MQTT 5 clients are told why (DISCONNECT 0x8B) before ntex closes the sockets.
+        self.router.close_connections();
         tracing::info!("stopping MQTT listener");
         self.ntex.stop(true).await;
         let thread = self.ntex_thread;

@@ -52,6 +52,7 @@ impl Router {
             metrics,
             store,
             limits,
+            closing: Arc::new(tokio::sync::watch::channel(false).0),
         };
         // Start from a compact log: the replayed history collapses to the live state.
         router.compact(&mut router.lock());
