@@ -42,8 +42,7 @@
 //!
 //! Not yet: persisting inbound QoS 2 packet ids and delayed (not yet due) wills across a
 //! restart (both are kept per session in memory); outbound topic aliases (none are sent,
-//! which MQTT 5 allows); enhanced authentication (AUTH); a v5 will of a connection that
-//! is taken over is discarded, not published after its delay (MQTT 5 §3.1.4).
+//! which MQTT 5 allows); enhanced authentication (AUTH).
 
 pub mod auth;
 pub mod error;

@@ -222,6 +222,12 @@ pub struct WillTiming {
     pub delay: u32,
     /// Message Expiry Interval of the will, counted from its publication.
     pub expiry: Option<u32>,
+    /// MQTT 5: a takeover by a new connection publishes the will too (§3.1.4), unless its
+    /// delay is running and the new connection resumes the session [MQTT-3.1.3-9]. False
+    /// for MQTT 3.1.1, which leaves takeover open: there it is discarded, since a board
+    /// reconnecting over a half-open connection would otherwise announce itself
+    /// "offline" while it is online (a v5 board gets that with a will delay).
+    pub on_takeover: bool,
 }
 
 struct Owed {

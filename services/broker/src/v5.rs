@@ -59,6 +59,7 @@ pub async fn connect(
     let will_timing = pkt.last_will.as_ref().map(|w| WillTiming {
         delay: w.will_delay_interval_sec.unwrap_or(0),
         expiry: w.message_expiry_interval.map(NonZeroU32::get),
+        on_takeover: true,
     });
     if let Some(w) = &will
         && validate_name(&w.topic).is_err()

@@ -13,8 +13,9 @@ use crate::store::Record;
 
 impl Router {
     /// Registers a new connection, taking over the session of its client id: an existing
-    /// connection is closed [MQTT-3.1.4-2] and its will discarded (the client is evidently
-    /// alive). The session is resumed unless `clean_start` [MQTT-3.1.2-4/-5/-6]; a resumed
+    /// connection is closed [MQTT-3.1.4-2]; its will is published now if it is an MQTT 5
+    /// one with no delay, or whose session ends here (clean start), else discarded (see
+    /// [`WillTiming::on_takeover`]). The session is resumed unless `clean_start` [MQTT-3.1.2-4/-5/-6]; a resumed
     /// session's owed messages are queued to the new connection at once, in order.
     ///
     /// `make_outbox` is called (under the lock, so nothing is routed in between) only
@@ -37,10 +38,14 @@ impl Router {
                 st.conns.remove(&old.id);
                 old.kick.notify_one();
                 self.metrics.takeovers.inc();
+                let t = old.will_timing;
+                if t.on_takeover && (t.delay == 0 || reg.clean_start) {
+                    will = old.will.map(|w| (w, Instant::now(), t.expiry));
+                }
             }
             let pending = s.pending_will.take();
             if reg.clean_start {
-                will = pending;
+                will = will.or(pending);
                 self.end_session(st, &client);
             } else {
                 present = true;
