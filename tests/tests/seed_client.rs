@@ -103,11 +103,13 @@ async fn the_seed_client_py_runs_unchanged_and_its_temperatures_are_stored() {
     })
     .await
     .unwrap();
-    let sent: Vec<f64> = stdout
+    // As Python printed them ("32.0", not "32"): the answer echoes the same text.
+    let printed: Vec<&str> = stdout
         .lines()
         .filter_map(|l| l.strip_prefix("[Client] Mengirim suhu: "))
-        .map(|rest| rest.split_whitespace().next().unwrap().parse().unwrap())
+        .map(|rest| rest.split_whitespace().next().unwrap())
         .collect();
+    let sent: Vec<f64> = printed.iter().map(|t| t.parse().unwrap()).collect();
     assert_eq!(sent.len(), 5, "five temperatures sent:\n{stdout}");
     // Each answer as the seed's own Flask server gave it (key order aside).
     let answers: Vec<&str> = stdout
@@ -115,7 +117,7 @@ async fn the_seed_client_py_runs_unchanged_and_its_temperatures_are_stored() {
         .filter_map(|l| l.strip_prefix("[Server] Respon: "))
         .collect();
     assert_eq!(answers.len(), 5, "five answers:\n{stdout}");
-    for (suhu, answer) in sent.iter().zip(&answers) {
+    for (suhu, answer) in printed.iter().zip(&answers) {
         assert!(
             answer.contains("'status': 'success'")
                 && answer.contains(&format!("'message': 'Suhu {suhu} diterima'")),

@@ -60,14 +60,16 @@ impl Refusal {
     }
 }
 
-/// The future [`Authenticator::authenticate`] returns. It is polled on an ntex worker
-/// thread, not inside tokio: a provider that needs tokio I/O (sqlx) spawns its query on
-/// a tokio runtime handle and awaits the `JoinHandle`, which works from any executor.
-pub type AuthFuture<'a> = Pin<Box<dyn Future<Output = Result<Arc<dyn Authorizer>, Refusal>> + 'a>>;
+/// The future [`Authenticator::authenticate`] returns. The network worker polls it once
+/// at CONNECT; an answer that is not ready then (a password hash on the blocking pool,
+/// a database lookup) is awaited on the broker's tokio runtime, and the CONNECT goes on
+/// when it arrives — the worker serves its other connections meanwhile.
+pub type AuthFuture = Pin<Box<dyn Future<Output = Result<Arc<dyn Authorizer>, Refusal>> + Send>>;
 
 /// Decides whether a client may connect, and with which rights.
 pub trait Authenticator: Send + Sync + 'static {
-    fn authenticate<'a>(&'a self, c: Credentials<'a>) -> AuthFuture<'a>;
+    /// Copies what it needs of `c`: the answer may come later, from another thread.
+    fn authenticate(&self, c: Credentials<'_>) -> AuthFuture;
 
     /// Re-reads the provider's configuration (on SIGHUP, see `startup.rs`). Connections
     /// already open keep the rights they were given; an error leaves the old ones.
@@ -102,7 +104,7 @@ impl Authorizer for AllowAll {
 pub struct Open;
 
 impl Authenticator for Open {
-    fn authenticate<'a>(&'a self, _: Credentials<'a>) -> AuthFuture<'a> {
+    fn authenticate(&self, _: Credentials<'_>) -> AuthFuture {
         Box::pin(async { Ok(Arc::new(AllowAll) as Arc<dyn Authorizer>) })
     }
 }
@@ -169,16 +171,16 @@ pub fn may_publish(acl: &dyn Authorizer, topic: &str) -> bool {
     !is_sys(topic) && acl.may_publish(topic)
 }
 
-/// The CONNECT check shared by both protocol versions: credentials, then the will topic
-/// (a will is a publish made on the client's behalf, so the same rules apply). Counts
+/// What the authenticator's answer means for a CONNECT with `will_topic`: a will is a
+/// publish made on the client's behalf, so the same rules apply. Counts and logs
 /// refusals as `connections_refused_total{reason}`.
-pub async fn connect(
-    auth: &dyn Authenticator,
+pub fn decide(
+    answer: Result<Arc<dyn Authorizer>, Refusal>,
     metrics: &crate::metrics::Metrics,
     creds: Credentials<'_>,
     will_topic: Option<&str>,
 ) -> Result<Arc<dyn Authorizer>, Refusal> {
-    let result = match auth.authenticate(creds).await {
+    let result = match answer {
         Ok(acl) if will_topic.is_some_and(|t| !may_publish(&*acl, t)) => {
             Err(Refusal::NotAuthorized)
         }

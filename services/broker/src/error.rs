@@ -1,39 +1,70 @@
-//! The error a connection handler can end a connection with.
+//! Why a connection ends, and what the client is told.
 
-use crate::topic_filter::TopicError;
+use ntex_mqtt::v5::codec::DisconnectReasonCode;
 
-/// Ends the connection it occurs on (MQTT 3.1.1 has no other way to refuse a packet).
-#[derive(Debug)]
-pub enum BrokerError {
-    /// A PUBLISH topic name that is not valid.
-    Topic(TopicError),
-    /// The payload stream broke off before it was complete.
-    Payload,
+/// Why the broker ends a connection. MQTT 5 clients get a DISCONNECT with the reason
+/// code and a reason string first (allowed even without Request Problem Information,
+/// [MQTT-3.1.2-29]); MQTT 3.1.1 has no server DISCONNECT, so its clients see the socket
+/// close.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Close {
+    /// The client closed the socket, or it failed: an abnormal end, the will goes out.
+    Gone,
+    /// The client sent DISCONNECT: a normal end (the will was dealt with then).
+    Disconnected,
+    /// A refused CONNECT: the CONNACK already said why [MQTT-3.2.2-5].
+    Refused,
+    /// The client broke the protocol.
+    Protocol {
+        code: DisconnectReasonCode,
+        why: String,
+    },
+    /// Nothing from the client for 1.5× its keep-alive [MQTT-3.1.2-22].
+    KeepAlive,
+    /// Another connection took over the client id [MQTT-3.1.4-2].
+    TakenOver,
+    /// The broker is stopping.
+    Shutdown,
 }
 
-impl std::fmt::Display for BrokerError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            BrokerError::Topic(e) => write!(f, "invalid topic name: {}", e.code()),
-            BrokerError::Payload => f.write_str("incomplete payload"),
+impl Close {
+    pub fn protocol(code: DisconnectReasonCode, why: impl Into<String>) -> Self {
+        Close::Protocol {
+            code,
+            why: why.into(),
         }
     }
-}
 
-impl std::error::Error for BrokerError {}
-
-/// ntex-mqtt's default services produce `()` errors.
-impl From<()> for BrokerError {
-    fn from((): ()) -> Self {
-        BrokerError::Payload
+    /// The DISCONNECT an MQTT 5 client gets, if any: (reason code, reason string).
+    pub fn v5_disconnect(&self) -> Option<(DisconnectReasonCode, String)> {
+        Some(match self {
+            Close::Gone | Close::Disconnected | Close::Refused => return None,
+            Close::Protocol { code, why } => (*code, why.clone()),
+            Close::KeepAlive => (
+                DisconnectReasonCode::KeepAliveTimeout,
+                "Keep Alive timeout: no packet within 1.5 times the keep-alive".into(),
+            ),
+            Close::TakenOver => (
+                DisconnectReasonCode::SessionTakenOver,
+                "another connection took over this client id".into(),
+            ),
+            Close::Shutdown => (
+                DisconnectReasonCode::ServerShuttingDown,
+                "the broker is shutting down".into(),
+            ),
+        })
     }
-}
 
-/// MQTT 5 turns publish errors into a PUBACK when possible; ours all close the connection.
-impl TryFrom<BrokerError> for ntex_mqtt::v5::PublishAck {
-    type Error = BrokerError;
-
-    fn try_from(err: BrokerError) -> Result<Self, Self::Error> {
-        Err(err)
+    /// For the log.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Close::Gone => "gone",
+            Close::Disconnected => "disconnected",
+            Close::Refused => "refused",
+            Close::Protocol { .. } => "protocol_error",
+            Close::KeepAlive => "keep_alive_timeout",
+            Close::TakenOver => "taken_over",
+            Close::Shutdown => "shutdown",
+        }
     }
 }

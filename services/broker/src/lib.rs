@@ -1,40 +1,40 @@
-//! `lentera-broker`: the platform's embedded MQTT 3.1.1 + 5.0 broker, built on ntex-mqtt.
+//! `lentera-broker`: the platform's embedded MQTT 3.1.1 + 5.0 broker. Packets are
+//! ntex-mqtt's (its v3 and v5 codecs); connections are served by our own `epoll`
+//! workers, which keep an idle connection under a kilobyte (`net/mod.rs` says why).
 //!
 //! # Message flow
 //!
 //! ```text
-//! client ──PUBLISH──▶ v3.rs / v5.rs ──▶ router.rs (shared table, Arc<Mutex>)
-//!                          ▲               │ retained store updated; per matching session:
-//!     PUBACK/PUBREC once   │               │ persistent + QoS ≥ 1 ⇒ owed queue + store log
-//!     the store's group    │               │ try_send to the connection's bounded channel
-//!     commit covers it ────┘               ▼
-//!                       session.rs delivery task (on that connection's worker thread)
-//!                                          │ MqttSink::publish: QoS 0/1 without waiting
-//!                                          ▼ for each PUBACK; QoS 2 one full flow at a time
-//!                                      subscriber ──PUBACK/PUBCOMP──▶ router.ack
+//! client ──PUBLISH──▶ net/worker.rs ──▶ v3.rs / v5.rs ──▶ router.rs (shared table)
+//!                      (read, frame)     (validate,       │ retained store updated; per
+//!     PUBACK/PUBREC once the store's      ACL, QoS 2)     │ matching session: persistent +
+//!     group commit covers it ◀── session.rs replies       │ QoS ≥ 1 ⇒ owed queue + store log
+//!                                                         ▼ outbox (bounded per kind)
+//!                      subscriber's worker: session.rs pump ──▶ socket
+//!                                          ◀── PUBACK/PUBCOMP ── router.ack
 //! ```
 //!
-//! ntex-mqtt's sinks are `Rc`-based and tied to their worker thread, so connections
-//! never touch each other's sinks: the router only holds `Send` channel ends.
 //! `ARCHITECTURE.md` tells the whole story on one page.
 //!
 //! # Layout
 //!
-//! - [`startup`]: binds the MQTT and admin listeners, runs ntex on its own thread, writes
+//! - [`startup`]: binds the listeners, starts the workers and the admin server, writes
 //!   the ready file, shuts down.
-//! - [`v3`], [`v5`]: per-protocol CONNECT / PUBLISH / SUBSCRIBE / DISCONNECT handling.
-//! - [`session`]: per-connection registration, the delivery task (started with the
-//!   first subscription), Last Will on abnormal close, takeover when a client id
-//!   connects again.
-//! - [`outbox`]: the queue between the router and a delivery task, and its bounds
+//! - [`net`]: the workers' event loop, framing, output buffers, TLS, cross-thread
+//!   mailboxes.
+//! - [`session`]: one connection's session state: CONNECT and authentication, replies
+//!   that wait for the store, the outbound flow (window, packet ids, acknowledgements),
+//!   overload holds.
+//! - [`v3`], [`v5`]: what each packet means in each protocol version.
+//! - [`outbox`]: the queue between the router and a connection, and its bounds
 //!   (QoS 0 may be dropped for a slow subscriber; QoS ≥ 1 only beyond
-//!   `session_queue_capacity`, counted).
+//!   `session_queue_capacity`, counted), and overload protection.
 //! - [`router`]: sessions (clean and persistent, with their owed QoS 1/2 queues),
 //!   subscriptions, shared subscriptions, retained messages, wills.
 //! - [`store`]: the on-disk append-only log (group commit, recovery, compaction).
 //! - [`topic_filter`]: pure topic validation and wildcard matching.
 //! - [`transport_ws`]: MQTT over WebSocket (`/mqtt`), bridged to the MQTT listener.
-//! - [`transport_tls`]: MQTT over TLS (rustls) on the same ntex server, when configured.
+//! - [`transport_tls`]: the MQTT-over-TLS listener and its certificate.
 //! - [`auth`]: who may connect (CONNECT hook), and each connection's publish/subscribe
 //!   rights (`auth/acl.rs`), users from the auth file (`auth/file.rs`, `auth/password.rs`).
 //! - [`sys`]: `$SYS/broker/…` statistics, published retained by the broker itself.
@@ -47,6 +47,7 @@
 pub mod auth;
 pub mod error;
 pub mod metrics;
+pub mod net;
 pub mod outbox;
 pub mod router;
 pub mod session;

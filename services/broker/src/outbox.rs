@@ -33,12 +33,12 @@
 //! fills its own bound; a subscriber that keeps reading, however slowly, is served
 //! without loss, at the price of slowing the publishers it hears from.
 
-use std::pin::pin;
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use ntex_mqtt::QoS;
-use tokio::sync::{Notify, mpsc};
 
 use crate::router::Outgoing;
 
@@ -57,8 +57,14 @@ pub struct Pressure {
     queued: AtomicUsize,
     high: usize,
     low: usize,
-    drained: Notify,
+    /// Called when the backlog falls below the low watermark: the network workers
+    /// resume the publishers they hold (`net/worker.rs`).
+    drained: OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
+
+/// The longest a QoS ≥ 1 publisher is held back, so that a counting slip can cost
+/// latency but never stop publishing.
+pub const MAX_HOLD: Duration = Duration::from_secs(1);
 
 impl Pressure {
     /// Publishers wait above `high` until the backlog is below `high / 2`.
@@ -67,8 +73,13 @@ impl Pressure {
             queued: AtomicUsize::new(0),
             high: high.max(2),
             low: high.max(2) / 2,
-            drained: Notify::new(),
+            drained: OnceLock::new(),
         }
+    }
+
+    /// Sets what is called when the backlog drains (once; later calls are ignored).
+    pub fn on_drained(&self, f: impl Fn() + Send + Sync + 'static) {
+        let _ = self.drained.set(Box::new(f));
     }
 
     /// Whether a QoS ≥ 1 publisher has to wait now.
@@ -87,29 +98,18 @@ impl Pressure {
 
     fn sub(&self, n: usize) {
         let before = self.queued.fetch_sub(n, Ordering::Relaxed);
-        if before >= self.low && before - n < self.low {
-            self.drained.notify_waiters();
+        if before >= self.low
+            && before - n < self.low
+            && let Some(f) = self.drained.get()
+        {
+            f();
         }
     }
 
-    /// Returns at once unless the broker is overloaded; then when the backlog has
-    /// drained below the low watermark, or after a second at most, so that a counting
-    /// slip can cost latency but never stop publishing.
-    pub async fn admit(&self) {
-        if !self.overloaded() {
-            return;
-        }
-        let wait = async {
-            loop {
-                let mut notified = pin!(self.drained.notified());
-                notified.as_mut().enable();
-                if self.queued() < self.low {
-                    return;
-                }
-                notified.await;
-            }
-        };
-        let _ = ntex_util::time::timeout(ntex_util::time::Millis(1_000), wait).await;
+    /// Whether a publisher held back for `held` may go on: the backlog has drained
+    /// below the low watermark, or it has waited [`MAX_HOLD`].
+    pub fn may_resume(&self, held: Duration) -> bool {
+        self.queued() < self.low || held >= MAX_HOLD
     }
 }
 
@@ -196,35 +196,119 @@ pub enum Refused {
     Closed,
 }
 
+/// The queue itself, shared by both ends. A `Mutex<VecDeque>`: the router pushes under
+/// its own lock (so there is one pusher at a time) and the worker pops, each holding
+/// the mutex for a push or a pop only.
+struct Queue {
+    items: Mutex<VecDeque<Outgoing>>,
+    /// The worker has been told there is something to send and has not yet found the
+    /// queue empty since: further pushes need not tell it again (one wake-up per burst,
+    /// not per message).
+    scheduled: AtomicBool,
+    /// The receiving end is gone (the connection closed).
+    closed: AtomicBool,
+    /// Tells the connection's worker thread that this queue has messages.
+    notify: Box<dyn Fn() + Send + Sync>,
+}
+
+impl Queue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Outgoing>> {
+        self.items.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push(&self, out: Outgoing) -> bool {
+        if self.closed.load(Ordering::Acquire) {
+            return false;
+        }
+        self.lock().push_back(out);
+        if !self.scheduled.swap(true, Ordering::SeqCst) {
+            (self.notify)();
+        }
+        true
+    }
+}
+
 /// The router's end of one connection's queue (`Send`).
 pub struct Outbox {
-    tx: mpsc::UnboundedSender<Outgoing>,
+    q: Arc<Queue>,
     counts: Arc<Counts>,
     bounds: Bounds,
 }
 
-/// The delivery task's end.
+/// The connection's end, drained by its worker (`session.rs`).
 pub struct Inbox {
-    pub rx: mpsc::UnboundedReceiver<Outgoing>,
+    q: Arc<Queue>,
     pub counts: Arc<Counts>,
+}
+
+impl Inbox {
+    /// Takes the first message if `allowed` says it may go now (e.g. QoS ≥ 1 only
+    /// while the in-flight window has room). `None` with [`Inbox::is_empty`] false
+    /// means the head is waiting; the queue stays scheduled, so the worker must call
+    /// again when it can send more, without being told.
+    pub fn pop_if(&self, allowed: impl FnOnce(&Outgoing) -> bool) -> Option<Outgoing> {
+        let mut items = self.q.lock();
+        if items.front().is_some_and(allowed) {
+            items.pop_front()
+        } else {
+            None
+        }
+    }
+
+    /// Called when [`Inbox::pop_if`] found nothing: clears the scheduled mark so the
+    /// next push notifies the worker again. Returns false if a message arrived in
+    /// between (then the caller goes on sending, and the mark stays set).
+    pub fn idle(&self) -> bool {
+        self.q.scheduled.store(false, Ordering::SeqCst);
+        if self.q.lock().is_empty() {
+            return true;
+        }
+        self.q.scheduled.store(true, Ordering::SeqCst);
+        false
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.q.lock().is_empty()
+    }
+
+    /// The next message, whatever it is (tests).
+    pub fn try_recv(&self) -> Option<Outgoing> {
+        self.pop_if(|_| true)
+    }
+
+    /// Takes everything left (the connection is closing).
+    pub fn drain(&self) -> VecDeque<Outgoing> {
+        std::mem::take(&mut *self.q.lock())
+    }
 }
 
 impl Drop for Inbox {
     fn drop(&mut self) {
+        self.q.closed.store(true, Ordering::Release);
         // Whatever is left no longer weighs on the broker.
         self.counts.client_bound(true);
     }
 }
 
-pub fn channel(bounds: Bounds, pressure: Arc<Pressure>) -> (Outbox, Inbox) {
-    let (tx, rx) = mpsc::unbounded_channel();
+/// A queue whose pushes call `notify` (at most once until the worker finds it empty).
+pub fn channel(
+    bounds: Bounds,
+    pressure: Arc<Pressure>,
+    notify: impl Fn() + Send + Sync + 'static,
+) -> (Outbox, Inbox) {
+    let q = Arc::new(Queue {
+        items: Mutex::new(VecDeque::new()),
+        scheduled: AtomicBool::new(false),
+        closed: AtomicBool::new(false),
+        notify: Box::new(notify),
+    });
     let counts = Arc::new(Counts::new(pressure));
     let outbox = Outbox {
-        tx,
+        q: q.clone(),
         counts: counts.clone(),
         bounds,
     };
-    (outbox, Inbox { rx, counts })
+    (outbox, Inbox { q, counts })
 }
 
 impl Outbox {
@@ -246,10 +330,10 @@ impl Outbox {
         }
         let qos = out.msg.qos;
         count.fetch_add(1, Ordering::Relaxed);
-        self.tx.send(out).map_err(|_| {
+        if !self.q.push(out) {
             count.fetch_sub(1, Ordering::Relaxed);
-            Refused::Closed
-        })?;
+            return Err(Refused::Closed);
+        }
         if qos != QoS::AtMostOnce {
             self.counts.queued();
         }
@@ -259,7 +343,7 @@ impl Outbox {
     /// Queues a message of a persistent session's owed queue (bounded there). Returns
     /// false when the connection is gone (the message stays owed).
     pub fn send_owed(&self, out: Outgoing) -> bool {
-        let sent = self.tx.send(out).is_ok();
+        let sent = self.q.push(out);
         if sent {
             self.counts.queued();
         }
@@ -270,7 +354,7 @@ impl Outbox {
     /// overload — it is old news, and one client resuming with thousands of owed
     /// messages must not hold back every publisher while it catches up.
     pub fn resend_owed(&self, out: Outgoing) -> bool {
-        self.tx.send(out).is_ok()
+        self.q.push(out)
     }
 }
 
@@ -295,12 +379,17 @@ mod tests {
 
     #[test]
     fn each_kind_is_refused_only_beyond_its_own_bound_and_frees_as_the_task_drains() {
-        let (ob, mut ib) = channel(
+        let notified = Arc::new(AtomicUsize::new(0));
+        let n = notified.clone();
+        let (ob, ib) = channel(
             Bounds {
                 qos0: 2,
                 untracked: 3,
             },
             Arc::new(Pressure::new(100)),
+            move || {
+                n.fetch_add(1, Ordering::Relaxed);
+            },
         );
         for _ in 0..2 {
             ob.offer(out(QoS::AtMostOnce)).unwrap();
@@ -314,8 +403,13 @@ mod tests {
         // Owed messages are bounded by the router, not here.
         assert!(ob.send_owed(out(QoS::AtLeastOnce)));
 
+        assert_eq!(
+            notified.load(Ordering::Relaxed),
+            1,
+            "one wake-up for a burst"
+        );
         // Taking a QoS 0 message off frees QoS 0 room; a QoS 1 one only when acknowledged.
-        ib.rx.try_recv().unwrap();
+        ib.pop_if(|_| true).unwrap();
         ib.counts.qos0_taken();
         ob.offer(out(QoS::AtMostOnce)).unwrap();
         assert_eq!(ob.offer(out(QoS::AtLeastOnce)), Err(Refused::SessionFull));
@@ -361,8 +455,8 @@ mod pressure_tests {
             qos0: 10,
             untracked: 10,
         };
-        let (busy, busy_in) = channel(bounds, p.clone());
-        let (slow, slow_in) = channel(bounds, p.clone());
+        let (busy, busy_in) = channel(bounds, p.clone(), || {});
+        let (slow, slow_in) = channel(bounds, p.clone(), || {});
         for _ in 0..3 {
             busy.offer(q1()).unwrap();
             assert!(slow.send_owed(q1()));

@@ -2,11 +2,11 @@
 //! for persistent sessions, the QoS 1/2 messages still owed to them; the live connection
 //! of each session; the retained store; Last Wills.
 //!
-//! `MqttSink`s are `Rc`-based and live on their worker thread, so the table never holds
-//! them: each connection registers a takeover [`Notify`] and, once it has something to
-//! receive (a subscription, or a resumed session), an [`Outbox`] — a `Send` queue its
-//! delivery task (see `session.rs`) drains into the sink. Routing only queues under the
-//! lock, within the bounds `outbox.rs` explains — it never waits on a slow subscriber.
+//! Connections live on network worker threads (`net/`), so the table never holds them:
+//! each connection registers a takeover [`Kick`] and, once it has something to receive
+//! (a subscription, or a resumed session), an [`Outbox`] — a `Send` queue its worker
+//! drains into the socket (`session.rs`). Routing only queues under the lock, within
+//! the bounds `outbox.rs` explains — it never waits on a slow subscriber.
 //!
 //! Persistent sessions (v3 clean_session=0, v5 session expiry > 0) keep an `owed` queue:
 //! every QoS ≥ 1 message routed to them gets a per-session sequence number and stays in
@@ -29,15 +29,13 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use ntex_bytes::{ByteString, Bytes};
-use ntex_mqtt::QoS;
-use tokio::sync::Notify;
-
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, Pressure, Refused};
 use crate::store::recover::Recovered;
 use crate::store::{Record, Store};
 use crate::topic_filter::{Filter, matches};
+use ntex_bytes::{ByteString, Bytes};
+use ntex_mqtt::QoS;
 
 /// Identifies one network connection (not a client id: a client id outlives connections).
 pub type ConnId = u64;
@@ -147,11 +145,15 @@ pub enum SendRetained {
     Never,
 }
 
+/// Closes a connection because another one took over its client id (called under the
+/// router lock: it only posts a command to the connection's worker).
+pub type Kick = Box<dyn Fn() + Send + Sync>;
+
 /// What a connection hands the router when it registers.
 pub struct Registration {
     pub client_id: String,
-    /// Signalled when another connection takes over the client id.
-    pub kick: Arc<Notify>,
+    /// Called when another connection takes over the client id.
+    pub kick: Kick,
     pub will: Option<Message>,
     /// Discard any existing session (v3 clean_session, v5 clean start).
     pub clean_start: bool,
@@ -185,9 +187,6 @@ pub struct Router {
     metrics: Metrics,
     store: Store,
     limits: Limits,
-    /// Turns true when the broker shuts down: every connection's watch task then closes
-    /// it, MQTT 5 ones with DISCONNECT 0x8B (`session.rs`).
-    closing: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 #[derive(Default)]
@@ -195,7 +194,9 @@ struct State {
     next_id: ConnId,
     /// Live connection → its client id.
     conns: HashMap<ConnId, String>,
-    sessions: HashMap<String, Session>,
+    /// Boxed: most of a session is rarely used, and the table's spare buckets then
+    /// cost a pointer each, not a whole session (memory per idle connection).
+    sessions: HashMap<String, Box<Session>>,
     retained: BTreeMap<ByteString, Message>,
     /// Some retained message may carry a Message Expiry Interval: the sweeper looks.
     retained_may_expire: bool,
@@ -207,7 +208,7 @@ struct Live {
     id: ConnId,
     /// Created on demand (see [`Router::attach`]): an idle connection costs no queue.
     outbox: Option<Outbox>,
-    kick: Arc<Notify>,
+    kick: Kick,
     will: Option<Message>,
     will_timing: WillTiming,
 }
@@ -253,9 +254,12 @@ struct Session {
     /// Packet ids of inbound QoS 2 PUBLISHes not yet released: a resent PUBLISH with one
     /// of these ids (after a reconnect) is acknowledged but not routed again
     /// [MQTT-4.3.3-9]. Kept in memory only.
-    qos2_in: HashSet<u16>,
+    /// Boxed and created on first use: an empty `HashSet` would still take 48 bytes in
+    /// every session, and almost none ever holds an id.
+    #[allow(clippy::box_collection)]
+    qos2_in: Option<Box<HashSet<u16>>>,
     /// A will waiting for its delay interval to pass (MQTT 5 §3.1.3.2.2).
-    pending_will: Option<PendingWill>,
+    pending_will: Option<Box<PendingWill>>,
     /// Some owed message may carry a Message Expiry Interval: while the session is
     /// offline the sweeper drops expired ones, so they do not hold queue places.
     owed_may_expire: bool,
@@ -271,7 +275,7 @@ impl Session {
             owed: VecDeque::new(),
             stored: false,
             next_seq: 1,
-            qos2_in: HashSet::new(),
+            qos2_in: None,
             pending_will: None,
             owed_may_expire: false,
         }
@@ -304,28 +308,13 @@ impl Router {
         &self.metrics
     }
 
-    /// See `outbox.rs`: a QoS ≥ 1 PUBLISH awaits `pressure().admit()` before routing.
+    /// See `outbox.rs`: QoS ≥ 1 publishers are held back while it is overloaded.
     pub fn pressure(&self) -> &Arc<Pressure> {
         &self.pressure
     }
 
-    /// Called before routing a QoS ≥ 1 PUBLISH: returns at once unless the broker is
-    /// overloaded, then once the delivery backlog has drained (see `outbox.rs`).
-    pub async fn admit_publish(&self) {
-        if self.pressure.overloaded() {
-            self.metrics.publishes_held.inc();
-            self.pressure.admit().await;
-        }
-    }
-
-    /// Tells every open connection that the broker is shutting down (see `closing`).
-    pub fn close_connections(&self) {
-        self.closing.send_replace(true);
-    }
-
-    /// Resolves once [`Router::close_connections`] was called.
-    pub fn closing(&self) -> tokio::sync::watch::Receiver<bool> {
-        self.closing.subscribe()
+    pub fn limits(&self) -> Limits {
+        self.limits
     }
 
     pub fn store(&self) -> &Store {
@@ -577,3 +566,10 @@ mod stats;
 #[cfg(test)]
 #[path = "router_tests.rs"]
 mod tests;
+
+/// See `session.rs` `per_connection_state_stays_small`.
+#[cfg(test)]
+pub fn assert_session_small() {
+    let size = std::mem::size_of::<Session>();
+    assert!(size <= 320, "Session {size}");
+}

@@ -1,112 +1,102 @@
-//! Per-connection delivery: one task on the connection's worker thread moves messages
-//! from the connection's [`Inbox`] (the receiving end of its `Send` queue, see
-//! `outbox.rs`) into its (`Rc`-based) `MqttSink`; a second, small task watches for the
-//! end of the connection or a takeover and cleans up (unregister, Last Will).
+//! One connection's MQTT session on its worker, protocol-neutral: CONNECT and
+//! authentication, the replies that wait for the store, the outbound flow (in-flight
+//! window, packet ids, acknowledgements), overload holds. `v3.rs` and `v5.rs` decode
+//! packets and decide what they mean; this file keeps the state they share.
 //!
-//! The queue and the delivery task exist only once the connection has something to
-//! receive — its first SUBSCRIBE, or a resumed session with subscriptions or owed
-//! messages — so an idle connection (a device that only publishes) pays for neither.
-//!
-//! QoS 1 sends use the sink's non-blocking form: the task waits only for the client's
-//! in-flight window (`sink.ready()`), never for each PUBACK, so one slow acknowledgement
-//! does not serialise delivery. A subscriber that stops reading fills its window, then
-//! its queue up to the bounds in `outbox.rs`; nothing ever waits for it but its own task.
-//!
-//! QoS 2 sends are serialised (PUBLISH → PUBREC → PUBREL → PUBCOMP before the next
-//! message): ntex-mqtt 9.0 keeps one release slot per connection and requires
-//! acknowledgements in send order, so two QoS 2 flows at once would break it.
-//!
-//! Messages of a persistent session carry a sequence number: their packet id is derived
-//! from it (stable across reconnects and restarts, so a DUP resend reuses the id), and the
-//! PUBACK / PUBCOMP is reported to the router, which then forgets the message. Those of a
-//! clean session are counted off their bound when acknowledged.
+//! - **Replies in order.** A PUBACK/PUBREC (and a persistent session's SUBACK) leaves
+//!   only once the store has the records it answers for on disk; replies behind it
+//!   wait too, so acknowledgements go out in the order of the packets [MQTT-4.6.0-2].
+//!   Input goes on meanwhile, up to `receive_maximum` waiting replies.
+//! - **Outbound.** The connection's [`Inbox`] (see `outbox.rs`) is drained into its
+//!   output while the client's in-flight window has room and the socket takes bytes;
+//!   QoS 1 and QoS 2 flows run side by side, acknowledged in any order. Messages of a
+//!   persistent session carry a sequence number: their packet id derives from it
+//!   (stable across reconnects and restarts, so a DUP resend reuses the id), and the
+//!   final acknowledgement is reported to the router, which then forgets the message.
+//! - **Stalls.** A subscriber that cannot take anything for [`STALLED`] (window full,
+//!   socket not draining) tells its [`Counts`]: its backlog stops counting as broker
+//!   overload, so it holds no publisher back for longer than that (`outbox.rs`).
 
-use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
-use std::future::Future;
-use std::pin::pin;
-use std::rc::Rc;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
-use ntex_mqtt::{QoS, v3, v5};
-use tokio::sync::Notify;
+use ntex_bytes::{BytePages, Bytes, BytesMut};
+use ntex_mqtt::QoS;
 
-use crate::outbox::{self, Bounds, Counts, Inbox, Outbox};
-use crate::router::{ConnId, Outgoing, Registration, Router};
+use crate::auth::{self, Authenticator, Authorizer, Credentials, Refusal};
+use crate::error::Close;
+use crate::net::Cx;
+use crate::net::conn::{Conn, Output, Phase};
+use crate::net::mailbox::Cmd;
+use crate::outbox::{self, Bounds, Inbox};
+use crate::router::{ConnId, Message, Registration, Router};
 
-/// What every connection handler needs, shared by all workers (hence `Send`).
-#[derive(Clone)]
+/// What every connection needs, shared by all workers.
 pub struct Shared {
     pub router: Router,
+    /// Cap on session expiry (announced to MQTT 5 clients that ask for more).
+    pub max_session_expiry: u32,
     /// Per-connection queue bounds (`queue_capacity`, `session_queue_capacity`).
     pub bounds: Bounds,
-    /// Cap on session expiry intervals, announced to MQTT 5 clients that ask for more.
-    pub max_session_expiry: u32,
-    /// Source of ids for clients that connect without one.
-    auto_ids: Arc<AtomicU64>,
-    /// `max_connections` (0 = none).
-    max_connections: usize,
-    /// Decides at CONNECT who may connect and with which rights (`auth.rs`).
-    pub auth: Arc<dyn crate::auth::Authenticator>,
+    /// For ids the broker assigns to clients that send none.
+    auto_ids: AtomicU64,
+    pub auth: Arc<dyn Authenticator>,
+    /// 0 = no limit.
+    pub max_connections: usize,
+    pub max_packet_bytes: usize,
+    /// Waiting replies (unacknowledged QoS ≥ 1 publishes) before input pauses; the
+    /// Receive Maximum announced to MQTT 5 clients.
+    pub receive_maximum: u16,
+    /// Outbound QoS ≥ 1 messages in flight per connection.
+    pub max_inflight: u16,
+    pub connect_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    /// Where authentications that cannot answer at once are awaited.
+    pub runtime: tokio::runtime::Handle,
 }
 
-/// The per-connection state ntex-mqtt keeps in its `Session`.
-pub struct ConnState {
-    pub id: ConnId,
-    pub client_id: String,
-    pub router: Router,
-    /// What this connection may publish and subscribe to.
-    pub acl: Arc<dyn crate::auth::Authorizer>,
-    /// MQTT 5 Request Problem Information: when false, acknowledgements carry no reason
-    /// strings [MQTT-3.1.2-29]. Always true for MQTT 3.1.1 (nothing to send anyway).
-    pub problem_info: bool,
-    /// Until the connection has a queue and delivery task: what starting them takes.
-    idle: RefCell<Option<(Sink, Bounds)>>,
-}
-
-impl ConnState {
-    /// Gives this connection its queue and delivery task unless it has them; called
-    /// before a SUBSCRIBE is applied, so retained messages have somewhere to go.
-    pub fn ensure_delivery(&self) {
-        let Some((sink, bounds)) = self.idle.borrow_mut().take() else {
-            return;
-        };
-        let (router, client_id) = (self.router.clone(), self.client_id.clone());
-        self.router.attach(self.id, move || {
-            start_delivery(sink, router, client_id, bounds)
-        });
-    }
+/// Limits of [`Shared`] from the settings.
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_packet_bytes: usize,
+    pub receive_maximum: u16,
+    pub max_inflight: u16,
+    pub connect_timeout: Duration,
+    pub shutdown_timeout: Duration,
 }
 
 impl Shared {
     pub fn new(
         router: Router,
         queue_capacity: usize,
-        limits: crate::router::Limits,
-        auth: Arc<dyn crate::auth::Authenticator>,
+        auth: Arc<dyn Authenticator>,
+        limits: Limits,
+        runtime: tokio::runtime::Handle,
     ) -> Self {
+        let r = router.limits();
         Self {
-            router,
-            max_session_expiry: limits.max_session_expiry,
+            max_session_expiry: r.max_session_expiry,
             bounds: Bounds {
                 qos0: queue_capacity.max(1),
-                untracked: limits.session_queue_capacity.max(1),
+                untracked: r.session_queue_capacity.max(1),
             },
-            auto_ids: Arc::default(),
+            router,
+            auto_ids: AtomicU64::new(0),
             auth,
-            max_connections: 0,
+            max_connections: limits.max_connections,
+            max_packet_bytes: limits.max_packet_bytes.max(64),
+            receive_maximum: limits.receive_maximum.max(1),
+            max_inflight: limits.max_inflight.max(1),
+            connect_timeout: limits.connect_timeout,
+            shutdown_timeout: limits.shutdown_timeout,
+            runtime,
         }
     }
 
-    /// Refuse CONNECT while `max` connections are open (0 = no limit).
-    pub fn with_max_connections(mut self, max: usize) -> Self {
-        self.max_connections = max;
-        self
-    }
-
-    /// Whether a new connection would exceed `max_connections`. Checked at CONNECT, so
-    /// CONNECTs being handled at the same instant may overshoot by their number.
+    /// Whether a new connection would exceed `max_connections`. Checked at CONNECT.
     pub fn at_connection_limit(&self) -> bool {
         self.max_connections > 0
             && self.router.metrics().connections.get() >= self.max_connections as i64
@@ -118,374 +108,619 @@ impl Shared {
             self.auto_ids.fetch_add(1, Ordering::Relaxed) + 1
         )
     }
+}
 
-    /// Registers an accepted connection with the router (taking over its client id's
-    /// session, or starting one) and starts its watcher task — and its delivery task if
-    /// a resumed session has something for it — on the current worker thread. Returns
-    /// the session state and whether a session was resumed.
-    pub fn register(
-        &self,
-        conn: Connection,
-        sink: Sink,
-        disconnected: impl Future<Output = ()> + 'static,
-    ) -> (ConnState, bool) {
-        let Connection {
-            client_id,
-            will,
-            clean_start,
-            expiry,
-            acl,
-        } = conn;
-        let kick = Arc::new(Notify::new());
-        let started = Cell::new(false);
-        let connected = self.router.connect(
-            Registration {
-                client_id: client_id.clone(),
-                kick: kick.clone(),
-                will,
-                clean_start,
-                expiry,
-            },
-            || {
-                started.set(true);
-                start_delivery(
-                    sink.clone(),
-                    self.router.clone(),
-                    client_id.clone(),
-                    self.bounds,
-                )
-            },
-        );
-        let id = connected.id;
-        self.router.metrics().connections.inc();
-        let watch = Watch {
-            conn: id,
-            client_id: client_id.clone(),
-            router: self.router.clone(),
-            kick,
-            closing: self.router.closing(),
-            sink: sink.clone(),
+/// What a packet handler tells the read loop.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Flow {
+    /// Packet handled; go on with the next.
+    Continue,
+    /// Not handled: keep it (and what follows) until the connection resumes.
+    Pause,
+}
+
+/// A CONNECT whose authentication is under way.
+pub struct Pending {
+    pub client_id: String,
+    pub will: Option<Message>,
+    pub connect: PendingConnect,
+}
+
+pub enum PendingConnect {
+    V3(Box<ntex_mqtt::v3::codec::Connect>),
+    V5(Box<ntex_mqtt::v5::codec::Connect>, crate::v5::ConnectExtra),
+}
+
+impl Pending {
+    fn credentials(&self) -> Credentials<'_> {
+        let (username, password) = match &self.connect {
+            PendingConnect::V3(c) => (c.username.as_deref(), c.password.as_deref()),
+            PendingConnect::V5(c, _) => (c.username.as_deref(), c.password.as_deref()),
         };
-        // Dropping the handle detaches the task; it ends with the connection.
-        drop(ntex_rt::spawn(watch.run(disconnected)));
-        let state = ConnState {
-            id,
-            client_id,
-            router: self.router.clone(),
-            acl,
-            problem_info: true,
-            idle: RefCell::new((!started.get()).then_some((sink, self.bounds))),
-        };
-        (state, connected.session_present)
+        Credentials {
+            client_id: &self.client_id,
+            username,
+            password,
+        }
     }
 }
 
-/// Creates a connection's queue and spawns its delivery task on the current thread.
-fn start_delivery(sink: Sink, router: Router, client_id: String, bounds: Bounds) -> Outbox {
-    let (outbox, inbox) = outbox::channel(bounds, router.pressure().clone());
-    let delivery = Delivery {
-        client_id,
-        router,
-        inbox,
-        sink,
-    };
-    // Detached: it ends when the router drops the queue's sending end.
-    drop(ntex_rt::spawn(delivery.run()));
-    outbox
+/// Handles one complete packet of a connection, whatever its phase.
+pub fn frame(conn: &mut Conn, frame: BytesMut, cx: &mut Cx<'_>) -> Result<Flow, Close> {
+    match &mut conn.phase {
+        Phase::Handshake => {
+            let pending = match crate::v5::is_v5_connect(&frame) {
+                Some(true) => crate::v5::connect(frame, &mut conn.out, cx)?,
+                Some(false) => crate::v3::connect(frame, &mut conn.out, cx)?,
+                None => {
+                    // The first packet must be CONNECT [MQTT-3.1.0-1].
+                    tracing::debug!("first packet is not CONNECT");
+                    return Err(Close::Gone);
+                }
+            };
+            authenticate(conn, pending, cx)?;
+            Ok(Flow::Continue)
+        }
+        Phase::Active(a) => {
+            if a.input_paused() {
+                return Ok(Flow::Pause);
+            }
+            if let Some(ka) = a.keep_alive {
+                conn.deadline = cx.now + ka;
+            }
+            match a.proto {
+                Proto::V3(_) => crate::v3::packet(a, &mut conn.out, frame, cx),
+                Proto::V5(_) => crate::v5::packet(a, &mut conn.out, frame, cx),
+            }
+        }
+        Phase::Authenticating(_) | Phase::Closing => Ok(Flow::Pause),
+    }
 }
 
-/// What CONNECT asked for, protocol-independent.
+/// Asks the authenticator; finishes CONNECT at once when it answers at once (the
+/// shipped providers without a password to hash), else when [`Cmd::AuthDone`] comes.
+fn authenticate(conn: &mut Conn, pending: Pending, cx: &mut Cx<'_>) -> Result<(), Close> {
+    let mut answer = cx.shared.auth.authenticate(pending.credentials());
+    match answer
+        .as_mut()
+        .poll(&mut Context::from_waker(std::task::Waker::noop()))
+    {
+        Poll::Ready(answer) => finish_connect(conn, pending, answer, cx),
+        Poll::Pending => {
+            let (mailbox, key) = (cx.mailbox.clone(), cx.key);
+            cx.shared.runtime.spawn(async move {
+                mailbox.post(Cmd::AuthDone(key, answer.await));
+            });
+            conn.phase = Phase::Authenticating(Box::new(pending));
+            Ok(())
+        }
+    }
+}
+
+/// The authenticator's late answer ([`Cmd::AuthDone`]).
+pub fn authenticated(
+    conn: &mut Conn,
+    answer: Result<Arc<dyn Authorizer>, Refusal>,
+    cx: &mut Cx<'_>,
+) -> Result<(), Close> {
+    match std::mem::replace(&mut conn.phase, Phase::Handshake) {
+        Phase::Authenticating(pending) => finish_connect(conn, *pending, answer, cx),
+        other => {
+            conn.phase = other;
+            Ok(())
+        }
+    }
+}
+
+fn finish_connect(
+    conn: &mut Conn,
+    pending: Pending,
+    answer: Result<Arc<dyn Authorizer>, Refusal>,
+    cx: &mut Cx<'_>,
+) -> Result<(), Close> {
+    let will_topic = pending.will.as_ref().map(|w| &*w.topic);
+    let metrics = cx.shared.router.metrics();
+    let decided = auth::decide(answer, metrics, pending.credentials(), will_topic);
+    let active = match (pending.connect, decided) {
+        (PendingConnect::V3(_), Err(why)) => {
+            crate::v3::refuse(&mut conn.out, why);
+            return Err(Close::Refused);
+        }
+        (PendingConnect::V5(_, _), Err(why)) => {
+            crate::v5::refuse(&mut conn.out, why);
+            return Err(Close::Refused);
+        }
+        (PendingConnect::V3(c), Ok(acl)) => {
+            crate::v3::accept(*c, pending.client_id, pending.will, acl, &mut conn.out, cx)
+        }
+        (PendingConnect::V5(c, extra), Ok(acl)) => crate::v5::accept(
+            *c,
+            extra,
+            pending.client_id,
+            pending.will,
+            acl,
+            &mut conn.out,
+            cx,
+        ),
+    };
+    conn.deadline = match active.keep_alive {
+        Some(ka) => cx.now + ka,
+        // Keep-alive 0 turns the mechanism off [MQTT-3.1.2-24/-21].
+        None => cx.now + Duration::from_secs(100 * 365 * 24 * 3600),
+    };
+    conn.phase = Phase::Active(active);
+    Ok(())
+}
+
+/// What CONNECT asked of the router, protocol-independent.
 pub struct Connection {
     pub client_id: String,
-    pub will: Option<crate::router::Message>,
+    pub will: Option<Message>,
     pub clean_start: bool,
     /// Session expiry interval in seconds (0 = the session ends with the connection).
     pub expiry: u32,
-    /// The rights the authenticator granted.
-    pub acl: Arc<dyn crate::auth::Authorizer>,
 }
 
-/// Persistent-session messages sent at QoS 1 and not yet acknowledged, in send order:
-/// (packet id, sequence number).
-type Pending = Rc<RefCell<VecDeque<(u16, u64)>>>;
-
-/// The packet id of owed message `seq`: 1..=65535, stable for the message.
-fn packet_id(seq: u64) -> u16 {
-    ((seq - 1) % 65_535 + 1) as u16
+/// Registers an accepted connection with the router, taking over its client id's
+/// session or starting one. Returns the connection id, whether a session was resumed,
+/// and the connection's inbox if the resumed session already has something for it.
+pub fn register(conn: Connection, cx: &Cx<'_>) -> (ConnId, bool, Option<Inbox>) {
+    let mut inbox = None;
+    let router = &cx.shared.router;
+    let connected = router.connect(
+        Registration {
+            client_id: conn.client_id,
+            kick: cx.kicker(),
+            will: conn.will,
+            clean_start: conn.clean_start,
+            expiry: conn.expiry,
+        },
+        || {
+            let (o, i) = outbox::channel(
+                cx.shared.bounds,
+                router.pressure().clone(),
+                cx.ready_notifier(),
+            );
+            inbox = Some(i);
+            o
+        },
+    );
+    router.metrics().connections.inc();
+    (connected.id, connected.session_present, inbox)
 }
 
-/// The protocol-specific sink of one connection.
-#[derive(Clone)]
-pub enum Sink {
-    V3(v3::MqttSink),
-    V5(v5::MqttSink),
+/// The protocol-specific part of an active connection.
+pub enum Proto {
+    V3(crate::v3::State),
+    V5(Box<crate::v5::State>),
 }
 
-impl Sink {
-    /// QoS 1 non-blocking sends require an acknowledgement callback: it reports PUBACKs
-    /// of persistent-session messages to the router, and counts those of a clean
-    /// session off its bound. (`disconnected == true` calls come for messages that were
-    /// never acknowledged; a persistent session's stay owed.)
-    fn init(&self, router: Router, client_id: String, pending: Pending, counts: Arc<Counts>) {
-        let on_ack = move |id: u16, disconnected: bool| {
-            if disconnected {
-                return;
-            }
-            let mut p = pending.borrow_mut();
-            // PUBACKs arrive in send order (ntex-mqtt enforces it), so the front matches;
-            // an acknowledgement that is not a tracked message's is an untracked one's.
-            if p.front().is_some_and(|f| f.0 == id) {
-                let (_, seq) = p.pop_front().unwrap_or_default();
-                drop(p);
-                router.ack(&client_id, seq);
-            } else {
-                counts.untracked_done();
-            }
-        };
-        match self {
-            Sink::V3(s) => s.publish_ack_cb(move |id, d| on_ack(id.get(), d)),
-            Sink::V5(s) => s.publish_ack_cb(move |ack, d| on_ack(ack.packet_id.get(), d)),
-        }
-    }
-
-    async fn ready(&self) -> bool {
-        match self {
-            Sink::V3(s) => s.ready().await,
-            Sink::V5(s) => s.ready().await,
-        }
-    }
-
-    fn is_open(&self) -> bool {
-        match self {
-            Sink::V3(s) => s.is_open(),
-            Sink::V5(s) => s.is_open(),
-        }
-    }
-
-    fn is_ready(&self) -> bool {
-        match self {
-            Sink::V3(s) => s.is_ready(),
-            Sink::V5(s) => s.is_ready(),
-        }
-    }
-
-    /// Writes one PUBLISH. QoS 0/1 wait only for room in the client's in-flight window;
-    /// QoS 2 waits for the whole exchange. Returns `Some(seq)` when the exchange is
-    /// complete (QoS 2) — `seq` being the owed message to acknowledge, if tracked.
-    async fn send(&self, o: Outgoing, pending: &Pending) -> Result<Option<Option<u64>>, ()> {
-        let Outgoing { msg: m, seq, dup } = o;
-        if m.qos != QoS::AtMostOnce && !self.ready().await {
-            return Err(());
-        }
-        // Expired before onward delivery started: not sent, and no longer owed
-        // [MQTT-3.3.2-5] — complete as far as the bounds and the owed queue go.
-        if m.expired(std::time::Instant::now()) {
-            return Ok(Some(seq));
-        }
-        let id = seq.map(packet_id);
-        let log = |e| tracing::debug!(error = ?e, "publish to subscriber failed");
-        macro_rules! send {
-            ($b:expr) => {{
-                let mut b = $b.dup(dup);
-                if let Some(id) = id {
-                    b = b.packet_id(id);
-                }
-                match m.qos {
-                    QoS::AtMostOnce => b.send_at_most_once(m.payload).map_err(log)?,
-                    QoS::AtLeastOnce => {
-                        b.send_at_least_once_no_block(m.payload).map_err(log)?;
-                        if let (Some(id), Some(seq)) = (id, seq) {
-                            pending.borrow_mut().push_back((id, seq));
-                        }
-                    }
-                    QoS::ExactlyOnce => {
-                        let received = b.send_exactly_once(m.payload).await.map_err(log)?;
-                        received.release().await.map_err(log)?;
-                        return Ok(Some(seq));
-                    }
-                }
-            }};
-        }
-        match self {
-            Sink::V3(s) => {
-                let mut b = s.publish(m.topic);
-                if m.retain {
-                    b = b.retain();
-                }
-                send!(b)
-            }
-            Sink::V5(s) => {
-                let mut b = s.publish(m.topic).retain(m.retain);
-                if let Some(props) = m.properties {
-                    b = b.properties(|p| crate::v5::outgoing_properties(&props, p));
-                }
-                send!(b)
-            }
-        }
-        Ok(None)
-    }
-
-    /// Closes the connection because the broker shuts down: MQTT 5 clients learn why
-    /// (DISCONNECT 0x8B, Server shutting down); MQTT 3.1.1 has no server DISCONNECT.
-    fn close_shutting_down(&self) {
-        match self {
-            Sink::V3(s) => s.close(),
-            Sink::V5(s) => s.close_with_reason(v5::codec::Disconnect {
-                reason_code: v5::codec::DisconnectReasonCode::ServerShuttingDown,
-                reason_string: Some("the broker is shutting down".into()),
-                ..Default::default()
-            }),
-        }
-    }
-
-    /// Closes the connection because its client id connected again.
-    fn close_taken_over(&self) {
-        match self {
-            Sink::V3(s) => s.close(),
-            Sink::V5(s) => s.close_with_reason(v5::codec::Disconnect {
-                reason_code: v5::codec::DisconnectReasonCode::SessionTakenOver,
-                reason_string: Some("another connection took over this client id".into()),
-                ..Default::default()
-            }),
-        }
-    }
-}
-
-/// Everything the delivery task of one connection owns.
-struct Delivery {
-    client_id: String,
-    router: Router,
-    inbox: Inbox,
-    sink: Sink,
-}
-
-impl Delivery {
-    /// Runs until the router drops the queue's sending end (the connection ended or
-    /// was taken over), writing each message to the sink.
-    async fn run(mut self) {
-        let metrics = self.router.metrics().clone();
-        let counts = self.inbox.counts.clone();
-        let pending = Pending::default();
-        self.sink.init(
-            self.router.clone(),
-            self.client_id.clone(),
-            pending.clone(),
-            counts.clone(),
-        );
-        while let Some(m) = self.inbox.rx.recv().await {
-            let qos = m.msg.qos;
-            let untracked = m.seq.is_none();
-            if qos == QoS::AtMostOnce {
-                counts.qos0_taken();
-            } else {
-                counts.taken();
-            }
-            // QoS 0 waits for the socket too (ntex's write backpressure), not only QoS ≥ 1
-            // for the in-flight window: otherwise a subscriber slower than its publishers
-            // grows this connection's write buffer without bound, where its QoS 0 queue
-            // should drop the excess (seen: gigabytes, and a corrupted stream to it).
-            self.wait_for_client(&counts).await;
-            // Frees this message's place in the clean-session bound.
-            let done = || {
-                if untracked && qos != QoS::AtMostOnce {
-                    counts.untracked_done();
-                }
-            };
-            // Whatever is still queued will not go out on this connection; messages of a
-            // persistent session stay owed and go out again on the next one.
-            if !self.sink.is_open() {
-                metrics.dropped_disconnected.add(u64::from(untracked));
-                done();
-                continue;
-            }
-            let bytes = m.msg.payload.len() as u64;
-            match self.sink.send(m, &pending).await {
-                Ok(completed) => {
-                    metrics.delivered.inc();
-                    metrics.bytes_sent.add(bytes);
-                    match completed {
-                        Some(Some(seq)) => self.router.ack(&self.client_id, seq),
-                        Some(None) => done(),
-                        None => {}
-                    }
-                }
-                Err(()) if !self.sink.is_open() => {
-                    metrics.dropped_disconnected.add(u64::from(untracked));
-                    done();
-                }
-                Err(()) => {
-                    metrics.dropped_send_error.inc();
-                    done();
-                }
-            }
-        }
-    }
-}
-
-impl Delivery {
-    /// Waits for room to send a message (in-flight window, socket drained),
-    /// telling [`Counts`] once it has waited [`STALLED`] without progress: from then on
-    /// the wait is the client's doing and its backlog stops counting as broker overload.
-    /// A subscriber that keeps reading, however slowly, stays counted, so publishers are
-    /// held back rather than its messages dropped; one that stops is left to its bound.
-    async fn wait_for_client(&self, counts: &Counts) {
-        if self.sink.is_ready() || !self.sink.is_open() {
-            return;
-        }
-        if ntex_util::time::timeout(STALLED, self.sink.ready())
-            .await
-            .is_ok()
-        {
-            return;
-        }
-        counts.client_bound(true);
-        self.sink.ready().await;
-        counts.client_bound(false);
-    }
-}
+/// Output beyond which the outbound flow waits for the socket: a subscriber slower
+/// than its publishers fills its queue (whose bounds drop or hold back, `outbox.rs`),
+/// not this buffer.
+const OUTPUT_HIGH: usize = 64 * 1024;
 
 /// How long a subscriber may make no progress before its backlog is its own problem
 /// rather than broker overload (see `outbox.rs`).
-const STALLED: ntex_util::time::Millis = ntex_util::time::Millis(500);
+pub const STALLED: Duration = Duration::from_millis(500);
 
-/// Watches one connection for its end or a takeover.
-struct Watch {
-    conn: ConnId,
-    client_id: String,
-    router: Router,
-    kick: Arc<Notify>,
-    closing: tokio::sync::watch::Receiver<bool>,
-    sink: Sink,
+/// An accepted connection's session state on its worker.
+pub struct Active {
+    pub id: ConnId,
+    pub client_id: String,
+    pub acl: Arc<dyn Authorizer>,
+    pub proto: Proto,
+    /// 1.5 × the client's keep-alive; `None` when it asked for none.
+    pub keep_alive: Option<Duration>,
+    /// From the first subscription (or a resumed session with something owed) on.
+    pub delivery: Option<Box<Delivery>>,
+    /// Encoded replies waiting for the store, with the sequence number each waits for
+    /// (0: none of its own, only its place in line).
+    replies: VecDeque<(u64, Bytes)>,
+    /// Waiting replies at which input pauses (`receive_maximum`).
+    max_waiting: usize,
+    /// Outbound QoS ≥ 1 messages in flight at most: `max_inflight`, or less when an
+    /// MQTT 5 client's Receive Maximum asks for less.
+    pub window: u16,
+    /// A QoS ≥ 1 PUBLISH is held back for overload since then (`outbox.rs`).
+    pub held_since: Option<Instant>,
+    /// The held PUBLISH may go now, overloaded or not (it waited long enough).
+    pub admit_next: bool,
 }
 
-impl Watch {
-    /// Runs until the connection is closed, then unregisters it (which ends its delivery
-    /// task) and publishes its will unless it disconnected cleanly or was taken over.
-    async fn run(mut self, disconnected: impl Future<Output = ()>) {
-        let mut disconnected = pin!(disconnected);
-        let mut closed = false;
-        loop {
-            // `biased`: no RNG needed (this runs on ntex, not tokio).
-            tokio::select! {
-                biased;
-                () = &mut disconnected => break,
-                () = self.kick.notified() => {
-                    tracing::info!(client_id = %self.client_id, "session taken over");
-                    self.sink.close_taken_over();
-                }
-                _ = self.closing.wait_for(|c| *c), if !closed => {
-                    closed = true;
-                    self.sink.close_shutting_down();
-                }
+impl Active {
+    pub fn new(
+        id: ConnId,
+        client_id: String,
+        acl: Arc<dyn Authorizer>,
+        proto: Proto,
+        keep_alive: u16,
+        shared: &Shared,
+    ) -> Self {
+        Self {
+            id,
+            client_id,
+            acl,
+            proto,
+            // [MQTT-3.1.2-22] / [MQTT-3.1.2-24]: 1.5 × the interval the client gave.
+            keep_alive: (keep_alive > 0)
+                .then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
+            delivery: None,
+            replies: VecDeque::new(),
+            max_waiting: usize::from(shared.receive_maximum),
+            window: shared.max_inflight,
+            held_since: None,
+            admit_next: false,
+        }
+    }
+
+    /// Input waits: a publish is held back, or too many replies wait for the store.
+    pub fn input_paused(&self) -> bool {
+        self.held_since.is_some() || self.replies.len() >= self.max_waiting
+    }
+
+    /// Whether a QoS ≥ 1 PUBLISH must wait for the broker's backlog to drain; if so
+    /// the connection is listed as held and the packet stays unread.
+    pub fn hold_publish(&mut self, cx: &mut Cx<'_>) -> bool {
+        if std::mem::take(&mut self.admit_next) {
+            return false;
+        }
+        if !cx.shared.router.pressure().overloaded() {
+            return false;
+        }
+        cx.shared.router.metrics().publishes_held.inc();
+        self.held_since = Some(cx.now);
+        cx.lists.held.push(cx.key.index as usize);
+        true
+    }
+
+    /// Queues a reply: written now if nothing waits before it and its record (if any)
+    /// is on disk, else in line.
+    pub fn reply(
+        &mut self,
+        out: &mut Output,
+        cx: &mut Cx<'_>,
+        lsn: u64,
+        encode: impl FnOnce(&Proto, &mut BytePages),
+    ) {
+        if self.replies.is_empty() && cx.durable(lsn) {
+            encode(&self.proto, out.pages());
+            return;
+        }
+        let mut pages = BytePages::default();
+        encode(&self.proto, &mut pages);
+        if self.replies.is_empty() {
+            cx.wait_durable(lsn.max(1));
+        }
+        self.replies.push_back((lsn, pages.freeze()));
+    }
+
+    /// Writes the replies whose records are durable now; true if any was written.
+    pub fn release_replies(&mut self, durable: u64, out: &mut Output) -> bool {
+        let mut released = false;
+        while let Some((lsn, _)) = self.replies.front()
+            && *lsn <= durable
+        {
+            if let Some((_, bytes)) = self.replies.pop_front() {
+                out.pages().append(bytes);
+                released = true;
             }
         }
-        let metrics = self.router.metrics();
+        released
+    }
+
+    /// The sequence number the first waiting reply needs.
+    pub fn next_reply_lsn(&self) -> Option<u64> {
+        self.replies.front().map(|(lsn, _)| (*lsn).max(1))
+    }
+
+    /// Creates the connection's queue before its first subscription takes effect.
+    pub fn ensure_delivery(&mut self, cx: &Cx<'_>) {
+        if self.delivery.is_some() {
+            return;
+        }
+        let mut inbox = None;
+        let router = &cx.shared.router;
+        router.attach(self.id, || {
+            let (o, i) = outbox::channel(
+                cx.shared.bounds,
+                router.pressure().clone(),
+                cx.ready_notifier(),
+            );
+            inbox = Some(i);
+            o
+        });
+        if let Some(inbox) = inbox {
+            self.start_delivery(inbox);
+        }
+    }
+
+    /// Starts the outbound flow.
+    pub fn start_delivery(&mut self, inbox: Inbox) {
+        self.delivery = Some(Box::new(Delivery {
+            inbox,
+            inflight: HashMap::new(),
+            window: usize::from(self.window.max(1)),
+            next_pid: 0,
+            blocked_since: None,
+            bound: false,
+            listed: false,
+        }));
+    }
+
+    /// Moves queued messages into the output while the window and the socket allow.
+    pub fn pump(&mut self, out: &mut Output, cx: &mut Cx<'_>) {
+        let Some(d) = self.delivery.as_deref_mut() else {
+            return;
+        };
+        let metrics = cx.shared.router.metrics();
+        let mut sent_any = false;
+        let blocked = loop {
+            if out.len() >= OUTPUT_HIGH {
+                break true;
+            }
+            let room = d.inflight.len() < d.window;
+            let inflight = &d.inflight;
+            let Some(m) = d.inbox.pop_if(|o| {
+                o.msg.qos == QoS::AtMostOnce
+                    || (room && o.seq.is_none_or(|s| !inflight.contains_key(&packet_id(s))))
+            }) else {
+                if !d.inbox.is_empty() {
+                    break true;
+                }
+                if d.inbox.idle() {
+                    break false;
+                }
+                continue;
+            };
+            let qos = m.msg.qos;
+            if qos == QoS::AtMostOnce {
+                d.inbox.counts.qos0_taken();
+            } else {
+                d.inbox.counts.taken();
+            }
+            // Expired before onward delivery started: not sent, and no longer owed
+            // [MQTT-3.3.2-5].
+            if m.msg.expired(cx.now) {
+                d.complete(&cx.shared.router, &self.client_id, m.seq, qos);
+                continue;
+            }
+            let pid = (qos != QoS::AtMostOnce).then(|| match m.seq {
+                Some(seq) => packet_id(seq),
+                None => d.alloc_pid(),
+            });
+            let bytes = m.msg.payload.len() as u64;
+            match self.proto.encode_publish(out.pages(), m.msg, pid, m.dup) {
+                Ok(()) => {
+                    sent_any = true;
+                    metrics.delivered.inc();
+                    metrics.bytes_sent.add(bytes);
+                    if let Some(pid) = pid {
+                        d.inflight.insert(
+                            pid,
+                            Sent {
+                                seq: m.seq,
+                                qos,
+                                released: false,
+                            },
+                        );
+                    }
+                }
+                Err(NotEncoded) => {
+                    // Larger than the client's Maximum Packet Size: discarded as if it
+                    // had been sent [MQTT-3.1.2-25].
+                    metrics.dropped_send_error.inc();
+                    d.complete(&cx.shared.router, &self.client_id, m.seq, qos);
+                }
+            }
+        };
+        if sent_any && d.bound {
+            d.inbox.counts.client_bound(false);
+            d.bound = false;
+        }
+        if sent_any || !blocked {
+            d.blocked_since = None;
+        }
+        if blocked && d.blocked_since.is_none() {
+            d.blocked_since = Some(cx.now);
+            if !d.listed {
+                d.listed = true;
+                cx.lists.blocked.push(cx.key.index as usize);
+            }
+        }
+    }
+
+    /// The outbound flow stopped with messages waiting (window or output full).
+    pub fn waits_for_output(&self) -> bool {
+        self.delivery
+            .as_deref()
+            .is_some_and(|d| d.blocked_since.is_some())
+    }
+
+    /// Called every tick while listed as blocked: tells the counts once the client has
+    /// taken nothing for [`STALLED`]. Returns whether to stay listed.
+    pub fn check_stalled(&mut self, now: Instant) -> bool {
+        let Some(d) = self.delivery.as_deref_mut() else {
+            return false;
+        };
+        match d.blocked_since {
+            Some(since) => {
+                if !d.bound && now.duration_since(since) >= STALLED {
+                    d.inbox.counts.client_bound(true);
+                    d.bound = true;
+                }
+                true
+            }
+            None => {
+                d.listed = false;
+                false
+            }
+        }
+    }
+
+    /// PUBACK: the QoS 1 flow of `pid` is complete.
+    pub fn puback(&mut self, pid: u16, out: &mut Output, cx: &mut Cx<'_>) {
+        self.finish_flow(pid, QoS::AtLeastOnce, out, cx);
+    }
+
+    /// PUBREC: returns whether to answer PUBREL (false for an unknown id, or when the
+    /// client refused the message — MQTT 5 reason ≥ 0x80 ends the flow).
+    pub fn pubrec(&mut self, pid: u16, refused: bool, out: &mut Output, cx: &mut Cx<'_>) -> bool {
+        if refused {
+            self.finish_flow(pid, QoS::ExactlyOnce, out, cx);
+            return false;
+        }
+        match self
+            .delivery
+            .as_deref_mut()
+            .and_then(|d| d.inflight.get_mut(&pid))
+        {
+            Some(s) if s.qos == QoS::ExactlyOnce => {
+                s.released = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// PUBCOMP: the QoS 2 flow of `pid` is complete.
+    pub fn pubcomp(&mut self, pid: u16, out: &mut Output, cx: &mut Cx<'_>) {
+        // PUBCOMP answers our PUBREL; one before it is not the end of this flow.
+        let released = self
+            .delivery
+            .as_deref()
+            .and_then(|d| d.inflight.get(&pid))
+            .is_some_and(|s| s.released);
+        if released {
+            self.finish_flow(pid, QoS::ExactlyOnce, out, cx);
+        }
+    }
+
+    fn finish_flow(&mut self, pid: u16, qos: QoS, out: &mut Output, cx: &mut Cx<'_>) {
+        let Some(d) = self.delivery.as_deref_mut() else {
+            return;
+        };
+        if d.inflight.get(&pid).is_some_and(|s| s.qos == qos) {
+            if let Some(s) = d.inflight.remove(&pid) {
+                d.complete(&cx.shared.router, &self.client_id, s.seq, qos);
+            }
+            // Room in the window: send what waits.
+            self.pump(out, cx);
+        }
+    }
+
+    /// The connection is over: tells an MQTT 5 client why, lets the router forget the
+    /// connection (publishing its will unless it ended normally), and counts what was
+    /// queued for it and will not be sent.
+    pub fn end(self, out: &mut Output, why: &Close, shared: &Shared) {
+        if let (Proto::V5(v5), Some((code, text))) = (&self.proto, why.v5_disconnect()) {
+            crate::v5::encode_disconnect(v5, out.pages(), code, text);
+        }
+        let router = &shared.router;
+        let metrics = router.metrics();
+        if let Some(d) = &self.delivery {
+            // Messages of a persistent session stay owed and go out on the next one.
+            let untracked = d.inbox.drain().iter().filter(|o| o.seq.is_none()).count();
+            metrics.dropped_disconnected.add(untracked as u64);
+        }
         metrics.connections.dec();
-        if let Some(will) = self.router.disconnect(self.conn) {
+        if let Some(will) = router.disconnect(self.id) {
             tracing::info!(client_id = %self.client_id, topic = %will.topic, "publishing last will");
             metrics.wills.inc();
-            self.router.publish(Some(self.conn), will);
+            router.publish(Some(self.id), will);
         }
-        tracing::debug!(client_id = %self.client_id, "connection closed");
+        tracing::debug!(client_id = %self.client_id, reason = why.label(), "connection closed");
+    }
+}
+
+impl Proto {
+    fn encode_publish(
+        &self,
+        dst: &mut BytePages,
+        msg: Message,
+        pid: Option<u16>,
+        dup: bool,
+    ) -> Result<(), NotEncoded> {
+        match self {
+            Proto::V3(s) => crate::v3::encode_publish(s, dst, msg, pid, dup),
+            Proto::V5(s) => crate::v5::encode_publish(s, dst, msg, pid, dup),
+        }
+    }
+}
+
+/// A PUBLISH the codec would not encode: larger than the client's Maximum Packet Size.
+#[derive(Debug)]
+pub struct NotEncoded;
+
+/// The outbound flow of one connection.
+pub struct Delivery {
+    inbox: Inbox,
+    /// QoS ≥ 1 messages sent and not yet completely acknowledged, by packet id.
+    inflight: HashMap<u16, Sent>,
+    window: usize,
+    /// Last packet id handed to a message without a sequence number.
+    next_pid: u16,
+    /// Could not send what waits since then.
+    blocked_since: Option<Instant>,
+    /// [`Counts::client_bound`] was told the client is the bottleneck.
+    bound: bool,
+    /// In the worker's blocked list.
+    listed: bool,
+}
+
+struct Sent {
+    seq: Option<u64>,
+    qos: QoS,
+    /// PUBREC came and PUBREL went (QoS 2).
+    released: bool,
+}
+
+impl Delivery {
+    fn alloc_pid(&mut self) -> u16 {
+        // The window is below 65,535, so a free id is always found.
+        loop {
+            self.next_pid = self.next_pid.wrapping_add(1).max(1);
+            if !self.inflight.contains_key(&self.next_pid) {
+                return self.next_pid;
+            }
+        }
+    }
+
+    /// A message left this connection's hands for good (acknowledged, expired,
+    /// undeliverable): a persistent session's is acknowledged to the router; a clean
+    /// session's QoS ≥ 1 frees its place in the bound.
+    fn complete(&self, router: &Router, client_id: &str, seq: Option<u64>, qos: QoS) {
+        match seq {
+            Some(seq) => router.ack(client_id, seq),
+            None if qos != QoS::AtMostOnce => self.inbox.counts.untracked_done(),
+            None => {}
+        }
+    }
+}
+
+/// The packet id of owed message `seq`: 1..=65535, stable for the message.
+pub fn packet_id(seq: u64) -> u16 {
+    ((seq - 1) % 65_535 + 1) as u16
+}
+
+#[cfg(test)]
+mod size_tests {
+    /// An idle connection's memory is these structures (plus its socket and the
+    /// router's session): growing one grows every idle device's cost, which is measured
+    /// against Mosquitto in `docs/benchmarks.md`. Raise a bound only knowingly.
+    #[test]
+    fn per_connection_state_stays_small() {
+        use std::mem::size_of;
+        assert!(
+            size_of::<crate::net::conn::Conn>() <= 96,
+            "Conn {}",
+            size_of::<crate::net::conn::Conn>()
+        );
+        assert!(
+            size_of::<super::Active>() <= 176,
+            "Active {}",
+            size_of::<super::Active>()
+        );
+        crate::router::assert_session_small();
     }
 }

@@ -24,7 +24,7 @@ pub struct BrokerSettings {
     pub mqtt_addr: String,
     /// `/healthz`, `/readyz`, `/metrics`.
     pub admin_addr: String,
-    /// ntex worker threads; connections are spread over them.
+    /// Network worker threads (`net/`); connections are dealt out to them in turn.
     pub workers: usize,
     /// QoS 0 messages queued per subscriber connection; beyond it new QoS 0 messages for
     /// that subscriber are dropped and counted (`messages_dropped_total{reason=
@@ -61,13 +61,6 @@ pub struct BrokerSettings {
     /// CONNACK 0x97 Quota exceeded, MQTT 3.1.1 CONNACK 3 Server unavailable. 0 = no limit
     /// (the open-files limit still applies).
     pub max_connections: usize,
-    /// Read buffer per connection, in bytes; 0 (the default) keeps ntex's 16 KiB. ntex
-    /// keeps one posted per idle connection (io-uring), so smaller values save memory
-    /// (2048: ~2 KiB per idle connection, docs/benchmarks.md) — but under a publisher
-    /// that floods faster than the broker routes, ntex grows the buffer in steps of this
-    /// size, copying it each time, and a small step stalled the worker (measured with the
-    /// load generator at 2048). Only for many idle devices and modest rates.
-    pub read_buffer_bytes: usize,
     /// A client must send CONNECT within this many seconds of opening the socket.
     pub connect_timeout_secs: u16,
     /// On SIGTERM, how long connections may take to finish what they are doing before
@@ -138,7 +131,6 @@ impl Default for BrokerSettings {
             receive_maximum: 1024,
             max_packet_bytes: 1024 * 1024,
             max_connections: 0,
-            read_buffer_bytes: 0,
             connect_timeout_secs: 10,
             shutdown_timeout_ms: 2_000,
             ws_addr: None,

@@ -1,6 +1,7 @@
-//! MQTT over TLS (rustls), served by the same ntex server and MQTT handlers as plain
-//! TCP: each connection passes through ntex-tls's acceptor first, then the MQTT service
-//! (see `startup::build_server`). Enabled only when `tls_cert` and `tls_key` are set.
+//! MQTT over TLS (rustls): the listener and its certificate. Connections on it are
+//! served by the same workers and MQTT handlers as plain TCP, with rustls between the
+//! socket and the framing (`net/transport.rs`). Enabled only when `tls_cert` and
+//! `tls_key` are set.
 //!
 //! rustls runs on the *ring* provider, chosen explicitly rather than through rustls's
 //! process-wide default, so nothing depends on which other crate installed one first.
@@ -10,12 +11,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
-use ntex_tls::rustls::TlsAcceptor;
 use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-/// A bound TLS listener and its server configuration, ready to hand to ntex.
+/// A bound TLS listener and its server configuration, ready for the workers.
 #[derive(Debug)]
 pub struct TlsListener {
     pub addr: SocketAddr,
@@ -40,12 +40,6 @@ impl TlsListener {
     pub fn config(&self) -> Arc<ServerConfig> {
         self.config.clone()
     }
-}
-
-/// The acceptor for one ntex worker. Build it on that worker's thread: ntex-tls counts
-/// handshakes in progress per thread.
-pub fn acceptor(config: &Arc<ServerConfig>) -> TlsAcceptor {
-    TlsAcceptor::new(config.clone())
 }
 
 /// A rustls server configuration from a PEM certificate chain and private key.

@@ -1,37 +1,82 @@
-//! MQTT 3.1.1 connection handling: CONNECT, PUBLISH, and the protocol packets
-//! (SUBSCRIBE, UNSUBSCRIBE, DISCONNECT, PINGREQ, PUBREL) ntex-mqtt hands to `.protocol(…)`.
+//! MQTT 3.1.1: what each packet means. Packets are decoded and encoded by
+//! ntex-mqtt's v3 codec; the session state they act on is `session.rs`.
+//!
+//! MQTT 3.1.1 has no reason codes beyond CONNACK's and SUBACK's: a packet it cannot
+//! accept otherwise closes the connection, the only answer the protocol has.
 
-use ntex_mqtt::{QoS, v3};
-use ntex_util::time::Seconds;
+use std::num::NonZeroU16;
+use std::sync::Arc;
 
-use crate::auth::{self, Credentials, Refusal};
-use crate::error::BrokerError;
-use crate::router::NEVER;
-use crate::router::{Message, SendRetained, Subscription};
-use crate::session::{ConnState, Connection, Shared, Sink};
+use ntex_bytes::{BytePages, BytesMut};
+use ntex_codec::{Decoder, Encoder};
+use ntex_mqtt::QoS;
+use ntex_mqtt::error::DecodeError;
+use ntex_mqtt::v3::codec::{
+    Codec, ConnectAck, ConnectAckReason, Decoded, Encoded, Packet, Publish, SubscribeReturnCode,
+};
+use ntex_mqtt::v5::codec::DisconnectReasonCode;
+
+use crate::auth::{self, Authorizer, Refusal};
+use crate::error::Close;
+use crate::net::Cx;
+use crate::net::conn::Output;
+use crate::router::{Message, NEVER, SendRetained, Subscription};
+use crate::session::{self, Active, Connection, Flow, Pending, PendingConnect, Proto};
 use crate::topic_filter::{Filter, validate_name};
 
-pub async fn connect(
-    shared: &Shared,
-    c: v3::Connect,
-) -> Result<v3::ConnectAck<ConnState>, BrokerError> {
-    if shared.at_connection_limit() {
-        // `max_connections`: CONNACK 3 Server unavailable (MQTT 3.1.1 §3.2.2.3).
-        shared.router.metrics().refused_connection_limit.inc();
-        return Ok(c.service_unavailable());
+/// The MQTT 3.1.1 part of a connection: its codec.
+pub struct State {
+    codec: Codec,
+}
+
+fn write(codec: &Codec, dst: &mut BytePages, pkt: Packet) {
+    if let Err(e) = codec.encodev(Encoded::Packet(pkt), dst) {
+        tracing::warn!(error = %e, "MQTT 3.1.1 packet not encoded");
     }
-    let pkt = c.packet();
-    let mut client_id = pkt.client_id.to_string();
-    if client_id.is_empty() {
-        // A client without an id must ask for a clean session [MQTT-3.1.3-8]; it then gets
-        // one we make up [MQTT-3.1.3-6].
-        if !pkt.clean_session {
-            return Ok(c.identifier_rejected());
+}
+
+fn connack(out: &mut Output, return_code: ConnectAckReason, session_present: bool) {
+    let ack = ConnectAck {
+        return_code,
+        session_present,
+    };
+    write(&Codec::new(), out.pages(), Packet::ConnectAck(ack));
+}
+
+/// The first packet of an MQTT 3.1.1 connection: CONNECT, checked as far as it can be
+/// before the authenticator is asked.
+pub fn connect(mut frame: BytesMut, out: &mut Output, cx: &mut Cx<'_>) -> Result<Pending, Close> {
+    let c = match Codec::new().decode(&mut frame) {
+        Ok(Some(Decoded::Packet(Packet::Connect(c), _))) => c,
+        // A level other than 4 (3.1.1): CONNACK 1, then close [MQTT-3.1.2-2].
+        Err(DecodeError::UnsupportedProtocolLevel | DecodeError::InvalidProtocol) => {
+            connack(out, ConnectAckReason::UnacceptableProtocolVersion, false);
+            return Err(Close::Refused);
         }
-        client_id = shared.generated_client_id();
+        // No client id without a clean session [MQTT-3.1.3-8].
+        Err(DecodeError::InvalidClientId) => {
+            connack(out, ConnectAckReason::IdentifierRejected, false);
+            return Err(Close::Refused);
+        }
+        other => {
+            tracing::debug!(result = ?other.map(|_| ()), "malformed CONNECT");
+            return Err(Close::Gone);
+        }
+    };
+    if cx.shared.at_connection_limit() {
+        // `max_connections`: CONNACK 3 Server unavailable (MQTT 3.1.1 §3.2.2.3).
+        cx.shared.router.metrics().refused_connection_limit.inc();
+        connack(out, ConnectAckReason::ServiceUnavailable, false);
+        return Err(Close::Refused);
     }
-    let keep_alive = pkt.keep_alive;
-    let will = pkt.last_will.as_ref().map(|w| Message {
+    let client_id = if c.client_id.is_empty() {
+        // A client without an id asked for a clean session (the codec checks it); it
+        // gets one we make up [MQTT-3.1.3-6].
+        cx.shared.generated_client_id()
+    } else {
+        c.client_id.to_string()
+    };
+    let will = c.last_will.as_ref().map(|w| Message {
         topic: w.topic.clone(),
         payload: w.message.clone(),
         qos: w.qos,
@@ -41,138 +86,265 @@ pub async fn connect(
     if let Some(w) = &will
         && validate_name(&w.topic).is_err()
     {
-        return Ok(c.identifier_rejected());
+        connack(out, ConnectAckReason::IdentifierRejected, false);
+        return Err(Close::Refused);
     }
-    tracing::debug!(%client_id, clean_session = pkt.clean_session, keep_alive, "v3 connect");
-    // Before `register`: a refused client must not take over anyone's session.
-    let creds = Credentials {
-        client_id: &client_id,
-        username: pkt.username.as_deref(),
-        password: pkt.password.as_deref(),
-    };
-    let will_topic = will.as_ref().map(|w| &*w.topic);
-    let acl = match auth::connect(&*shared.auth, shared.router.metrics(), creds, will_topic).await {
-        Ok(acl) => acl,
-        // CONNACK 4 / 5 (MQTT 3.1.1 §3.2.2.3), then the connection closes [MQTT-3.2.2-5].
-        Err(Refusal::BadCredentials) => return Ok(c.bad_username_or_pwd()),
-        Err(Refusal::NotAuthorized) => return Ok(c.not_authorized()),
-    };
-
-    let conn = Connection {
+    tracing::debug!(%client_id, clean_session = c.clean_session, keep_alive = c.keep_alive, "v3 connect");
+    Ok(Pending {
         client_id,
         will,
-        // clean_session=1 discards any session and ends the new one at disconnect
-        // [MQTT-3.1.2-6]; 0 resumes or creates a persistent one [MQTT-3.1.2-4]. 3.1.1 has
-        // no expiry interval: the configured maximum applies (the router caps NEVER).
-        clean_start: pkt.clean_session,
-        expiry: if pkt.clean_session { 0 } else { NEVER },
-        acl,
-    };
-    let (state, present) = shared.register(conn, Sink::V3(c.sink()), c.io().on_disconnect());
-    // session_present=1 only when a session was resumed [MQTT-3.2.2-1/-2].
-    let ack = c.ack(state, present);
-    Ok(if keep_alive == 0 {
-        // Keep-alive 0 turns the mechanism off [MQTT-3.1.2-24]; ntex-mqtt would otherwise
-        // default to a 30 s idle timeout.
-        ack.idle_timeout(Seconds::ZERO)
-    } else {
-        ack
+        connect: PendingConnect::V3(c),
     })
 }
 
-pub async fn publish(s: &v3::Session<ConnState>, p: v3::Publish) -> Result<(), BrokerError> {
+/// CONNACK 4 / 5 (MQTT 3.1.1 §3.2.2.3); the connection then closes [MQTT-3.2.2-5].
+pub fn refuse(out: &mut Output, why: Refusal) {
+    let code = match why {
+        Refusal::BadCredentials => ConnectAckReason::BadUserNameOrPassword,
+        Refusal::NotAuthorized => ConnectAckReason::NotAuthorized,
+    };
+    connack(out, code, false);
+}
+
+/// The authenticator said yes: register the session and answer CONNACK.
+pub fn accept(
+    c: ntex_mqtt::v3::codec::Connect,
+    client_id: String,
+    will: Option<Message>,
+    acl: Arc<dyn Authorizer>,
+    out: &mut Output,
+    cx: &mut Cx<'_>,
+) -> Box<Active> {
+    let (id, present, inbox) = session::register(
+        Connection {
+            client_id: client_id.clone(),
+            will,
+            // clean_session=1 discards any session and ends the new one at disconnect
+            // [MQTT-3.1.2-6]; 0 resumes or creates a persistent one [MQTT-3.1.2-4]. 3.1.1
+            // has no expiry interval: the configured maximum applies (the router caps
+            // NEVER).
+            clean_start: c.clean_session,
+            expiry: if c.clean_session { 0 } else { NEVER },
+        },
+        cx,
+    );
+    let state = State {
+        codec: Codec::new(),
+    };
+    let mut a = Active::new(
+        id,
+        client_id,
+        acl,
+        Proto::V3(state),
+        c.keep_alive,
+        cx.shared,
+    );
+    if let Some(inbox) = inbox {
+        a.start_delivery(inbox);
+    }
+    // session_present=1 only when a session was resumed [MQTT-3.2.2-1/-2].
+    connack(out, ConnectAckReason::ConnectionAccepted, present);
+    Box::new(a)
+}
+
+fn codec(a: &Active) -> &Codec {
+    match &a.proto {
+        Proto::V3(s) => &s.codec,
+        Proto::V5(_) => unreachable!("an MQTT 3.1.1 handler on an MQTT 5 connection"),
+    }
+}
+
+fn reply(a: &mut Active, out: &mut Output, cx: &mut Cx<'_>, lsn: u64, pkt: Packet) {
+    a.reply(out, cx, lsn, |proto, dst| {
+        if let Proto::V3(s) = proto {
+            write(&s.codec, dst, pkt);
+        }
+    });
+}
+
+fn protocol_error(why: impl Into<String>) -> Close {
+    Close::protocol(DisconnectReasonCode::ProtocolError, why)
+}
+
+/// Every packet after CONNECT.
+pub fn packet(
+    a: &mut Active,
+    out: &mut Output,
+    mut frame: BytesMut,
+    cx: &mut Cx<'_>,
+) -> Result<Flow, Close> {
+    let decoded = codec(a).decode(&mut frame).map_err(|e| {
+        tracing::debug!(error = %e, "malformed packet");
+        Close::protocol(DisconnectReasonCode::MalformedPacket, e.to_string())
+    })?;
+    let pkt = match decoded {
+        Some(Decoded::Publish(p, payload, _)) => return publish(a, out, cx, p, payload),
+        Some(Decoded::Packet(pkt, _)) => pkt,
+        _ => return Err(protocol_error("incomplete packet")),
+    };
+    match pkt {
+        Packet::PublishAck { packet_id } => a.puback(packet_id.get(), out, cx),
+        Packet::PublishReceived { packet_id } => {
+            if a.pubrec(packet_id.get(), false, out, cx) {
+                write(codec(a), out.pages(), Packet::PublishRelease { packet_id });
+            }
+        }
+        Packet::PublishComplete { packet_id } => a.pubcomp(packet_id.get(), out, cx),
+        Packet::PublishRelease { packet_id } => {
+            // QoS 2 messages were routed at PUBLISH; the id may now be reused.
+            cx.shared.router.qos2_released(a.id, packet_id.get());
+            reply(a, out, cx, 0, Packet::PublishComplete { packet_id });
+        }
+        Packet::Subscribe {
+            packet_id,
+            topic_filters,
+        } => subscribe(a, out, cx, packet_id, topic_filters),
+        Packet::Unsubscribe {
+            packet_id,
+            topic_filters,
+        } => {
+            for raw in &topic_filters {
+                cx.shared.router.unsubscribe(a.id, raw);
+            }
+            reply(a, out, cx, 0, Packet::UnsubscribeAck { packet_id });
+        }
+        Packet::PingRequest => reply(a, out, cx, 0, Packet::PingResponse),
+        Packet::Disconnect => {
+            // A normal end: the will is discarded [MQTT-3.14.4-3].
+            cx.shared.router.clear_will(a.id);
+            return Err(Close::Disconnected);
+        }
+        // A second CONNECT [MQTT-3.1.0-2], or a packet only a server sends.
+        other => {
+            return Err(protocol_error(format!(
+                "unexpected packet type {}",
+                other.packet_type() >> 4
+            )));
+        }
+    }
+    Ok(Flow::Continue)
+}
+
+fn publish(
+    a: &mut Active,
+    out: &mut Output,
+    cx: &mut Cx<'_>,
+    p: Publish,
+    payload: ntex_bytes::Bytes,
+) -> Result<Flow, Close> {
     // The codec already refuses wildcards [MQTT-3.3.2-2]; an empty name closes the
     // connection, the only answer MQTT 3.1.1 has.
-    validate_name(&p.packet().topic).map_err(BrokerError::Topic)?;
-    let payload = p.read_all().await.map_err(|_| BrokerError::Payload)?;
-    if !auth::may_publish(&*s.acl, &p.packet().topic) {
+    if let Err(e) = validate_name(&p.topic) {
+        return Err(Close::protocol(
+            DisconnectReasonCode::TopicNameInvalid,
+            format!("invalid topic name: {}", e.code()),
+        ));
+    }
+    // Broker overloaded: hold this publisher back rather than drop later (outbox.rs).
+    if p.qos != QoS::AtMostOnce && a.hold_publish(cx) {
+        return Ok(Flow::Pause);
+    }
+    let qos = p.qos;
+    let ack = |packet_id: Option<NonZeroU16>| match (qos, packet_id) {
+        (QoS::AtLeastOnce, Some(packet_id)) => Some(Packet::PublishAck { packet_id }),
+        (QoS::ExactlyOnce, Some(packet_id)) => Some(Packet::PublishReceived { packet_id }),
+        _ => None,
+    };
+    if !auth::may_publish(&*a.acl, &p.topic) {
         // MQTT 3.1.1 has no negative PUBACK: the message is acknowledged as usual and
         // dropped (Mosquitto does the same), counted as not_authorized.
-        auth::publish_refused(s.router.metrics(), &s.client_id, &p.packet().topic);
-        return Ok(());
+        auth::publish_refused(cx.shared.router.metrics(), &a.client_id, &p.topic);
+        if let Some(pkt) = ack(p.packet_id) {
+            reply(a, out, cx, 0, pkt);
+        }
+        return Ok(Flow::Continue);
     }
-    if p.qos() == QoS::ExactlyOnce
-        && let Some(id) = p.id()
-        && !s.router.qos2_received(s.id, id.get())
+    if p.qos == QoS::ExactlyOnce
+        && let Some(id) = p.packet_id
+        && !cx.shared.router.qos2_received(a.id, id.get())
     {
         // A resend of a QoS 2 message not yet released: PUBREC again, route once.
-        return Ok(());
+        reply(a, out, cx, 0, Packet::PublishReceived { packet_id: id });
+        return Ok(Flow::Continue);
     }
-    if p.qos() != QoS::AtMostOnce {
-        // Broker overloaded: hold this publisher back rather than drop later (outbox.rs).
-        s.router.admit_publish().await;
-    }
-    let lsn = s.router.publish(
-        Some(s.id),
+    let lsn = cx.shared.router.publish(
+        Some(a.id),
         Message {
-            topic: p.packet().topic.clone(),
+            topic: p.topic,
             payload,
-            qos: p.qos(),
-            retain: p.retain(),
+            qos: p.qos,
+            retain: p.retain,
             properties: None,
         },
     );
-    // The PUBACK/PUBREC goes out when this returns: the message must be on disk first.
-    s.router.store().durable(lsn).await;
-    Ok(())
+    // The PUBACK/PUBREC leaves once the message is on disk.
+    if let Some(pkt) = ack(p.packet_id) {
+        reply(a, out, cx, lsn, pkt);
+    }
+    Ok(Flow::Continue)
 }
 
-pub async fn protocol(
-    s: &v3::Session<ConnState>,
-    msg: v3::ProtocolMessage,
-) -> Result<v3::ProtocolMessageAck, BrokerError> {
-    match msg {
-        v3::ProtocolMessage::Subscribe(mut sub) => {
-            s.ensure_delivery();
-            let mut lsn = 0;
-            for mut item in sub.iter_mut() {
-                let raw = item.topic().clone();
-                match Filter::parse(&raw) {
-                    Ok(filter) if !s.acl.may_subscribe(&filter.pattern) => {
-                        // 0x80 is the only refusal MQTT 3.1.1 has [MQTT-3.9.3-2].
-                        auth::subscribe_refused(s.router.metrics(), &s.client_id, &raw);
-                        item.fail();
-                    }
-                    Ok(filter) => {
-                        // Every QoS is granted as requested; delivery uses
-                        // min(published, granted) [MQTT-3.8.4-8].
-                        let qos = item.qos();
-                        let s2 = Subscription {
-                            filter,
-                            qos,
-                            no_local: false,
-                            retain_as_published: false,
-                            id: None,
-                        };
-                        lsn = lsn.max(s.router.subscribe(s.id, &raw, s2, SendRetained::Always));
-                        item.confirm(qos);
-                    }
-                    Err(e) => {
-                        tracing::debug!(filter = %raw, code = e.code(), "subscription refused");
-                        item.fail();
-                    }
-                }
+fn subscribe(
+    a: &mut Active,
+    out: &mut Output,
+    cx: &mut Cx<'_>,
+    packet_id: NonZeroU16,
+    filters: Vec<(ntex_bytes::ByteString, QoS)>,
+) {
+    a.ensure_delivery(cx);
+    let router = &cx.shared.router;
+    let mut lsn = 0;
+    let status = filters
+        .into_iter()
+        .map(|(raw, qos)| match Filter::parse(&raw) {
+            Ok(filter) if !a.acl.may_subscribe(&filter.pattern) => {
+                // 0x80 is the only refusal MQTT 3.1.1 has [MQTT-3.9.3-2].
+                auth::subscribe_refused(router.metrics(), &a.client_id, &raw);
+                SubscribeReturnCode::Failure
             }
-            // A persistent session's subscription is on disk before the SUBACK.
-            s.router.store().durable(lsn).await;
-            Ok(sub.ack())
-        }
-        v3::ProtocolMessage::Unsubscribe(unsub) => {
-            for raw in unsub.iter() {
-                s.router.unsubscribe(s.id, raw);
+            Ok(filter) => {
+                // Every QoS is granted as requested; delivery uses min(published,
+                // granted) [MQTT-3.8.4-8].
+                let sub = Subscription {
+                    filter,
+                    qos,
+                    no_local: false,
+                    retain_as_published: false,
+                    id: None,
+                };
+                lsn = lsn.max(router.subscribe(a.id, &raw, sub, SendRetained::Always));
+                SubscribeReturnCode::Success(qos)
             }
-            Ok(unsub.ack())
-        }
-        v3::ProtocolMessage::Disconnect(d) => {
-            s.router.clear_will(s.id);
-            Ok(d.ack())
-        }
-        v3::ProtocolMessage::PublishRelease(r) => {
-            // QoS 2 messages were routed at PUBLISH; the id may now be reused.
-            s.router.qos2_released(s.id, r.id().get());
-            Ok(r.ack())
-        }
-        // PINGREQ → PINGRESP.
-        other => Ok(other.ack()),
-    }
+            Err(e) => {
+                tracing::debug!(filter = %raw, code = e.code(), "subscription refused");
+                SubscribeReturnCode::Failure
+            }
+        })
+        .collect();
+    // A persistent session's subscription is on disk before the SUBACK.
+    reply(a, out, cx, lsn, Packet::SubscribeAck { packet_id, status });
+}
+
+/// A PUBLISH to an MQTT 3.1.1 subscriber (no properties in 3.1.1).
+pub fn encode_publish(
+    s: &State,
+    dst: &mut BytePages,
+    msg: Message,
+    pid: Option<u16>,
+    dup: bool,
+) -> Result<(), session::NotEncoded> {
+    let pkt = Publish {
+        dup,
+        retain: msg.retain,
+        qos: msg.qos,
+        topic: msg.topic,
+        packet_id: pid.and_then(NonZeroU16::new),
+        payload_size: msg.payload.len() as u32,
+    };
+    s.codec
+        .encodev(Encoded::Publish(pkt, Some(msg.payload)), dst)
+        .map_err(|e| {
+            tracing::debug!(error = %e, "publish to subscriber not encoded");
+            session::NotEncoded
+        })
 }

@@ -1,47 +1,123 @@
-//! MQTT 5.0 connection handling: CONNECT, PUBLISH, and the protocol packets
-//! (SUBSCRIBE, UNSUBSCRIBE, DISCONNECT, AUTH, PINGREQ, PUBREL) ntex-mqtt hands to
-//! `.protocol(…)`. Differences from 3.1.1 that matter here: reason codes instead of
-//! closing the connection, subscription options, forwarded PUBLISH properties, and a
+//! MQTT 5.0: what each packet means. Packets are decoded and encoded by ntex-mqtt's
+//! v5 codec; the session state they act on is `session.rs`. Differences from 3.1.1
+//! that matter here: reason codes (and reason strings) instead of closing the
+//! connection, subscription options, forwarded PUBLISH properties, inbound topic
+//! aliases, the client's limits (Receive Maximum, Maximum Packet Size), and a
 //! DISCONNECT that may ask for the will to be published.
 
-use std::num::NonZeroU32;
+use std::num::{NonZeroU16, NonZeroU32};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ntex_bytes::ByteString;
-use ntex_mqtt::{QoS, v5};
-use v5::codec::{
-    DisconnectReasonCode, PublishAckReason, RetainHandling, SubscribeAckReason,
-    UnsubscribeAckReason,
+use ntex_bytes::{BytePages, ByteString, Bytes, BytesMut};
+use ntex_codec::{Decoder, Encoder};
+use ntex_mqtt::QoS;
+use ntex_mqtt::error::DecodeError;
+use ntex_mqtt::v5::codec::{
+    Codec, Connect, ConnectAck, ConnectAckReason, Decoded, Disconnect, DisconnectReasonCode,
+    Encoded, Packet, Publish, PublishAck, PublishAck2, PublishAck2Reason, PublishAckReason,
+    PublishProperties, RetainHandling, Subscribe, SubscribeAck, SubscribeAckReason, Unsubscribe,
+    UnsubscribeAck, UnsubscribeAckReason,
 };
 
-use crate::auth::{self, Credentials, Refusal};
-use crate::error::BrokerError;
+use crate::auth::{self, Authorizer, Refusal};
+use crate::error::Close;
+use crate::net::Cx;
+use crate::net::conn::Output;
 use crate::router::{Message, Properties, SendRetained, Subscription, WillTiming};
-use crate::session::{ConnState, Connection, Shared, Sink};
+use crate::session::{self, Active, Connection, Flow, Pending, PendingConnect, Proto};
 use crate::topic_filter::{Filter, validate_name};
 
-pub async fn connect(
-    shared: &Shared,
-    c: v5::Connect,
-) -> Result<v5::ConnectAck<ConnState>, BrokerError> {
-    if shared.at_connection_limit() {
-        // `max_connections`: CONNACK 0x97 Quota exceeded (MQTT 5 §3.2.2.2).
-        shared.router.metrics().refused_connection_limit.inc();
-        return Ok(c.failed(v5::codec::ConnectAckReason::QuotaExceeded));
+/// Topic aliases a client may use towards the broker (announced in CONNACK). None
+/// are sent to clients: every PUBLISH to a subscriber carries its topic name.
+pub const TOPIC_ALIAS_MAX: u16 = 32;
+
+/// The MQTT 5 part of a connection.
+pub struct State {
+    codec: Codec,
+    /// The client asked for reason strings and user properties on acknowledgements
+    /// (Request Problem Information, default yes).
+    problem_info: bool,
+    /// Inbound topic aliases, created with the first one used.
+    aliases: Option<Box<[Option<ByteString>]>>,
+    /// The Session Expiry Interval of CONNECT: a session that ends with the connection
+    /// cannot be made persistent by DISCONNECT [MQTT-3.14.2-2].
+    connect_expiry: u32,
+}
+
+/// What CONNECT decided before authentication that CONNACK needs after it.
+pub struct ConnectExtra {
+    /// The id the broker made up for a client that sent none [MQTT-3.1.3-7].
+    assigned: Option<ByteString>,
+    will_timing: Option<WillTiming>,
+}
+
+/// Whether the first packet is an MQTT 5 CONNECT (`None`: not a CONNECT at all).
+pub fn is_v5_connect(frame: &[u8]) -> Option<bool> {
+    if frame.first() != Some(&0x10) {
+        return None;
     }
-    let pkt = c.packet();
+    let header = 1 + frame[1..].iter().take(4).position(|b| b & 0x80 == 0)? + 1;
+    // Protocol name "MQTT" (length-prefixed), then the level: 5 for MQTT 5.0.
+    let body = frame.get(header..)?;
+    Some(body.get(..6) == Some(b"\x00\x04MQTT") && body.get(6) == Some(&5))
+}
+
+fn write(codec: &Codec, dst: &mut BytePages, pkt: Packet) {
+    if let Err(e) = codec.encodev(Encoded::Packet(pkt), dst) {
+        tracing::debug!(error = %e, "MQTT 5 packet not encoded");
+    }
+}
+
+fn connack_fail(out: &mut Output, reason_code: ConnectAckReason, why: impl Into<String>) {
+    let ack = ConnectAck {
+        reason_code,
+        reason_string: Some(ByteString::from(why.into())),
+        ..Default::default()
+    };
+    write(
+        &Codec::new(),
+        out.pages(),
+        Packet::ConnectAck(Box::new(ack)),
+    );
+}
+
+/// The first packet of an MQTT 5 connection: CONNECT, checked as far as it can be
+/// before the authenticator is asked.
+pub fn connect(mut frame: BytesMut, out: &mut Output, cx: &mut Cx<'_>) -> Result<Pending, Close> {
+    let c = match Codec::new().decode(&mut frame) {
+        Ok(Some(Decoded::Packet(Packet::Connect(c), _))) => c,
+        Ok(_) => return Err(Close::Gone),
+        Err(e) => {
+            // A malformed CONNECT may get a CONNACK saying so (MQTT 5 §3.2.2.2).
+            let code = match e {
+                DecodeError::InvalidClientId => ConnectAckReason::ClientIdentifierNotValid,
+                DecodeError::InvalidProtocol | DecodeError::UnsupportedProtocolLevel => {
+                    ConnectAckReason::UnsupportedProtocolVersion
+                }
+                _ => ConnectAckReason::MalformedPacket,
+            };
+            connack_fail(out, code, e.to_string());
+            return Err(Close::Refused);
+        }
+    };
+    let metrics = cx.shared.router.metrics();
+    if cx.shared.at_connection_limit() {
+        // `max_connections`: CONNACK 0x97 Quota exceeded (MQTT 5 §3.2.2.2).
+        metrics.refused_connection_limit.inc();
+        connack_fail(out, ConnectAckReason::QuotaExceeded, "too many connections");
+        return Err(Close::Refused);
+    }
     let mut assigned = None;
-    let client_id = if pkt.client_id.is_empty() {
+    let client_id = if c.client_id.is_empty() {
         // MQTT 5 lets the server assign an id and tell the client [MQTT-3.1.3-7].
-        let id = shared.generated_client_id();
+        let id = cx.shared.generated_client_id();
         assigned = Some(ByteString::from(id.clone()));
         id
     } else {
-        pkt.client_id.to_string()
+        c.client_id.to_string()
     };
-    let keep_alive = pkt.keep_alive;
-    let will = pkt.last_will.as_ref().map(|w| Message {
+    let will = c.last_will.as_ref().map(|w| Message {
         topic: w.topic.clone(),
         payload: w.message.clone(),
         qos: w.qos,
@@ -56,7 +132,7 @@ pub async fn connect(
         })),
     });
     // Applied when the will is published (see `Router::disconnect`).
-    let will_timing = pkt.last_will.as_ref().map(|w| WillTiming {
+    let will_timing = c.last_will.as_ref().map(|w| WillTiming {
         delay: w.will_delay_interval_sec.unwrap_or(0),
         expiry: w.message_expiry_interval.map(NonZeroU32::get),
         on_takeover: true,
@@ -64,96 +140,367 @@ pub async fn connect(
     if let Some(w) = &will
         && validate_name(&w.topic).is_err()
     {
-        return Ok(c.fail_with(v5::codec::ConnectAck {
-            reason_code: v5::codec::ConnectAckReason::TopicNameInvalid,
-            reason_string: Some(ByteString::from_static("will topic name invalid")),
-            ..Default::default()
-        }));
+        connack_fail(
+            out,
+            ConnectAckReason::TopicNameInvalid,
+            "will topic name invalid",
+        );
+        return Err(Close::Refused);
     }
-    tracing::debug!(%client_id, clean_start = pkt.clean_start, keep_alive, "v5 connect");
-    if let Some(method) = &pkt.auth_method {
+    if let Some(method) = &c.auth_method {
         // Enhanced authentication (MQTT 5 §4.12) is not offered: refuse and close
         // [MQTT-4.12.0-1] rather than pretend the exchange happened.
-        shared.router.metrics().refused_not_authorized.inc();
+        metrics.refused_not_authorized.inc();
         let why = format!("authentication method {method:?} is not supported");
-        return Ok(c.fail_with(v5::codec::ConnectAck {
-            reason_code: v5::codec::ConnectAckReason::BadAuthenticationMethod,
-            reason_string: Some(ByteString::from(why)),
-            ..Default::default()
-        }));
+        connack_fail(out, ConnectAckReason::BadAuthenticationMethod, why);
+        return Err(Close::Refused);
     }
-    // Before `register`: a refused client must not take over anyone's session.
-    let creds = Credentials {
-        client_id: &client_id,
-        username: pkt.username.as_deref(),
-        password: pkt.password.as_deref(),
-    };
-    let will_topic = will.as_ref().map(|w| &*w.topic);
-    let acl = match auth::connect(&*shared.auth, shared.router.metrics(), creds, will_topic).await {
-        Ok(acl) => acl,
-        Err(why) => return Ok(refuse_connect(c, why)),
-    };
-
-    // Session Expiry Interval absent = 0: the session ends with the connection
-    // [MQTT-3.1.2-23 context]; clean start discards an existing one first.
-    let expiry = pkt.session_expiry_interval_secs;
-    let conn = Connection {
+    tracing::debug!(%client_id, clean_start = c.clean_start, keep_alive = c.keep_alive, "v5 connect");
+    Ok(Pending {
         client_id,
         will,
-        clean_start: pkt.clean_start,
-        expiry,
-        acl,
-    };
-    let (mut state, present) = shared.register(conn, Sink::V5(c.sink()), c.io().on_disconnect());
-    state.problem_info = pkt.request_problem_info;
-    if let Some(t) = will_timing {
-        shared.router.set_will_timing(state.id, t);
-    }
-    let max_expiry = shared.max_session_expiry;
-    let mut ack = c.ack(state).with(|a| {
-        // Session Present is 0 after clean start [MQTT-3.2.2-2], else whether one resumed.
-        a.session_present = present;
-        if expiry > max_expiry {
-            // The server's cap applies and must be announced (MQTT 5 §3.2.2.3.2).
-            a.session_expiry_interval_secs = Some(max_expiry);
-        }
-        a.assigned_client_id = assigned;
-        a.retain_available = true;
-        a.wildcard_subscription_available = true;
-        a.shared_subscription_available = true;
-        a.subscription_identifiers_available = true;
-        // Topic Alias Maximum is announced by ntex-mqtt (`max_topic_alias`), which also
-        // resolves inbound aliases before `publish` sees the packet. Outbound aliases
-        // are not used: every PUBLISH to a client carries its topic name.
-    });
-    // Otherwise ntex-mqtt closes the connection (DISCONNECT 0x8D) after 1.5× the
-    // client's keep-alive without a packet [MQTT-3.1.2-22] (tests/keep_alive.rs).
-    if keep_alive == 0 {
-        // Keep-alive 0 turns the mechanism off [MQTT-3.1.2-21]. ntex-mqtt defaults to a
-        // 30 s idle timeout and refuses 0 here, so use the largest value (~18 h), which
-        // is never announced to the client because it exceeds the client's own value.
-        ack = ack.keep_alive(u16::MAX);
-    }
-    Ok(ack)
+        connect: PendingConnect::V5(
+            c,
+            ConnectExtra {
+                assigned,
+                will_timing,
+            },
+        ),
+    })
 }
 
-pub async fn publish(
-    s: &v5::Session<ConnState>,
-    p: v5::Publish,
-) -> Result<v5::PublishAck, BrokerError> {
-    let pkt = p.packet();
-    if let Err(e) = validate_name(&pkt.topic) {
-        tracing::debug!(topic = %pkt.topic, code = e.code(), "publish refused");
+/// CONNACK 0x86 (bad user name or password) or 0x87 (not authorized) with a reason
+/// string; the connection then closes [MQTT-3.2.2-7].
+pub fn refuse(out: &mut Output, why: Refusal) {
+    let (code, text) = match why {
+        Refusal::BadCredentials => (
+            ConnectAckReason::BadUserNameOrPassword,
+            "bad user name or password",
+        ),
+        Refusal::NotAuthorized => (ConnectAckReason::NotAuthorized, "not authorized"),
+    };
+    connack_fail(out, code, text);
+}
+
+/// The authenticator said yes: register the session and answer CONNACK with the
+/// broker's limits and features.
+pub fn accept(
+    c: Connect,
+    extra: ConnectExtra,
+    client_id: String,
+    will: Option<Message>,
+    acl: Arc<dyn Authorizer>,
+    out: &mut Output,
+    cx: &mut Cx<'_>,
+) -> Box<Active> {
+    // Session Expiry Interval absent = 0: the session ends with the connection;
+    // clean start discards an existing one first.
+    let expiry = c.session_expiry_interval_secs;
+    let (id, present, inbox) = session::register(
+        Connection {
+            client_id: client_id.clone(),
+            will,
+            clean_start: c.clean_start,
+            expiry,
+        },
+        cx,
+    );
+    let router = &cx.shared.router;
+    if let Some(t) = extra.will_timing {
+        router.set_will_timing(id, t);
+    }
+    let codec = Codec::new();
+    if let Some(max) = c.max_packet_size {
+        // Nothing larger goes to this client [MQTT-3.1.2-24].
+        codec.set_max_outbound_size(max.get());
+    }
+    let state = State {
+        codec,
+        problem_info: c.request_problem_info,
+        aliases: None,
+        connect_expiry: expiry,
+    };
+    let mut a = Active::new(
+        id,
+        client_id,
+        acl,
+        Proto::V5(Box::new(state)),
+        c.keep_alive,
+        cx.shared,
+    );
+    // The client's Receive Maximum bounds what is in flight to it [MQTT-3.3.4-7].
+    if let Some(max) = c.receive_max {
+        a.window = a.window.min(max.get());
+    }
+    if let Some(inbox) = inbox {
+        a.start_delivery(inbox);
+    }
+    let max_expiry = cx.shared.max_session_expiry;
+    let ack = ConnectAck {
+        // Session Present is 0 after clean start [MQTT-3.2.2-2], else whether one resumed.
+        session_present: present,
+        // The server's cap applies and must be announced (MQTT 5 §3.2.2.3.2).
+        session_expiry_interval_secs: (expiry > max_expiry).then_some(max_expiry),
+        receive_max: NonZeroU16::new(cx.shared.receive_maximum).unwrap_or(NonZeroU16::MIN),
+        max_qos: QoS::ExactlyOnce,
+        max_packet_size: Some(cx.shared.max_packet_bytes as u32),
+        assigned_client_id: extra.assigned,
+        topic_alias_max: TOPIC_ALIAS_MAX,
+        retain_available: true,
+        wildcard_subscription_available: true,
+        subscription_identifiers_available: true,
+        shared_subscription_available: true,
+        ..Default::default()
+    };
+    write(
+        state_of(&a).codec_ref(),
+        out.pages(),
+        Packet::ConnectAck(Box::new(ack)),
+    );
+    Box::new(a)
+}
+
+impl State {
+    fn codec_ref(&self) -> &Codec {
+        &self.codec
+    }
+
+    /// The reason string for an acknowledgement, unless the client asked for none
+    /// [MQTT-3.1.2-29].
+    fn why(&self, why: impl Into<String>) -> Option<ByteString> {
+        self.problem_info.then(|| ByteString::from(why.into()))
+    }
+}
+
+fn state_of(a: &Active) -> &State {
+    match &a.proto {
+        Proto::V5(s) => s,
+        Proto::V3(_) => unreachable!("an MQTT 5 handler on an MQTT 3.1.1 connection"),
+    }
+}
+
+fn state_mut(a: &mut Active) -> &mut State {
+    match &mut a.proto {
+        Proto::V5(s) => s,
+        Proto::V3(_) => unreachable!("an MQTT 5 handler on an MQTT 3.1.1 connection"),
+    }
+}
+
+fn reply(a: &mut Active, out: &mut Output, cx: &mut Cx<'_>, lsn: u64, pkt: Packet) {
+    a.reply(out, cx, lsn, |proto, dst| {
+        if let Proto::V5(s) = proto {
+            write(&s.codec, dst, pkt);
+        }
+    });
+}
+
+fn protocol_error(why: impl Into<String>) -> Close {
+    Close::protocol(DisconnectReasonCode::ProtocolError, why)
+}
+
+/// Every packet after CONNECT.
+pub fn packet(
+    a: &mut Active,
+    out: &mut Output,
+    mut frame: BytesMut,
+    cx: &mut Cx<'_>,
+) -> Result<Flow, Close> {
+    let decoded = state_of(a).codec.decode(&mut frame).map_err(|e| {
+        let code = match e {
+            DecodeError::MaxSizeExceeded { .. } => DisconnectReasonCode::PacketTooLarge,
+            DecodeError::InvalidLength | DecodeError::MalformedPacket => {
+                DisconnectReasonCode::MalformedPacket
+            }
+            _ => DisconnectReasonCode::ProtocolError,
+        };
+        Close::protocol(code, e.to_string())
+    })?;
+    let pkt = match decoded {
+        Some(Decoded::Publish(p, payload, _)) => return publish(a, out, cx, p, payload),
+        Some(Decoded::Packet(pkt, _)) => pkt,
+        _ => return Err(protocol_error("incomplete packet")),
+    };
+    match pkt {
+        Packet::PublishAck(ack) => a.puback(ack.packet_id.get(), out, cx),
+        Packet::PublishReceived(ack) => {
+            let refused = u8::from(ack.reason_code) >= 0x80;
+            if a.pubrec(ack.packet_id.get(), refused, out, cx) {
+                let rel = PublishAck2 {
+                    packet_id: ack.packet_id,
+                    reason_code: PublishAck2Reason::Success,
+                    properties: Vec::new(),
+                    reason_string: None,
+                };
+                write(&state_of(a).codec, out.pages(), Packet::PublishRelease(rel));
+            }
+        }
+        Packet::PublishComplete(ack) => a.pubcomp(ack.packet_id.get(), out, cx),
+        Packet::PublishRelease(rel) => {
+            // QoS 2 messages were routed at PUBLISH; the id may now be reused.
+            cx.shared.router.qos2_released(a.id, rel.packet_id.get());
+            let comp = PublishAck2 {
+                packet_id: rel.packet_id,
+                reason_code: PublishAck2Reason::Success,
+                properties: Vec::new(),
+                reason_string: None,
+            };
+            reply(a, out, cx, 0, Packet::PublishComplete(comp));
+        }
+        Packet::Subscribe(s) => subscribe(a, out, cx, s),
+        Packet::Unsubscribe(u) => unsubscribe(a, out, cx, u),
+        Packet::PingRequest => reply(a, out, cx, 0, Packet::PingResponse),
+        Packet::Disconnect(d) => return Err(disconnect(a, cx, &d)),
+        Packet::Auth(_) => {
+            return Err(protocol_error("enhanced authentication is not supported"));
+        }
+        // A second CONNECT [MQTT-3.1.0-2], or a packet only a server sends.
+        other => {
+            return Err(protocol_error(format!(
+                "unexpected packet type {}",
+                other.packet_type() >> 4
+            )));
+        }
+    }
+    Ok(Flow::Continue)
+}
+
+fn disconnect(a: &mut Active, cx: &mut Cx<'_>, d: &Disconnect) -> Close {
+    let router = &cx.shared.router;
+    // The client may change the session expiry on its way out, but a session that
+    // ended at disconnect (0) cannot be made persistent here [MQTT-3.14.2-2]: that is
+    // a protocol error, and the will goes out.
+    if let Some(expiry) = d.session_expiry_interval_secs {
+        if state_of(a).connect_expiry == 0 && expiry > 0 {
+            return protocol_error("session expiry set on DISCONNECT after 0 at CONNECT");
+        }
+        router.set_expiry(a.id, expiry);
+    }
+    // Reason 0x04 asks the server to publish the will anyway (MQTT 5 §3.14.2.1).
+    if d.reason_code != DisconnectReasonCode::DisconnectWithWillMessage {
+        router.clear_will(a.id);
+    }
+    Close::Disconnected
+}
+
+/// Resolves an inbound topic alias (MQTT 5 §3.3.2.3.4): a topic with an alias sets
+/// it, an empty topic uses it.
+fn resolve_topic(state: &mut State, p: &mut Publish) -> Result<(), Close> {
+    // No alias: an empty name is refused like any invalid one (PUBACK 0x90).
+    let Some(alias) = p.properties.topic_alias else {
+        return Ok(());
+    };
+    if alias.get() > TOPIC_ALIAS_MAX {
+        return Err(Close::protocol(
+            DisconnectReasonCode::TopicAliasInvalid,
+            format!("topic alias {alias} above the maximum {TOPIC_ALIAS_MAX}"),
+        ));
+    }
+    let table = state
+        .aliases
+        .get_or_insert_with(|| vec![None; usize::from(TOPIC_ALIAS_MAX)].into_boxed_slice());
+    let slot = &mut table[usize::from(alias.get() - 1)];
+    if p.topic.is_empty() {
+        match slot {
+            Some(topic) => p.topic = topic.clone(),
+            None => return Err(protocol_error(format!("topic alias {alias} is not set"))),
+        }
+    } else {
+        *slot = Some(p.topic.clone());
+    }
+    Ok(())
+}
+
+/// A negative (or positive) PUBACK / PUBREC for `p`; nothing for QoS 0.
+fn ack(
+    a: &mut Active,
+    out: &mut Output,
+    cx: &mut Cx<'_>,
+    lsn: u64,
+    p: &Publish,
+    reason_code: PublishAckReason,
+    why: Option<String>,
+) {
+    let Some(packet_id) = p.packet_id else {
+        return;
+    };
+    let ack = PublishAck {
+        packet_id,
+        reason_code,
+        properties: Vec::new(),
+        reason_string: why.and_then(|w| state_of(a).why(w)),
+    };
+    match p.qos {
+        QoS::AtLeastOnce => reply(a, out, cx, lsn, Packet::PublishAck(ack)),
+        QoS::ExactlyOnce => reply(a, out, cx, lsn, Packet::PublishReceived(ack)),
+        QoS::AtMostOnce => {}
+    }
+}
+
+fn publish(
+    a: &mut Active,
+    out: &mut Output,
+    cx: &mut Cx<'_>,
+    mut p: Publish,
+    payload: Bytes,
+) -> Result<Flow, Close> {
+    // Broker overloaded: hold this publisher back rather than drop later (outbox.rs).
+    if p.qos != QoS::AtMostOnce && a.hold_publish(cx) {
+        return Ok(Flow::Pause);
+    }
+    resolve_topic(state_mut(a), &mut p)?;
+    let metrics = cx.shared.router.metrics();
+    if let Err(e) = validate_name(&p.topic) {
+        tracing::debug!(topic = %p.topic, code = e.code(), "publish refused");
         let why = format!("topic name invalid: {}", e.code());
-        return Ok(refuse(s, p, PublishAckReason::TopicNameInvalid, why));
+        ack(
+            a,
+            out,
+            cx,
+            0,
+            &p,
+            PublishAckReason::TopicNameInvalid,
+            Some(why),
+        );
+        return Ok(Flow::Continue);
     }
-    if !auth::may_publish(&*s.acl, &pkt.topic) {
+    if !auth::may_publish(&*a.acl, &p.topic) {
         // PUBACK / PUBREC 0x87; a QoS 0 message is just dropped. Counted either way.
-        auth::publish_refused(s.router.metrics(), &s.client_id, &pkt.topic);
-        let why = format!("not authorized to publish to {}", pkt.topic);
-        return Ok(refuse(s, p, PublishAckReason::NotAuthorized, why));
+        auth::publish_refused(metrics, &a.client_id, &p.topic);
+        let why = format!("not authorized to publish to {}", p.topic);
+        ack(
+            a,
+            out,
+            cx,
+            0,
+            &p,
+            PublishAckReason::NotAuthorized,
+            Some(why),
+        );
+        return Ok(Flow::Continue);
     }
-    let props = &pkt.properties;
+    let props = &p.properties;
+    // A payload that says it is UTF-8 and is not may be refused (MQTT 5 §3.3.2.3.2).
+    if props.is_utf8_payload && std::str::from_utf8(&payload).is_err() {
+        let why = "payload format indicator says UTF-8, payload is not".to_owned();
+        ack(
+            a,
+            out,
+            cx,
+            0,
+            &p,
+            PublishAckReason::PayloadFormatInvalid,
+            Some(why),
+        );
+        return Ok(Flow::Continue);
+    }
+    if p.qos == QoS::ExactlyOnce
+        && let Some(id) = p.packet_id
+        && !cx.shared.router.qos2_received(a.id, id.get())
+    {
+        // A resend of a QoS 2 message not yet released: PUBREC again, route once.
+        ack(a, out, cx, 0, &p, PublishAckReason::Success, None);
+        return Ok(Flow::Continue);
+    }
     let properties = Properties {
         user_properties: props.user_properties.clone(),
         content_type: props.content_type.clone(),
@@ -163,155 +510,156 @@ pub async fn publish(
         // The clock starts now: the interval forwarded is what remains [MQTT-3.3.2-6].
         expires_at: props
             .message_expiry_interval
-            .map(|secs| Instant::now() + Duration::from_secs(secs.get().into())),
+            .map(|secs| cx.now + Duration::from_secs(secs.get().into())),
         subscription_ids: Vec::new(),
     };
-    let (topic, qos, retain) = (pkt.topic.clone(), p.qos(), p.retain());
-    let payload = p.read_all().await.map_err(|_| BrokerError::Payload)?;
-    // A payload that says it is UTF-8 and is not may be refused (MQTT 5 §3.3.2.3.2).
-    if properties.is_utf8_payload && std::str::from_utf8(&payload).is_err() {
-        let why = "payload format indicator says UTF-8, payload is not".to_owned();
-        return Ok(refuse(s, p, PublishAckReason::PayloadFormatInvalid, why));
-    }
     let msg = Message {
-        topic,
+        topic: p.topic.clone(),
         payload,
-        qos,
-        retain,
+        qos: p.qos,
+        retain: p.retain,
         properties: Some(Arc::new(properties)),
     };
-    if p.qos() == QoS::ExactlyOnce
-        && let Some(id) = p.id()
-        && !s.router.qos2_received(s.id, id.get())
-    {
-        // A resend of a QoS 2 message not yet released: PUBREC again, route once.
-        return Ok(p.ack());
-    }
-    if p.qos() != QoS::AtMostOnce {
-        // Broker overloaded: hold this publisher back rather than drop later (outbox.rs).
-        s.router.admit_publish().await;
-    }
-    let lsn = s.router.publish(Some(s.id), msg);
-    // The PUBACK/PUBREC goes out when this returns: the message must be on disk first.
-    s.router.store().durable(lsn).await;
-    Ok(p.ack())
+    let lsn = cx.shared.router.publish(Some(a.id), msg);
+    // The PUBACK/PUBREC leaves once the message is on disk.
+    ack(a, out, cx, lsn, &p, PublishAckReason::Success, None);
+    Ok(Flow::Continue)
 }
 
-/// A negative PUBACK / PUBREC with a reason string saying why (MQTT 5 §3.4.2.2.2).
-/// Without one when the client asked for no problem information [MQTT-3.1.2-29].
-fn refuse(
-    s: &v5::Session<ConnState>,
-    p: v5::Publish,
-    code: PublishAckReason,
-    why: String,
-) -> v5::PublishAck {
-    let ack = p.ack().reason_code(code);
-    if s.problem_info {
-        ack.reason(ByteString::from(why))
+fn subscribe(a: &mut Active, out: &mut Output, cx: &mut Cx<'_>, s: Subscribe) {
+    a.ensure_delivery(cx);
+    let router = &cx.shared.router;
+    // One Subscription Identifier for every filter of this SUBSCRIBE (MQTT 5 §3.8.2.1.2).
+    let id = s.id.map(NonZeroU32::get);
+    let mut refused = Vec::new();
+    let mut lsn = 0;
+    let mut status = Vec::with_capacity(s.topic_filters.len());
+    for (raw, opts) in s.topic_filters {
+        let filter = match Filter::parse(&raw) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::debug!(filter = %raw, code = e.code(), "subscription refused");
+                status.push(SubscribeAckReason::TopicFilterInvalid);
+                refused.push(format!("{raw}: {}", e.code()));
+                continue;
+            }
+        };
+        // No Local on a shared subscription is a protocol error [MQTT-3.8.3-4];
+        // refusing just that filter is gentler than closing the connection.
+        if filter.group.is_some() && opts.no_local {
+            status.push(SubscribeAckReason::TopicFilterInvalid);
+            refused.push(format!("{raw}: no_local_on_shared_subscription"));
+            continue;
+        }
+        if !a.acl.may_subscribe(&filter.pattern) {
+            auth::subscribe_refused(router.metrics(), &a.client_id, &raw);
+            status.push(SubscribeAckReason::NotAuthorized);
+            refused.push(format!("{raw}: not_authorized"));
+            continue;
+        }
+        // Granted as requested; delivery uses min(published, granted).
+        let send = match opts.retain_handling {
+            RetainHandling::AtSubscribe => SendRetained::Always,
+            RetainHandling::AtSubscribeNew => SendRetained::IfNewSubscription,
+            RetainHandling::NoAtSubscribe => SendRetained::Never,
+        };
+        let entry = Subscription {
+            filter,
+            qos: opts.qos,
+            no_local: opts.no_local,
+            retain_as_published: opts.retain_as_published,
+            id,
+        };
+        lsn = lsn.max(router.subscribe(a.id, &raw, entry, send));
+        status.push(match opts.qos {
+            QoS::AtMostOnce => SubscribeAckReason::GrantedQos0,
+            QoS::AtLeastOnce => SubscribeAckReason::GrantedQos1,
+            QoS::ExactlyOnce => SubscribeAckReason::GrantedQos2,
+        });
+    }
+    // The reason string covers the whole SUBACK: name each refused filter.
+    let reason_string = if refused.is_empty() {
+        None
     } else {
-        ack
-    }
+        state_of(a).why(format!("refused {}", refused.join(", ")))
+    };
+    let ack = SubscribeAck {
+        packet_id: s.packet_id,
+        properties: Vec::new(),
+        reason_string,
+        status,
+    };
+    // A persistent session's subscription is on disk before the SUBACK.
+    reply(a, out, cx, lsn, Packet::SubscribeAck(ack));
 }
 
-pub async fn protocol(
-    s: &v5::Session<ConnState>,
-    msg: v5::ProtocolMessage,
-) -> Result<v5::ProtocolMessageAck, BrokerError> {
-    match msg {
-        v5::ProtocolMessage::Subscribe(mut sub) => {
-            s.ensure_delivery();
-            // One Subscription Identifier for every filter of this SUBSCRIBE (MQTT 5 §3.8.2.1.2).
-            let id = sub.packet().id.map(NonZeroU32::get);
-            let mut refused = Vec::new();
-            let mut lsn = 0;
-            for mut item in sub.iter_mut() {
-                let raw = item.topic().clone();
-                let opts = *item.options();
-                let filter = match Filter::parse(&raw) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        tracing::debug!(filter = %raw, code = e.code(), "subscription refused");
-                        item.fail(SubscribeAckReason::TopicFilterInvalid);
-                        refused.push(format!("{raw}: {}", e.code()));
-                        continue;
-                    }
-                };
-                // No Local on a shared subscription is a protocol error [MQTT-3.8.3-4];
-                // refusing just that filter is gentler than closing the connection.
-                if filter.group.is_some() && opts.no_local {
-                    item.fail(SubscribeAckReason::TopicFilterInvalid);
-                    refused.push(format!("{raw}: no_local_on_shared_subscription"));
-                    continue;
-                }
-                if !s.acl.may_subscribe(&filter.pattern) {
-                    auth::subscribe_refused(s.router.metrics(), &s.client_id, &raw);
-                    item.fail(SubscribeAckReason::NotAuthorized);
-                    refused.push(format!("{raw}: not_authorized"));
-                    continue;
-                }
-                // Granted as requested; delivery uses min(published, granted).
-                let qos = opts.qos;
-                let send = match opts.retain_handling {
-                    RetainHandling::AtSubscribe => SendRetained::Always,
-                    RetainHandling::AtSubscribeNew => SendRetained::IfNewSubscription,
-                    RetainHandling::NoAtSubscribe => SendRetained::Never,
-                };
-                let entry = Subscription {
-                    filter,
-                    qos,
-                    no_local: opts.no_local,
-                    retain_as_published: opts.retain_as_published,
-                    id,
-                };
-                lsn = lsn.max(s.router.subscribe(s.id, &raw, entry, send));
-                item.confirm(qos);
-            }
-            // A persistent session's subscription is on disk before the SUBACK.
-            s.router.store().durable(lsn).await;
-            if refused.is_empty() || !s.problem_info {
-                Ok(sub.ack())
+fn unsubscribe(a: &mut Active, out: &mut Output, cx: &mut Cx<'_>, u: Unsubscribe) {
+    let status = u
+        .topic_filters
+        .iter()
+        .map(|raw| {
+            if cx.shared.router.unsubscribe(a.id, raw) {
+                UnsubscribeAckReason::Success
             } else {
-                // The reason string covers the whole SUBACK: name each refused filter.
-                let why = format!("refused {}", refused.join(", "));
-                Ok(sub.ack_reason(ByteString::from(why)).ack())
+                UnsubscribeAckReason::NoSubscriptionExisted
             }
-        }
-        v5::ProtocolMessage::Unsubscribe(mut unsub) => {
-            for mut item in unsub.iter_mut() {
-                if s.router.unsubscribe(s.id, item.topic()) {
-                    item.success();
-                } else {
-                    item.fail(UnsubscribeAckReason::NoSubscriptionExisted);
-                }
-            }
-            Ok(unsub.ack())
-        }
-        v5::ProtocolMessage::Disconnect(d) => {
-            // Reason 0x04 asks the server to publish the will anyway (MQTT 5 §3.14.2.1).
-            if d.packet().reason_code != DisconnectReasonCode::DisconnectWithWillMessage {
-                s.router.clear_will(s.id);
-            }
-            // The client may change the session expiry on its way out; a session that
-            // ended at disconnect (0) cannot be made persistent here [MQTT-3.14.2-2].
-            if let Some(expiry) = d.packet().session_expiry_interval_secs {
-                s.router.set_expiry(s.id, expiry);
-            }
-            Ok(d.ack())
-        }
-        v5::ProtocolMessage::PublishRelease(r) => {
-            // QoS 2 messages were routed at PUBLISH; the id may now be reused.
-            s.router.qos2_released(s.id, r.packet().packet_id.get());
-            Ok(r.ack())
-        }
-        // Enhanced authentication is not offered; PINGREQ → PINGRESP.
-        other => Ok(other.ack()),
+        })
+        .collect();
+    let ack = UnsubscribeAck {
+        packet_id: u.packet_id,
+        properties: Vec::new(),
+        reason_string: None,
+        status,
+    };
+    reply(a, out, cx, 0, Packet::UnsubscribeAck(ack));
+}
+
+/// A PUBLISH to an MQTT 5 subscriber. `Err` when it is larger than the client's
+/// Maximum Packet Size.
+pub fn encode_publish(
+    s: &State,
+    dst: &mut BytePages,
+    msg: Message,
+    pid: Option<u16>,
+    dup: bool,
+) -> Result<(), session::NotEncoded> {
+    let mut properties = PublishProperties::default();
+    if let Some(props) = &msg.properties {
+        outgoing_properties(props, &mut properties);
     }
+    let pkt = Publish {
+        dup,
+        retain: msg.retain,
+        qos: msg.qos,
+        packet_id: pid.and_then(NonZeroU16::new),
+        topic: msg.topic,
+        payload_size: msg.payload.len() as u32,
+        properties,
+    };
+    s.codec
+        .encodev(Encoded::Publish(pkt, Some(msg.payload)), dst)
+        .map_err(|e| {
+            tracing::debug!(error = %e, "publish to subscriber not encoded");
+            session::NotEncoded
+        })
+}
+
+/// A server DISCONNECT with a reason code and string (allowed even without Request
+/// Problem Information, [MQTT-3.1.2-29]).
+pub fn encode_disconnect(s: &State, dst: &mut BytePages, code: DisconnectReasonCode, why: String) {
+    tracing::debug!(reason = ?code, why, "server DISCONNECT");
+    let d = Disconnect {
+        reason_code: code,
+        reason_string: Some(ByteString::from(why)),
+        ..Default::default()
+    };
+    write(&s.codec, dst, Packet::Disconnect(d));
 }
 
 /// The PUBLISH properties a subscriber gets: the publisher's, passed through unchanged
 /// [MQTT-3.3.2-15/-16/-17/-18/-19/-20], the expiry interval that is left
 /// [MQTT-3.3.2-6], and this subscriber's subscription identifiers [MQTT-3.3.4-3].
-pub fn outgoing_properties(props: &Properties, p: &mut v5::codec::PublishProperties) {
+pub fn outgoing_properties(props: &Properties, p: &mut PublishProperties) {
     p.user_properties.clone_from(&props.user_properties);
     p.content_type.clone_from(&props.content_type);
     p.response_topic.clone_from(&props.response_topic);
@@ -327,52 +675,17 @@ pub fn outgoing_properties(props: &Properties, p: &mut v5::codec::PublishPropert
         .collect();
 }
 
-/// CONNACK 0x86 (bad user name or password) or 0x87 (not authorized) with a reason
-/// string; the connection then closes [MQTT-3.2.2-7].
-fn refuse_connect(c: v5::Connect, why: Refusal) -> v5::ConnectAck<ConnState> {
-    use v5::codec::ConnectAckReason;
-    let (reason_code, text) = match why {
-        Refusal::BadCredentials => (
-            ConnectAckReason::BadUserNameOrPassword,
-            "bad user name or password",
-        ),
-        Refusal::NotAuthorized => (ConnectAckReason::NotAuthorized, "not authorized"),
-    };
-    c.fail_with(v5::codec::ConnectAck {
-        reason_code,
-        reason_string: Some(ByteString::from_static(text)),
-        ..Default::default()
-    })
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// What ends a v5 connection from our side: a protocol error (including the keep-alive
-/// timeout) or a handler error. ntex-mqtt picks the DISCONNECT reason code; this adds a
-/// reason string saying what happened (allowed on DISCONNECT even without Request
-/// Problem Information, [MQTT-3.1.2-29]) and uses 0x94 Topic Alias invalid for an alias
-/// above the announced maximum (MQTT 5 §3.3.2.3.4).
-pub async fn control(
-    _: &v5::Session<ConnState>,
-    ctl: ntex_mqtt::Control<BrokerError>,
-) -> Result<Option<v5::codec::Encoded>, BrokerError> {
-    use ntex_mqtt::{Control, MqttProtocolError, Reason};
-    use v5::codec::{Disconnect, Packet};
-    let disconnect = match &ctl {
-        Control::Stop(Reason::Protocol(e)) => {
-            let err = e.get_ref();
-            let mut d = Disconnect::from_proto_error(err);
-            if let MqttProtocolError::ProtocolViolation(v) = err
-                && v.message().contains("Topic alias")
-            {
-                d.reason_code = DisconnectReasonCode::TopicAliasInvalid;
-            }
-            d.reason_string(Some(ByteString::from(err.to_string())))
-        }
-        Control::Stop(Reason::Error(e)) => {
-            Disconnect::new(DisconnectReasonCode::ImplementationSpecificError)
-                .reason_string(Some(ByteString::from(e.get_ref().to_string())))
-        }
-        _ => return Ok(None),
-    };
-    tracing::debug!(reason = ?disconnect.reason_code, why = ?disconnect.reason_string, "server DISCONNECT");
-    Ok(Some(Packet::from(disconnect).into()))
+    #[test]
+    fn the_protocol_level_of_connect_picks_the_version() {
+        let v5 = b"\x10\x10\x00\x04MQTT\x05\x02\x00\x3c\x00\x00\x00\x00";
+        let v3 = b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x3c\x00\x00";
+        assert_eq!(is_v5_connect(v5), Some(true));
+        assert_eq!(is_v5_connect(v3), Some(false));
+        assert_eq!(is_v5_connect(b"\x30\x02\x00\x00"), None, "not CONNECT");
+        assert_eq!(is_v5_connect(b"\x10\x02\x00\x04"), Some(false), "too short");
+    }
 }

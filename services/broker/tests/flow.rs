@@ -390,9 +390,9 @@ async fn connect_beyond_max_connections_is_refused_with_server_unavailable_or_qu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_far_larger_than_the_read_buffer_arrives_whole() {
-    let mut s = settings();
-    s.broker.read_buffer_bytes = 256;
-    let broker = Broker::start_with(s).await;
+    // 200 kB: several reads of a worker's 64 KiB scratch buffer, assembled in the
+    // connection's partial-packet buffer.
+    let broker = Broker::start_with(settings()).await;
     let big = |id| {
         let mut o = Client::v3_options(&broker, id);
         o.set_max_packet_size(300_000, 300_000);
@@ -507,6 +507,90 @@ async fn v5_outbound_qos1_respects_the_clients_receive_maximum() {
     let (h, body) = read_packet(&mut s).await;
     assert_eq!(h & 0xf6, 0x32);
     assert_eq!(*body.last().unwrap(), b'2', "the next message, in order");
+    broker.stop().await;
+}
+
+/// A QoS 0 stream far larger than a connection's output buffer (64 KiB) keeps flowing
+/// to a subscriber that reads: the flow that stopped for room in the output goes on once
+/// the socket has taken it, even when no writable event follows (regression: it stopped
+/// after the first 64 KiB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_qos0_stream_keeps_flowing_to_a_reading_subscriber() {
+    let broker = Broker::start_with(settings()).await;
+    let mut sub = Client::v3(&broker, "stream-sub").await;
+    sub.subscribe("stream", 0).await;
+    let p = Client::v3(&broker, "stream-pub").await;
+    const N: usize = 5_000;
+    let payload = [b's'; 100];
+    let publisher = tokio::spawn(async move {
+        // Paced well below what one subscriber takes, so `queue_capacity` never drops.
+        for chunk in 0..N / 100 {
+            for _ in 0..100 {
+                p.publish("stream", &payload, 0, false).await;
+            }
+            if chunk % 5 == 4 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        p
+    });
+    let mut got = 0;
+    while got < N {
+        match sub.try_next_publish(Duration::from_secs(3)).await {
+            Some(_) => got += 1,
+            None => break,
+        }
+    }
+    let _p = publisher.await.unwrap();
+    assert_eq!(
+        got,
+        N,
+        "the stream stopped after {got} of {N} messages (~{} KiB)",
+        got / 10
+    );
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v5_nothing_larger_than_the_clients_maximum_packet_size_is_sent() {
+    // [MQTT-3.1.2-24]: the server sends no packet larger than the client's Maximum
+    // Packet Size; [MQTT-3.1.2-25]: a PUBLISH that would be is discarded as if sent.
+    let broker = Broker::start_with(settings()).await;
+    let mut s = TcpStream::connect(broker.mqtt).await.unwrap();
+    let mut connect = raw::str16("MQTT");
+    // Properties: Maximum Packet Size 100.
+    connect.extend_from_slice(&[5, 0x02, 0, 60, 5, 0x27, 0, 0, 0, 100]);
+    connect.extend(raw::str16("mps100"));
+    s.write_all(&packet(0x10, &connect)).await.unwrap();
+    assert_eq!(read_packet(&mut s).await.0, 0x20);
+    let mut sub = vec![0, 1, 0];
+    sub.extend(raw::str16("mps/#"));
+    sub.push(1);
+    s.write_all(&packet(0x82, &sub)).await.unwrap();
+    assert_eq!(read_packet(&mut s).await.0, 0x90);
+
+    let mut p = Client::v3(&broker, "mps-pub").await;
+    for payload in [vec![b'a'; 20], vec![b'b'; 500], vec![b'c'; 30]] {
+        p.publish("mps/x", &payload, 1, false).await;
+        p.expect_puback().await;
+    }
+    // The 500-byte one is skipped; the others arrive, in order, each within the limit.
+    for want in [b'a', b'c'] {
+        let (h, body) = read_packet(&mut s).await;
+        assert_eq!(h & 0xf6, 0x32, "QoS 1 PUBLISH");
+        assert!(body.len() + 2 <= 100, "a {}-byte packet", body.len() + 2);
+        assert_eq!(*body.last().unwrap(), want);
+        let tl = u16::from_be_bytes([body[0], body[1]]) as usize;
+        s.write_all(&[0x40, 2, body[2 + tl], body[3 + tl]])
+            .await
+            .unwrap();
+    }
+    let text = broker.metrics().await;
+    assert_eq!(
+        dropped(&text, "send_error"),
+        1,
+        "the oversized one is counted"
+    );
     broker.stop().await;
 }
 

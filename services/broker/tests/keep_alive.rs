@@ -143,9 +143,9 @@ async fn silent_clients_are_closed_after_one_and_a_half_keep_alives_and_their_wi
         tokio::join!(until_closed(&mut silent3), until_closed(&mut silent5));
     let (after3, after5) = (end3 - t3, end5 - t5);
     eprintln!("keep-alive {K} s: v3 closed after {after3:?}, v5 after {after5:?}");
-    // Never before 1.5× the keep-alive (so never before 1×): ntex-mqtt sets its idle
-    // timer to 1.5× and its timer wheel ticks once a second, so the close comes up to
-    // 1 s after that. (Measured from when we saw CONNACK, a little after the broker's
+    // Never before 1.5× the keep-alive (so never before 1×): the broker's deadline is
+    // 1.5× after the last packet and its workers check deadlines once a second, so the
+    // close comes up to 1 s after that. (Measured from when we saw CONNACK, a little after the broker's
     // timer started, hence the small allowance below 3 s.)
     let window = Duration::from_millis(2_900)..Duration::from_millis(4_600);
     assert!(window.contains(&after3), "v3 closed after {after3:?}");

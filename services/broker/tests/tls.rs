@@ -188,8 +188,9 @@ async fn plain_mqtt_on_the_tls_port_gets_no_connack() {
     })
     .await
     .unwrap();
+    // No CONNACK: at most a TLS alert record (content type 0x15), then the close.
     assert!(
-        got.is_err(),
+        got.as_ref().map_or(true, |b| b[0] == 0x15),
         "a TLS port must not answer plain MQTT: {got:?}"
     );
     let _ = std::fs::remove_dir_all(dir);

@@ -152,17 +152,22 @@ enum Lookup {
 }
 
 impl Authenticator for FileAuth {
-    fn authenticate<'a>(&'a self, c: Credentials<'a>) -> AuthFuture<'a> {
+    fn authenticate(&self, c: Credentials<'_>) -> AuthFuture {
+        let (client_id, username) = (c.client_id.to_owned(), c.username.map(str::to_owned));
+        let lookup = self.lookup(&c);
+        let password = c.password.unwrap_or_default().to_vec();
+        let blocking = self.blocking.clone();
         Box::pin(async move {
-            let rules = match self.lookup(&c)? {
+            let rules = match lookup? {
                 Lookup::Anonymous(rules) => rules,
                 Lookup::User(user, known) => {
-                    let password = c.password.unwrap_or_default().to_vec();
                     let verify = {
                         let user = user.clone();
                         move || user.hash.verify(&password)
                     };
-                    let ok = match &self.blocking {
+                    // PBKDF2 takes milliseconds: off the network worker when a runtime
+                    // is there to take it.
+                    let ok = match &blocking {
                         Some(pool) => pool.spawn_blocking(verify).await.unwrap_or(false),
                         None => verify(),
                     };
@@ -172,7 +177,8 @@ impl Authenticator for FileAuth {
                     user.rules.clone()
                 }
             };
-            Ok(Arc::new(rules.for_client(c.client_id, c.username)) as Arc<dyn Authorizer>)
+            let acl = rules.for_client(&client_id, username.as_deref());
+            Ok(Arc::new(acl) as Arc<dyn Authorizer>)
         })
     }
 }
@@ -202,9 +208,8 @@ impl Reloading {
 }
 
 impl Authenticator for Reloading {
-    fn authenticate<'a>(&'a self, c: Credentials<'a>) -> AuthFuture<'a> {
-        let auth = self.current();
-        Box::pin(async move { auth.authenticate(c).await })
+    fn authenticate(&self, c: Credentials<'_>) -> AuthFuture {
+        self.current().authenticate(c)
     }
 
     fn reload(&self) -> anyhow::Result<()> {

@@ -40,7 +40,7 @@ impl Router {
                 })
                 .collect();
             s.owed_may_expire = s.owed.iter().any(|o| o.msg.expires());
-            st.sessions.insert(client, s);
+            st.sessions.insert(client, Box::new(s));
         }
         metrics.retained.set(st.retained.len() as i64);
         metrics.sessions.set(st.sessions.len() as i64);
@@ -52,7 +52,6 @@ impl Router {
             metrics,
             store,
             limits,
-            closing: Arc::new(tokio::sync::watch::channel(false).0),
         };
         // Start from a compact log: the replayed history collapses to the live state.
         router.compact(&mut router.lock());

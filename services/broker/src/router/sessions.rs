@@ -36,14 +36,14 @@ impl Router {
         if let Some(s) = st.sessions.get_mut(&client) {
             if let Some(old) = s.live.take() {
                 st.conns.remove(&old.id);
-                old.kick.notify_one();
+                (old.kick)();
                 self.metrics.takeovers.inc();
                 let t = old.will_timing;
                 if t.on_takeover && (t.delay == 0 || reg.clean_start) {
                     will = old.will.map(|w| (w, Instant::now(), t.expiry));
                 }
             }
-            let pending = s.pending_will.take();
+            let pending = s.pending_will.take().map(|w| *w);
             if reg.clean_start {
                 will = will.or(pending);
                 self.end_session(st, &client);
@@ -54,7 +54,7 @@ impl Router {
         st.conns.insert(id, client.clone());
         let s = st.sessions.entry(client.clone()).or_insert_with(|| {
             self.metrics.sessions.inc();
-            Session::new(0)
+            Box::new(Session::new(0))
         });
         s.expiry = expiry;
         s.expires_at = None;
@@ -228,7 +228,9 @@ impl Router {
             s.expires_at = expiry_deadline(now, s.expiry);
             if live.will_timing.delay > 0 {
                 let due = now + Duration::from_secs(live.will_timing.delay.into());
-                s.pending_will = will.take().map(|w| (w, due, live.will_timing.expiry));
+                s.pending_will = will
+                    .take()
+                    .map(|w| Box::new((w, due, live.will_timing.expiry)));
             }
         } else {
             self.end_session(st, &client);
@@ -298,7 +300,7 @@ impl Router {
         }
         drop(guard);
         for w in wills {
-            self.publish_will(w);
+            self.publish_will(*w);
         }
         due.len()
     }
@@ -332,13 +334,22 @@ impl Router {
     /// Inbound QoS 2: returns false when `packet_id` was already received on this session
     /// and not yet released, i.e. the PUBLISH is a resend that must not be routed again.
     pub fn qos2_received(&self, conn: ConnId, packet_id: u16) -> bool {
-        self.with_live(conn, |_, s| s.qos2_in.insert(packet_id))
-            .unwrap_or(true)
+        self.with_live(conn, |_, s| {
+            s.qos2_in.get_or_insert_default().insert(packet_id)
+        })
+        .unwrap_or(true)
     }
 
     /// Inbound QoS 2: PUBREL arrived for `packet_id`.
     pub fn qos2_released(&self, conn: ConnId, packet_id: u16) {
-        self.with_live(conn, |_, s| s.qos2_in.remove(&packet_id));
+        self.with_live(conn, |_, s| {
+            if let Some(set) = &mut s.qos2_in {
+                set.remove(&packet_id);
+                if set.is_empty() {
+                    s.qos2_in = None;
+                }
+            }
+        });
     }
 }
 

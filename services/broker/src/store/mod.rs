@@ -31,6 +31,9 @@ use tokio::sync::watch;
 
 pub use record::Record;
 
+/// See `Inner::on_commit`.
+type OnCommit = Box<dyn Fn(u64) + Send + Sync>;
+
 const LOG: &str = "broker.log";
 const TMP: &str = "broker.log.tmp";
 
@@ -52,6 +55,9 @@ struct Inner {
     /// Set while a compaction is queued, so the router asks for only one at a time.
     compacting: AtomicBool,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Told the durable sequence number after each commit: the network workers, whose
+    /// connections hold acknowledgements until their records are on disk.
+    on_commit: Mutex<Vec<OnCommit>>,
 }
 
 #[derive(Default)]
@@ -100,6 +106,7 @@ impl Store {
             compact_bytes: compact_bytes.max(4096),
             compacting: AtomicBool::new(false),
             writer: Mutex::new(None),
+            on_commit: Mutex::default(),
         });
         let writer = Writer {
             inner: inner.clone(),
@@ -144,6 +151,26 @@ impl Store {
         // An error means the writer thread is gone (shutdown): nothing more will be made
         // durable, and waiting forever would only hang the connection.
         let _ = rx.wait_for(|&d| d >= lsn).await;
+    }
+
+    /// Everything up to this sequence number is on disk (`u64::MAX` when disabled:
+    /// nothing ever waits).
+    pub fn durable_seq(&self) -> u64 {
+        self.inner
+            .as_ref()
+            .map_or(u64::MAX, |i| *i.durable.borrow())
+    }
+
+    /// Calls `f` with the durable sequence number after every commit (from the
+    /// writer thread: keep it short).
+    pub fn on_commit(&self, f: impl Fn(u64) + Send + Sync + 'static) {
+        if let Some(inner) = &self.inner {
+            inner
+                .on_commit
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(Box::new(f));
+        }
     }
 
     /// How many times the writer has synced the log (see `Inner::syncs`).
@@ -228,6 +255,15 @@ impl Writer {
             match result {
                 Ok(()) => {
                     self.inner.durable.send_replace(lsn);
+                    for f in self
+                        .inner
+                        .on_commit
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .iter()
+                    {
+                        f(lsn);
+                    }
                 }
                 Err(e) => {
                     // Without a working disk the broker cannot keep its promise; better

@@ -1,0 +1,171 @@
+//! One connection's bytes: framing of what it sends us, and the output we owe it.
+//!
+//! Memory is the point here. Mosquitto keeps a few hundred bytes per idle client; so
+//! does this: the worker reads into one scratch buffer shared by all its connections,
+//! a connection keeps bytes of its own only while a packet is incomplete (`partial`),
+//! and output only while the socket has not taken it (`Output`).
+
+use std::io;
+use std::time::Instant;
+
+use ntex_bytes::{BytePages, BytesMut};
+
+use crate::net::transport::Transport;
+use crate::session::{Active, Pending};
+
+/// A connection on a worker.
+pub struct Conn {
+    pub io: Transport,
+    /// Generation of this slab slot (see `mailbox::ConnKey`).
+    pub generation: u32,
+    /// The start of a packet whose end has not arrived yet.
+    pub partial: Option<BytesMut>,
+    pub out: Output,
+    /// CONNECT must arrive by then (handshake), or the next packet (1.5× keep-alive).
+    pub deadline: Instant,
+    pub phase: Phase,
+    /// The socket may hold more than was read (the read budget ran out, or input was
+    /// paused): readiness is edge-triggered, so no new event will say so.
+    pub more_to_read: bool,
+    /// Waiting in the worker's list of connections to flush.
+    pub dirty: bool,
+}
+
+pub enum Phase {
+    /// Waiting for CONNECT.
+    Handshake,
+    /// CONNECT read; the authenticator has not answered yet. Input waits.
+    Authenticating(Box<Pending>),
+    Active(Box<Active>),
+    /// A last packet (refusing CONNACK, DISCONNECT) is being flushed until `deadline`.
+    Closing,
+}
+
+impl Conn {
+    pub fn new(io: Transport, generation: u32, deadline: Instant) -> Self {
+        Self {
+            io,
+            generation,
+            partial: None,
+            out: Output::default(),
+            deadline,
+            phase: Phase::Handshake,
+            more_to_read: true,
+            dirty: false,
+        }
+    }
+
+    pub fn active(&mut self) -> Option<&mut Active> {
+        match &mut self.phase {
+            Phase::Active(a) => Some(&mut **a),
+            _ => None,
+        }
+    }
+
+    /// Writes as much output as the socket takes. `Ok(true)`: nothing is left.
+    pub fn flush(&mut self) -> io::Result<bool> {
+        self.out.write_to(&mut self.io)
+    }
+}
+
+/// Bytes owed to the client, as ntex-mqtt's encoders produce them (a list of pages).
+/// Allocated on first use and given back as soon as the socket took everything.
+#[derive(Default)]
+pub struct Output {
+    pages: Option<BytePages>,
+}
+
+impl Output {
+    pub fn pages(&mut self) -> &mut BytePages {
+        self.pages.get_or_insert_with(BytePages::default)
+    }
+
+    pub fn len(&self) -> usize {
+        self.pages.as_ref().map_or(0, BytePages::len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn write_to(&mut self, io: &mut Transport) -> io::Result<bool> {
+        if let Some(pages) = &mut self.pages {
+            while let Some(mut page) = pages.take() {
+                match io.write(&page) {
+                    Ok(n) if n == page.len() => {}
+                    Ok(n) => {
+                        page.advance_to(n);
+                        pages.prepend(page);
+                        return Ok(false);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        pages.prepend(page);
+                        return Ok(false);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            self.pages = None;
+        }
+        io.flush()
+    }
+}
+
+/// Why the bytes in hand are not a packet.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FrameError {
+    /// The Remaining Length is not a valid variable byte integer (more than 4 bytes).
+    Malformed,
+    /// The packet is larger than the broker accepts (its whole size, as MQTT 5's
+    /// Maximum Packet Size counts it).
+    TooLarge(usize),
+}
+
+/// The size of the packet at the start of `buf` once all of it is there: `Ok(None)`
+/// while more bytes are needed (MQTT §2.2.3: Remaining Length, 1–4 bytes).
+pub fn frame_len(buf: &[u8], max: usize) -> Result<Option<usize>, FrameError> {
+    let mut remaining = 0usize;
+    for i in 0..4 {
+        let Some(&b) = buf.get(1 + i) else {
+            return Ok(None);
+        };
+        remaining |= usize::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            let total = 2 + i + remaining;
+            if total > max {
+                return Err(FrameError::TooLarge(total));
+            }
+            return Ok((buf.len() >= total).then_some(total));
+        }
+    }
+    Err(FrameError::Malformed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_len_waits_for_the_whole_packet_and_checks_its_size() {
+        assert_eq!(frame_len(&[], 100), Ok(None));
+        assert_eq!(frame_len(&[0xc0], 100), Ok(None));
+        assert_eq!(frame_len(&[0xc0, 0], 100), Ok(Some(2)));
+        assert_eq!(frame_len(&[0x30, 3, 1, 2], 100), Ok(None));
+        assert_eq!(frame_len(&[0x30, 3, 1, 2, 3, 9], 100), Ok(Some(5)));
+        // 200 = 0xc8 0x01; total 203.
+        assert_eq!(frame_len(&[0x30, 0xc8, 0x01], 300), Ok(None));
+        assert_eq!(
+            frame_len(&[0x30, 0xc8, 0x01], 202),
+            Err(FrameError::TooLarge(203))
+        );
+        assert_eq!(
+            frame_len(&[0x30, 0xff, 0xff, 0xff, 0xff, 1], usize::MAX),
+            Err(FrameError::Malformed)
+        );
+        // The largest Remaining Length, 268,435,455, in four bytes.
+        assert_eq!(
+            frame_len(&[0x30, 0xff, 0xff, 0xff, 0x7f], usize::MAX),
+            Ok(None)
+        );
+    }
+}
