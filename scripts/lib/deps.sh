@@ -44,12 +44,32 @@ start_throwaway_postgres() {
   export DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
 }
 
+# The tools some tests need (pg_ctl, Mosquitto, Python's paho-mqtt and requests,
+# Chromium) are required when the suite runs through scripts/test: each ensure_* below
+# installs what is missing (as root, with apt-get or pip) and exports its
+# LENTERA_REQUIRE_* variable, under which the tests fail instead of skipping when the
+# tool is absent. When a tool cannot be installed (not root, or the install failed) the
+# suite stops here with an error — unless LENTERA_ALLOW_SKIP=1 is set, which lets the
+# tests that need it skip (each says SKIPPING loudly) and leaves its LENTERA_REQUIRE_*
+# unset.
+missing_tool() { # $1 what is missing, $2 how to install it, $3 the LENTERA_REQUIRE_* variables
+  if [ "${LENTERA_ALLOW_SKIP:-0}" = 1 ]; then
+    echo "warning: $1 is missing ($2); LENTERA_ALLOW_SKIP=1, so the tests that need it will say SKIPPING" >&2
+    local v
+    for v in $3; do unset "$v"; done
+    return 0
+  fi
+  echo "error: $1 is missing and could not be installed ($2)." >&2
+  echo "       Install it, or set LENTERA_ALLOW_SKIP=1 to run the suite with the tests that need it skipped." >&2
+  exit 1
+}
+
 # The fault tests start (and stop) private clusters of their own with initdb/pg_ctl, even
 # when DATABASE_URL points elsewhere; with the binaries present they must run, not skip.
 ensure_pg_ctl() {
   if ! pg_bindir >/dev/null; then
     if [ "$(id -u)" -ne 0 ]; then
-      echo "note: PostgreSQL's server binaries are not installed; the fault tests that stop PostgreSQL will say SKIPPING" >&2
+      missing_tool "PostgreSQL's server binaries (initdb, pg_ctl)" "apt-get install postgresql" LENTERA_REQUIRE_PG_CTL
       return 0
     fi
     install_postgres
@@ -87,7 +107,7 @@ stop_persistent_postgres() {
 ensure_mosquitto() {
   if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
     if [ "$(id -u)" -ne 0 ]; then
-      echo "note: mosquitto is not installed; the tests that need it will say SKIPPING" >&2
+      missing_tool "mosquitto" "apt-get install mosquitto mosquitto-clients" LENTERA_REQUIRE_MOSQUITTO
       return 0
     fi
     echo "==> installing Mosquitto with apt-get"
@@ -103,7 +123,7 @@ ensure_mosquitto() {
   # The clients (mosquitto_pub/sub) come in their own package.
   if ! command -v mosquitto_pub >/dev/null 2>&1; then
     if [ "$(id -u)" -ne 0 ]; then
-      echo "note: mosquitto-clients is not installed; the tests that need it will say SKIPPING" >&2
+      missing_tool "mosquitto_pub/mosquitto_sub" "apt-get install mosquitto-clients" LENTERA_REQUIRE_MOSQUITTO
       return 0
     fi
     echo "==> installing mosquitto-clients with apt-get"
@@ -118,14 +138,14 @@ ensure_mosquitto() {
 # They go into whichever `python3` is first on PATH, since that is the one tests run.
 ensure_python() {
   if ! command -v python3 >/dev/null 2>&1; then
-    echo "note: python3 is not installed; the tests that need it will say SKIPPING" >&2
+    missing_tool "python3" "apt-get install python3 python3-pip" "LENTERA_REQUIRE_PYTHON LENTERA_REQUIRE_PAHO"
     return 0
   fi
   if ! python3 -c 'import paho.mqtt.client, requests' >/dev/null 2>&1; then
     echo "==> installing paho-mqtt and requests with pip"
     python3 -m pip install --quiet --disable-pip-version-check 'paho-mqtt>=2,<3' requests >/dev/null 2>&1 \
       || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages 'paho-mqtt>=2,<3' requests >/dev/null \
-      || { echo "note: could not install paho-mqtt/requests; those tests will say SKIPPING" >&2; return 0; }
+      || { missing_tool "Python's paho-mqtt and requests" "python3 -m pip install 'paho-mqtt>=2,<3' requests" "LENTERA_REQUIRE_PYTHON LENTERA_REQUIRE_PAHO"; return 0; }
   fi
   export LENTERA_REQUIRE_PYTHON=1 LENTERA_REQUIRE_PAHO=1
 }
@@ -134,7 +154,7 @@ ensure_python() {
 ensure_chromium() {
   if [ ! -x /usr/bin/chromium ] && [ ! -x /usr/bin/chromium-browser ]; then
     if [ "$(id -u)" -ne 0 ]; then
-      echo "note: chromium is not installed; the dashboard browser test will say SKIPPING" >&2
+      missing_tool "chromium" "apt-get install chromium" LENTERA_REQUIRE_CHROMIUM
       return 0
     fi
     echo "==> installing Chromium with apt-get"

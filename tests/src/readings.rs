@@ -85,12 +85,36 @@ pub struct Report {
     pub log: Log,
 }
 
+/// How the HTTP senders use connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Connections {
+    /// Keep-alive: each sender reuses its connection, as an HTTP library does by default.
+    KeepAlive,
+    /// A new connection for every attempt, as the seed's `client.py` (`requests.post`
+    /// without a session) and most boards do; so an attempt can tell "refused" (nothing
+    /// listens) from "answered".
+    PerRequest,
+}
+
 impl Stream {
     pub fn start(url: String, device: &str, count: u64, rate: f64, workers: usize) -> Stream {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .expect("reqwest client");
+        Self::start_with(url, device, count, rate, workers, Connections::KeepAlive)
+    }
+
+    /// [`Stream::start`] with a choice of connection handling.
+    pub fn start_with(
+        url: String,
+        device: &str,
+        count: u64,
+        rate: f64,
+        workers: usize,
+        connections: Connections,
+    ) -> Stream {
+        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
+        if connections == Connections::PerRequest {
+            builder = builder.pool_max_idle_per_host(0);
+        }
+        let http = builder.build().expect("reqwest client");
         let accepted = Arc::new(AtomicUsize::new(0));
         let log = Arc::new(Mutex::new(Log::default()));
         let url = Arc::new(Mutex::new(url));

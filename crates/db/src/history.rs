@@ -1,5 +1,5 @@
-//! Reading history: raw rows (keyset-paged) or time buckets (from the hourly rollup when
-//! the buckets are whole hours).
+//! Reading history: raw rows or time buckets (from the hourly rollup when the buckets
+//! are whole hours), both keyset-paged.
 //!
 //! Three query shapes, chosen by [`Query`]:
 //! - **raw**: rows of `readings` in `(ts, metric)` order, asc or desc, after an optional
@@ -11,7 +11,10 @@
 //! - **bucketed, other widths**: aggregated from raw rows.
 //!
 //! Buckets are aligned to the Unix epoch in UTC (`date_bin`), so the same bucket always
-//! has the same start whatever range is asked. The metric condition is put in the SQL
+//! has the same start whatever range is asked — which is what lets a [`Cursor`] (the last
+//! bucket's start and metric) page buckets too: the next page narrows the window to the
+//! buckets at or after (before, descending) the cursor's bucket and skips the ones
+//! already returned. The metric condition is put in the SQL
 //! text only when a metric is given: a generic plan for `($2 IS NULL OR metric = $2)`
 //! could not use the `(device, metric, ts)` index.
 
@@ -71,7 +74,8 @@ impl Agg {
     }
 }
 
-/// Where a page of raw rows ended: the last row's `ts` and `metric`. Rendered as
+/// Where a page ended: the last row's `ts` and `metric` (for buckets, the bucket's
+/// start). Rendered as
 /// `<unix microseconds>_<metric>`: URL-safe, and unambiguous although metric names may
 /// contain `_`, because the number comes first and never does.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,7 +120,7 @@ pub struct Query {
     pub agg: Agg,
     pub limit: i64,
     pub descending: bool,
-    /// Raw rows only: continue after this row (in the requested order).
+    /// Continue after this row or bucket (in the requested order).
     pub cursor: Option<Cursor>,
 }
 
@@ -124,6 +128,21 @@ impl Query {
     /// True when the hourly rollup answers this query.
     pub fn uses_rollup(&self) -> bool {
         self.bucket_secs.is_some_and(|b| b >= 3600 && b % 3600 == 0)
+    }
+
+    /// The `[from, to)` of raw rows to read. For a later page of buckets it is narrowed
+    /// to the buckets not yet passed: ascending, rows before the cursor's bucket start
+    /// only feed earlier buckets; descending, rows at or after its end only feed later
+    /// ones. (Raw rows need no narrowing: the keyset condition is an index range.)
+    pub fn window(&self) -> (DateTime<Utc>, DateTime<Utc>) {
+        match (&self.cursor, self.bucket_secs) {
+            (Some(c), Some(secs)) if self.descending => {
+                let end = c.ts + TimeDelta::seconds(secs);
+                (self.from, self.to.min(end).max(self.from))
+            }
+            (Some(c), Some(_)) => (self.from.max(c.ts).min(self.to), self.to),
+            _ => (self.from, self.to),
+        }
     }
 }
 
@@ -137,9 +156,9 @@ pub struct Point {
 
 const EPOCH: &str = "TIMESTAMPTZ '1970-01-01 00:00:00+00'";
 
-/// The SQL for `q`. Parameters: $1 device, $2 metric, $3 from, $4 to, $5 limit, then
-/// $6/$7 = cursor ts/metric (raw), bucket seconds (bucketed), plus $7/$8 = whole-hour
-/// range (rollup).
+/// The SQL for `q`. Parameters: $1 device, $2 metric, $3 from, $4 to (both from
+/// [`Query::window`]), $5 limit, $6/$7 cursor ts/metric, then for buckets $8 bucket
+/// seconds, and for the rollup $9/$10 the whole-hour range.
 fn sql(q: &Query) -> String {
     let dir = if q.descending { "DESC" } else { "ASC" };
     let metric = if q.metric.is_some() {
@@ -147,44 +166,47 @@ fn sql(q: &Query) -> String {
     } else {
         "$2::text IS NULL"
     };
+    let cursor = if q.cursor.is_some() {
+        let cmp = if q.descending { "<" } else { ">" };
+        format!("(ts, metric) {cmp} ($6::timestamptz, $7::text)")
+    } else {
+        "$6::timestamptz IS NULL AND $7::text IS NULL".to_owned()
+    };
+    let bucketed = |parts: &str, agg: &str| {
+        format!(
+            "SELECT metric, ts, value FROM (
+               SELECT metric, date_bin(make_interval(secs => $8), ts, {EPOCH}) AS ts,
+                      {agg} AS value
+               FROM {parts} GROUP BY metric, 2
+             ) b
+             WHERE {cursor}
+             ORDER BY ts {dir}, metric {dir} LIMIT $5"
+        )
+    };
     match q.bucket_secs {
-        None => {
-            let cmp = if q.descending { "<" } else { ">" };
-            let cursor = if q.cursor.is_some() {
-                format!("(ts, metric) {cmp} ($6::timestamptz, $7::text)")
-            } else {
-                "$6::timestamptz IS NULL AND $7::text IS NULL".to_owned()
-            };
-            format!(
-                "SELECT metric, ts, value FROM readings
-                 WHERE device = $1 AND {metric} AND ts >= $3 AND ts < $4 AND {cursor}
-                 ORDER BY ts {dir}, metric {dir} LIMIT $5"
-            )
-        }
-        Some(_) if q.uses_rollup() => format!(
-            "WITH parts AS (
-               SELECT metric, hour AS ts, min, max, sum, count, last_ts, last
-               FROM readings_hourly
-               WHERE device = $1 AND {metric} AND hour >= $7 AND hour < $8
-               UNION ALL
-               SELECT metric, ts, value, value, value, 1::bigint, ts, value FROM readings
-               WHERE device = $1 AND {metric} AND ts >= $3 AND ts < $7
-               UNION ALL
-               SELECT metric, ts, value, value, value, 1::bigint, ts, value FROM readings
-               WHERE device = $1 AND {metric} AND ts >= $8 AND ts < $4
-             )
-             SELECT metric, date_bin(make_interval(secs => $6), ts, {EPOCH}) AS ts,
-                    {agg} AS value
-             FROM parts GROUP BY metric, 2 ORDER BY 2 {dir}, metric LIMIT $5",
-            agg = q.agg.merge_sql()
+        None => format!(
+            "SELECT metric, ts, value FROM readings
+             WHERE device = $1 AND {metric} AND ts >= $3 AND ts < $4 AND {cursor}
+             ORDER BY ts {dir}, metric {dir} LIMIT $5"
         ),
-        Some(_) => format!(
-            "SELECT metric, date_bin(make_interval(secs => $6), ts, {EPOCH}) AS ts,
-                    {agg} AS value
-             FROM readings
-             WHERE device = $1 AND {metric} AND ts >= $3 AND ts < $4
-             GROUP BY metric, 2 ORDER BY 2 {dir}, metric LIMIT $5",
-            agg = q.agg.raw_sql()
+        Some(_) if q.uses_rollup() => bucketed(
+            &format!(
+                "(SELECT metric, hour AS ts, min, max, sum, count, last_ts, last
+                  FROM readings_hourly
+                  WHERE device = $1 AND {metric} AND hour >= $9 AND hour < $10
+                  UNION ALL
+                  SELECT metric, ts, value, value, value, 1::bigint, ts, value FROM readings
+                  WHERE device = $1 AND {metric} AND ts >= $3 AND ts < $9
+                  UNION ALL
+                  SELECT metric, ts, value, value, value, 1::bigint, ts, value FROM readings
+                  WHERE device = $1 AND {metric} AND ts >= $10 AND ts < $4
+                 ) parts"
+            ),
+            q.agg.merge_sql(),
+        ),
+        Some(_) => bucketed(
+            &format!("readings WHERE device = $1 AND {metric} AND ts >= $3 AND ts < $4"),
+            q.agg.raw_sql(),
         ),
     }
 }
@@ -206,18 +228,19 @@ fn build<'q>(
     sql: &'q str,
     q: &'q Query,
 ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    let (from, to) = q.window();
     let query = sqlx::query(sql)
         .bind(&q.device)
         .bind(&q.metric)
-        .bind(q.from)
-        .bind(q.to)
-        .bind(q.limit);
+        .bind(from)
+        .bind(to)
+        .bind(q.limit)
+        .bind(q.cursor.as_ref().map(|c| c.ts))
+        .bind(q.cursor.as_ref().map(|c| c.metric.as_str()));
     match q.bucket_secs {
-        None => query
-            .bind(q.cursor.as_ref().map(|c| c.ts))
-            .bind(q.cursor.as_ref().map(|c| c.metric.as_str())),
+        None => query,
         Some(secs) if q.uses_rollup() => {
-            let (h0, h1) = whole_hours(q.from, q.to);
+            let (h0, h1) = whole_hours(from, to);
             query.bind(secs as f64).bind(h0).bind(h1)
         }
         Some(secs) => query.bind(secs as f64),
@@ -308,6 +331,35 @@ mod tests {
         for bad in ["", "x_t", "123", "123_", "1e3_t"] {
             assert_eq!(Cursor::parse(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn a_bucket_cursor_narrows_the_window_to_buckets_not_yet_returned() {
+        let q = |descending, cursor: Option<DateTime<Utc>>, bucket| Query {
+            device: "gh-1".into(),
+            metric: None,
+            from: t(1, 30),
+            to: t(9, 15),
+            bucket_secs: bucket,
+            agg: Agg::Avg,
+            limit: 10,
+            descending,
+            cursor: cursor.map(|ts| Cursor {
+                ts,
+                metric: "lux".into(),
+            }),
+        };
+        let h = Some(3600);
+        assert_eq!(q(false, None, h).window(), (t(1, 30), t(9, 15)));
+        // Ascending: rows before the cursor's bucket start only feed earlier buckets.
+        assert_eq!(q(false, Some(t(4, 0)), h).window(), (t(4, 0), t(9, 15)));
+        // Descending: rows from the cursor's bucket end on only feed later buckets.
+        assert_eq!(q(true, Some(t(4, 0)), h).window(), (t(1, 30), t(5, 0)));
+        // A cursor before the window (ascending) or past it (descending) changes nothing.
+        assert_eq!(q(false, Some(t(1, 0)), h).window(), (t(1, 30), t(9, 15)));
+        assert_eq!(q(true, Some(t(9, 0)), h).window(), (t(1, 30), t(9, 15)));
+        // Raw rows keep the whole window: the keyset condition does the work.
+        assert_eq!(q(false, Some(t(4, 0)), None).window(), (t(1, 30), t(9, 15)));
     }
 
     #[test]

@@ -93,6 +93,19 @@ pub async fn store_all<'a>(
     pool: &PgPool,
     batch: impl IntoIterator<Item = &'a Record>,
 ) -> Result<u64, sqlx::Error> {
+    store_all_within(pool, batch, None).await
+}
+
+/// [`store_all`] with every statement of the write transaction limited to
+/// `statement_timeout` (PostgreSQL's `SET LOCAL statement_timeout`, which counts time
+/// spent waiting for locks too): a write stuck behind a lock or a stalled server fails
+/// with SQLSTATE 57014 and rolls back instead of hanging, so the caller can say so and
+/// retry. `None` waits as long as PostgreSQL takes.
+pub async fn store_all_within<'a>(
+    pool: &PgPool,
+    batch: impl IntoIterator<Item = &'a Record>,
+    statement_timeout: Option<std::time::Duration>,
+) -> Result<u64, sqlx::Error> {
     let prepared = Prepared::new(batch);
     let db = db_key(pool);
     if !prepared.readings.is_empty() {
@@ -103,7 +116,7 @@ pub async fn store_all<'a>(
     let mut path = Path::Copy;
     let mut repartitioned = false;
     loop {
-        match write_batch(pool, &prepared, path).await {
+        match write_batch(pool, &prepared, path, statement_timeout).await {
             Err(e) if path == Path::Copy && sqlstate(&e).as_deref() == Some(UNIQUE_VIOLATION) => {
                 tracing::debug!("batch holds readings already stored; writing it row by row");
                 path = Path::Upsert;
@@ -316,8 +329,20 @@ const ROLLUP_UPSERT: &str = "ON CONFLICT (device, metric, hour) DO UPDATE SET
        last = CASE WHEN EXCLUDED.last_ts >= h.last_ts THEN EXCLUDED.last ELSE h.last END,
        last_ts = greatest(h.last_ts, EXCLUDED.last_ts)";
 
-async fn write_batch(pool: &PgPool, p: &Prepared<'_>, path: Path) -> Result<u64, sqlx::Error> {
+async fn write_batch(
+    pool: &PgPool,
+    p: &Prepared<'_>,
+    path: Path,
+    statement_timeout: Option<std::time::Duration>,
+) -> Result<u64, sqlx::Error> {
     let mut tx = pool.begin().await?;
+    if let Some(t) = statement_timeout {
+        // SET takes no bind parameters; the value is a number we format ourselves.
+        let ms = t.as_millis().clamp(1, i32::MAX as u128);
+        sqlx::query(&format!("SET LOCAL statement_timeout = {ms}"))
+            .execute(&mut *tx)
+            .await?;
+    }
     let inserted = if p.readings.is_empty() {
         0
     } else if path == Path::Copy {

@@ -5,7 +5,8 @@
 //!   once (persistent session) and stops; N telemetry messages are published at QoS 1
 //!   and queued by the broker; the historian starts again and the clock runs until its
 //!   `readings_stored_total` reaches N (then `count(*)` is checked). The same N rows are
-//!   then `COPY`ed into an identical, freshly migrated database.
+//!   then loaded by one binary `COPY` (`FORMAT binary`, as the historian writes) into an
+//!   identical, freshly migrated database.
 //! - `e2e`: HTTP accept → row committed: posts one reading per request to a running
 //!   ingest at a fixed rate and polls PostgreSQL (every `--poll-ms`) for the rows; the
 //!   latency of a reading is from just before its request was sent to the poll that saw
@@ -131,6 +132,33 @@ fn row(i: u64, devices: u64, start: DateTime<Utc>) -> (String, DateTime<Utc>, f6
     let ts = start + chrono::Duration::milliseconds((i / devices) as i64 * 1000);
     let value = 15.0 + (i % 200) as f64 / 10.0;
     (device, ts, value)
+}
+
+/// `rows` (device, ts, value; metric `temperature`) in `COPY … FROM STDIN (FORMAT
+/// binary)` form — the format the historian's writes use — so the baseline differs from
+/// the historian only in what the historian adds (MQTT, JSON, batching, the rollup),
+/// not in how PostgreSQL parses the rows. Written here, not borrowed from
+/// `lentera_db`, so the baseline does not depend on the code it is compared with.
+fn copy_binary(rows: impl Iterator<Item = (String, DateTime<Utc>, f64)>) -> Vec<u8> {
+    /// 2000-01-01T00:00:00Z, PostgreSQL's timestamp epoch, in unix microseconds.
+    const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+    let mut out = Vec::new();
+    out.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+    out.extend_from_slice(&0i32.to_be_bytes()); // flags
+    out.extend_from_slice(&0i32.to_be_bytes()); // header extension length
+    for (device, ts, value) in rows {
+        out.extend_from_slice(&4i16.to_be_bytes());
+        for text in [device.as_str(), "temperature"] {
+            out.extend_from_slice(&(text.len() as i32).to_be_bytes());
+            out.extend_from_slice(text.as_bytes());
+        }
+        out.extend_from_slice(&8i32.to_be_bytes());
+        out.extend_from_slice(&(ts.timestamp_micros() - PG_EPOCH_MICROS).to_be_bytes());
+        out.extend_from_slice(&8i32.to_be_bytes());
+        out.extend_from_slice(&value.to_bits().to_be_bytes());
+    }
+    out.extend_from_slice(&(-1i16).to_be_bytes());
+    out
 }
 
 struct RunningHistorian {
@@ -286,20 +314,13 @@ async fn drain(args: &Args) -> anyhow::Result<serde_json::Value> {
     let pool = PgPool::connect(&url).await?;
     let months: Vec<DateTime<Utc>> = vec![start, row(n - 1, devices, start).1];
     lentera_db::write::ensure_partitions(&pool, &months).await?;
-    let mut text = String::with_capacity(n as usize * 48);
-    for k in 0..n {
-        let (device, ts, value) = row(k, devices, start);
-        text.push_str(&format!(
-            "{device}\ttemperature\t{}\t{value}\n",
-            lentera_protocol::reading::format_ts(ts)
-        ));
-    }
+    let data = copy_binary((0..n).map(|k| row(k, devices, start)));
     let mut conn = pool.acquire().await?;
     let t = Instant::now();
     let mut copy = conn
-        .copy_in_raw("COPY readings (device, metric, ts, value) FROM STDIN")
+        .copy_in_raw("COPY readings (device, metric, ts, value) FROM STDIN (FORMAT binary)")
         .await?;
-    for chunk in text.as_bytes().chunks(1 << 20) {
+    for chunk in data.chunks(1 << 20) {
         copy.send(chunk).await?;
     }
     let copied = copy.finish().await?;
@@ -323,6 +344,7 @@ async fn drain(args: &Args) -> anyhow::Result<serde_json::Value> {
         "publish_per_sec": n as f64 / publish_secs,
         "historian_secs": drain_secs,
         "historian_per_sec": historian_rate,
+        "copy_format": "binary",
         "copy_secs": copy_secs,
         "copy_per_sec": copy_rate,
         "historian_vs_copy": historian_rate / copy_rate,

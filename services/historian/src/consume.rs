@@ -3,9 +3,12 @@
 //! The guarantee this file exists for: a delivery is acknowledged only after the
 //! transaction holding it has committed, so a crash at any point loses nothing (the
 //! broker redelivers, and `write::store` makes redelivery idempotent for readings). A
-//! failed write keeps the batch and retries it with backoff; while it retries the loop
-//! fills at most [`WRITES_IN_FLIGHT`] more batches and then reads no more deliveries, so
-//! the pressure goes back to the broker, not into memory.
+//! failed write — PostgreSQL down, or slower than `historian.write_timeout_ms`, e.g.
+//! behind a lock — keeps the batch, marks the database check not-ready and retries with
+//! backoff; while it retries the loop fills at most [`WRITES_IN_FLIGHT`] more batches and
+//! then reads no more deliveries, so the pressure goes back to the broker, not into
+//! memory. It also watches the batches' shape for the broker's in-flight window capping
+//! them ([`WindowWatch`]) and warns once.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -19,7 +22,7 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use crate::batch::{Batch, BatchPolicy};
+use crate::batch::{Batch, BatchPolicy, WindowWatch};
 use crate::maintenance::retention_cutoff;
 use crate::record::{self, Outcome};
 
@@ -37,6 +40,8 @@ pub struct Metrics {
     readings_stored: Counter,
     batches: Counter,
     batch_errors: Counter,
+    acked: Counter,
+    capped: Counter,
     skipped: Counter,
     last_batch_size: Gauge,
     pending: Gauge,
@@ -64,6 +69,16 @@ impl Metrics {
                 &[],
             ),
             batches: obs.counter("batches_total", "Batches committed.", &[]),
+            acked: obs.counter(
+                "deliveries_acked_total",
+                "Deliveries acknowledged to the broker (each only after its batch committed).",
+                &[],
+            ),
+            capped: obs.counter(
+                "batches_window_capped_total",
+                "Batches that closed by age at the same size as the ones before, idle, as when the broker's in-flight window is below batch_size.",
+                &[],
+            ),
             batch_errors: obs.counter(
                 "batch_errors_total",
                 "Failed attempts to write a batch (each is retried).",
@@ -107,6 +122,8 @@ pub struct Consumer {
     /// `historian.retention_days`: older readings are not stored (0 = keep all).
     pub retention_days: u32,
     pub policy: BatchPolicy,
+    /// `historian.write_timeout_ms`: a batch write taking longer fails and is retried.
+    pub write_timeout: Option<Duration>,
     pub metrics: Metrics,
     /// False while the database refuses writes.
     pub db_ready: Check,
@@ -127,6 +144,8 @@ impl Consumer {
         let mut writing: VecDeque<tokio::task::JoinHandle<bool>> = VecDeque::new();
         // Resolves once the newest write has acknowledged (or given up: dropped unsent).
         let mut acked: Option<oneshot::Receiver<()>> = None;
+        let mut window = WindowWatch::default();
+        let mut warned = false;
         loop {
             let deadline = batch.deadline();
             tokio::select! {
@@ -138,7 +157,25 @@ impl Consumer {
                 },
                 _ = sleep_until(deadline), if deadline.is_some() => {}
             }
-            if batch.is_due(Instant::now().into_std()) {
+            let now = Instant::now().into_std();
+            if batch.is_due(now) {
+                if let Some(size) = batch
+                    .shape(now)
+                    .and_then(|b| window.observe(b, this.policy))
+                {
+                    this.metrics.capped.inc();
+                    if !warned {
+                        warned = true;
+                        tracing::warn!(
+                            size,
+                            batch_size = this.policy.max_items,
+                            "batches keep closing at {size} deliveries, idle until batch_interval_ms: the broker \
+                             probably allows only {size} unacknowledged messages in flight to this client \
+                             (Lentera broker.max_inflight, Mosquitto max_inflight_messages); raise it to at \
+                             least historian.batch_size, or throughput stays near {size} per batch_interval_ms"
+                        );
+                    }
+                }
                 if writing.len() >= WRITES_IN_FLIGHT
                     && let Some(w) = writing.pop_front()
                     && !w.await.unwrap_or(false)
@@ -225,8 +262,8 @@ impl Consumer {
         let mut backoff = RETRY_MIN;
         let mut give_up_at = None;
         loop {
-            match write::store_all(&self.pool, batch.iter().filter_map(|p| p.record.as_ref())).await
-            {
+            let records = batch.iter().filter_map(|p| p.record.as_ref());
+            match write::store_all_within(&self.pool, records, self.write_timeout).await {
                 Ok(inserted) => {
                     if let Some(previous) = previous
                         && previous.await.is_err()
@@ -245,6 +282,7 @@ impl Consumer {
                     self.db_ready.set(true);
                     self.metrics.readings_stored.add(inserted);
                     self.metrics.batches.inc();
+                    self.metrics.acked.add(done.len() as u64);
                     self.metrics.last_batch_size.set(done.len() as i64);
                     tracing::debug!(size = done.len(), inserted, "batch committed");
                     return true;

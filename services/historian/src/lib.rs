@@ -10,7 +10,8 @@
 //! - [`startup`]: admin port, ready file, migration with retry, MQTT session, shutdown.
 //! - [`consume`]: the loop — classify, batch, write with retry, acknowledge; metrics.
 //! - [`record`]: pure classification of one delivery into a `Record` or an error code.
-//! - [`batch`]: pure "flush now?" decision by size and age.
+//! - [`batch`]: pure "flush now?" decision by size and age, and the watch for batches
+//!   capped by the broker's in-flight window.
 //! - [`maintenance`]: month partitions created ahead; retention drops old months.
 
 pub mod batch;

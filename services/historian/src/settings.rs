@@ -37,6 +37,11 @@ pub struct HistorianSettings {
     pub batch_size: usize,
     /// Longest a delivery waits for its batch to fill, i.e. the worst added latency.
     pub batch_interval_ms: u64,
+    /// Longest one statement of a batch write may take, waiting for locks included
+    /// (PostgreSQL `statement_timeout`, set for the write transaction only); a write
+    /// that takes longer is rolled back, reported (not ready), and retried with backoff,
+    /// its deliveries still unacknowledged. 0 = wait as long as PostgreSQL takes.
+    pub write_timeout_ms: u64,
     /// MQTT shared-subscription group. Set it to run several historians that split the
     /// stream (`$share/{group}/lentera/+/telemetry`); each instance needs its own client id.
     pub shared_group: Option<String>,
@@ -55,6 +60,7 @@ impl Default for HistorianSettings {
             admin_addr: "0.0.0.0:9101".into(),
             batch_size: 5000,
             batch_interval_ms: 100,
+            write_timeout_ms: 10_000,
             shared_group: None,
             retention_days: 730,
             partitions_ahead_months: 2,
@@ -66,6 +72,10 @@ impl Default for HistorianSettings {
 impl HistorianSettings {
     pub fn batch_interval(&self) -> Duration {
         Duration::from_millis(self.batch_interval_ms)
+    }
+
+    pub fn write_timeout(&self) -> Option<Duration> {
+        (self.write_timeout_ms > 0).then(|| Duration::from_millis(self.write_timeout_ms))
     }
 
     /// The topic filter for `filter`, wrapped in the shared-subscription form when a group is set.

@@ -153,6 +153,7 @@ async fn work(
             settings.historian.batch_size,
             settings.historian.batch_interval(),
         ),
+        write_timeout: settings.historian.write_timeout(),
         metrics,
         db_ready,
     };

@@ -10,7 +10,8 @@
 //! - `main.rs`: wiring only (settings → telemetry → [`startup::run`]).
 //! - [`settings`]: `[ingest]` settings and defaults.
 //! - [`startup`]: builds the app on bound listeners, runs it, drains it on shutdown.
-//! - [`publish`]: readings → acknowledged MQTT messages; device status.
+//! - [`publish`]: readings → acknowledged MQTT messages.
+//! - [`status`]: retained `online`/`offline` of TCP boards, published until acknowledged.
 //! - [`stats`]: Prometheus counters (accepted readings, rejections by code).
 //! - [`http`]: `POST /api/v1/readings`, the seed's `POST /sensor`, admin endpoints.
 //! - [`tcp`]: the accept loop; [`tcp::line`] the pure grammar, [`tcp::conn`] one
@@ -21,6 +22,7 @@ pub mod publish;
 pub mod settings;
 pub mod startup;
 pub mod stats;
+pub mod status;
 pub mod tcp;
 
 pub use settings::{IngestSettings, Settings};

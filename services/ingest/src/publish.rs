@@ -4,19 +4,28 @@
 //! the broker has sent PUBACK for every reading's canonical payload.
 
 use futures_util::future::join_all;
-use lentera_mqtt::{Client, PublishError, QoS};
+use lentera_mqtt::{Client, PublishError};
 use lentera_protocol::{DeviceId, DeviceStatus, Reading, Topics};
 
-/// Cheap to clone: the MQTT handle and topic builder are shared.
+use crate::status::StatusBoard;
+
+/// Cheap to clone: the MQTT handle, topic builder and status board are shared.
 #[derive(Clone)]
 pub struct Publisher {
     client: Client,
     topics: Topics,
+    statuses: StatusBoard,
 }
 
 impl Publisher {
+    /// Also starts the status task, so call it inside a tokio runtime.
     pub fn new(client: Client, topics: Topics) -> Self {
-        Self { client, topics }
+        let statuses = StatusBoard::start(client.clone(), topics.clone());
+        Self {
+            client,
+            topics,
+            statuses,
+        }
     }
 
     pub fn client(&self) -> &Client {
@@ -57,16 +66,14 @@ impl Publisher {
         }
     }
 
-    /// Publishes a device's retained `online`/`offline` without waiting: a TCP `HELLO` must
-    /// be answered even while the broker is away, and the next retained status fixes it.
+    /// Records a device's retained `online`/`offline` without waiting: a TCP `HELLO` must
+    /// be answered even while the broker is away. The status task publishes it (QoS 1,
+    /// retained) until the broker acknowledges it; see [`StatusBoard`].
     pub fn status(&self, device: &DeviceId, status: DeviceStatus) {
-        if let Err(e) = self.client.publish(
-            self.topics.status(device),
-            QoS::AtLeastOnce,
-            true,
-            status.as_str(),
-        ) {
-            tracing::warn!(%device, status = status.as_str(), error = %e, "status not published");
-        }
+        self.statuses.set(device, status);
+    }
+
+    pub fn statuses(&self) -> &StatusBoard {
+        &self.statuses
     }
 }

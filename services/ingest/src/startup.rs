@@ -9,6 +9,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use lentera_bootstrap::{Observability, ready_file};
@@ -20,6 +21,7 @@ use crate::http::{self, HttpState};
 use crate::publish::Publisher;
 use crate::settings::Settings;
 use crate::stats::Stats;
+use crate::status::StatusBoard;
 use crate::tcp::{self, Limits, Shared, relay};
 
 pub struct Application {
@@ -29,6 +31,7 @@ pub struct Application {
     tcp_listener: tokio::net::TcpListener,
     tcp_shared: Shared,
     client: Client,
+    statuses: StatusBoard,
     settings: Settings,
 }
 
@@ -43,17 +46,22 @@ impl Application {
         let obs = Observability::new("ingest");
         let stats = Stats::new(&obs);
         let topics = settings.mqtt.topics();
-        // Non-persistent session: lamp commands missed while ingest is down are not worth
-        // replaying to boards (the controller republishes the desired state).
+        // Persistent session (clean_session = false): the lamp controller publishes a
+        // command once per change (and re-sends only while a board reports otherwise,
+        // which TCP boards do not), so a command published while ingest is down would
+        // otherwise be lost, and a board reconnecting after ingest's restart would never
+        // learn it. The broker queues them for this client id and delivers them on
+        // reconnect; the relay keeps the newest per device for the next HELLO.
         let (client, deliveries) = Client::start(
             &settings.mqtt,
             "lentera-ingest",
-            true,
+            false,
             false,
             vec![(topics.filter(TopicKind::LampSet), QoS::AtLeastOnce)],
             Some(obs.check("mqtt")),
         );
         let publisher = Publisher::new(client.clone(), topics.clone());
+        let statuses = publisher.statuses().clone();
         let registry = relay::Registry::default();
         tokio::spawn(relay::run(
             deliveries,
@@ -105,6 +113,7 @@ impl Application {
             tcp_listener,
             tcp_shared,
             client,
+            statuses,
             settings,
         })
     }
@@ -145,6 +154,15 @@ impl Application {
             .await
             .context("HTTP server task")?
             .context("HTTP server")?;
+        // The boards just disconnected are announced offline (retained) before leaving;
+        // with the broker away this gives up after a moment, and the retained value stays
+        // `online` until the boards come back (see services/ingest/README.md).
+        if !self.statuses.flush(Duration::from_secs(2)).await {
+            tracing::warn!(
+                pending = self.statuses.pending(),
+                "device statuses not acknowledged before shutdown"
+            );
+        }
         // Everything acknowledged has been answered; leave the broker cleanly.
         self.client.disconnect().await;
         Ok(())

@@ -3,8 +3,11 @@
 //! hour or day answers in under 100 ms".
 //!
 //! ```text
-//! cargo test -p lentera-web --test bench_history -- --ignored --nocapture
+//! cargo test --release -p lentera-web --test bench_history -- --ignored --nocapture
 //! ```
+//!
+//! (`--release` for the recorded figure; without it the same test runs on the `dev`
+//! profile, where serialising the JSON dominates.)
 //!
 //! It creates a fresh database, COPYs 525,600 rows into the monthly partitions, builds
 //! the hourly rollup with `lentera_rebuild_rollup` (COPY bypasses the historian, which
@@ -115,6 +118,27 @@ async fn time(app: &TestApp, bucket: &str) -> (StdDuration, StdDuration, StdDura
 #[ignore = "benchmark: loads 525,600 rows; run with --ignored --nocapture"]
 async fn a_year_of_minutes_bucketed_by_hour_or_day_answers_under_100ms() {
     let app = TestApp::spawn().await;
+    let version: String = sqlx::query_scalar("SELECT version()")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name")?.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    println!(
+        "machine: {} cores, {cpu}; {version}; profile: {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        if cfg!(debug_assertions) {
+            "dev"
+        } else {
+            "release"
+        }
+    );
     load(&app).await;
     let mut medians = Vec::new();
     for bucket in ["1h", "1d", "30m"] {

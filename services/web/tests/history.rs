@@ -1,7 +1,8 @@
 //! History REST beyond the basics, against real PostgreSQL: keyset paging walks every raw
-//! row exactly once in both orders, whole-hour buckets (served by the hourly rollup)
-//! equal aggregates recomputed from raw rows — also across partial edge hours — and CSV
-//! without a limit streams the whole window.
+//! row and every bucket exactly once in both orders (a bucketed answer is never cut
+//! without a `next`), whole-hour buckets (served by the hourly rollup) equal aggregates
+//! recomputed from raw rows — also across partial edge hours — and CSV without a limit
+//! streams the whole window.
 
 mod support;
 
@@ -236,5 +237,136 @@ async fn csv_without_a_limit_streams_the_whole_window() {
         lines[1],
         format!("humidity,{},0", lentera_protocol::reading::format_ts(start))
     );
+    app.stop().await;
+}
+
+/// Every (metric, ts, value) point of a bucketed query, following `next` to the end;
+/// returns the points and the page count.
+async fn walk_points(app: &TestApp, base: &str) -> (Vec<(String, String, f64)>, usize) {
+    let mut points = Vec::new();
+    let mut pages = 0;
+    let mut cursor: Option<String> = None;
+    loop {
+        let url = match &cursor {
+            Some(c) => format!("{base}&cursor={c}"),
+            None => base.to_owned(),
+        };
+        let (status, body) = app.get_json(&url).await;
+        assert_eq!(status, 200, "{body}");
+        pages += 1;
+        for p in body["points"].as_array().unwrap() {
+            points.push((
+                p["metric"].as_str().unwrap().to_owned(),
+                p["ts"].as_str().unwrap().to_owned(),
+                p["value"].as_f64().unwrap(),
+            ));
+        }
+        match &body["next"] {
+            Value::String(c) => cursor = Some(c.clone()),
+            Value::Null => return (points, pages),
+            other => panic!("next = {other}"),
+        }
+        assert!(pages < 100, "paging does not terminate");
+    }
+}
+
+/// A year of hourly readings for two metrics: bucket=1h without `limit` returns every
+/// bucket of one metric in one page (8,760 ≤ max_limit) and, for both metrics (17,520
+/// points), a full page plus `next` — never a silent cut. Following `next` (also with a
+/// small `limit`, in either order, over the rollup and over raw rows) yields every
+/// bucket exactly once, equal to the single-page answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn bucketed_history_is_complete_and_pages_with_next() {
+    let app = TestApp::spawn().await;
+    let start = t0(0) - Duration::days(365);
+    let hours = 365 * 24;
+    let records: Vec<_> = (0..hours)
+        .map(|i| {
+            reading(
+                "gh-1",
+                start + Duration::hours(i),
+                &[
+                    ("temperature", (i % 40) as f64),
+                    ("humidity", (i % 90) as f64),
+                ],
+            )
+        })
+        .collect();
+    for chunk in records.chunks(5000) {
+        app.store(chunk).await;
+    }
+    let window = format!("from={}&to={}", q(start), q(t0(0)));
+
+    // One metric: the whole year in one page, `next` null.
+    let (status, body) = app
+        .get_json(&format!(
+            "/api/v1/devices/gh-1/readings?metric=temperature&bucket=1h&{window}"
+        ))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["points"].as_array().unwrap().len(), hours as usize);
+    assert_eq!(body["next"], Value::Null, "nothing left, so no cursor");
+    assert_eq!(
+        body["points"][0]["ts"],
+        lentera_protocol::reading::format_ts(start)
+    );
+
+    // Both metrics: more points than a page may hold.
+    let base = format!("/api/v1/devices/gh-1/readings?bucket=1h&{window}");
+    let (_, first) = app.get_json(&base).await;
+    assert_eq!(first["points"].as_array().unwrap().len(), 10_000);
+    assert!(first["next"].is_string(), "a cut page says where to go on");
+    let (all, pages) = walk_points(&app, &base).await;
+    assert_eq!((all.len(), pages), (2 * hours as usize, 2));
+    let mut keys: Vec<(String, String)> =
+        all.iter().map(|(m, t, _)| (t.clone(), m.clone())).collect();
+    let sorted = {
+        let mut k = keys.clone();
+        k.sort();
+        k
+    };
+    assert_eq!(keys, sorted, "ascending by (bucket, metric) across pages");
+    keys.dedup();
+    assert_eq!(keys.len(), all.len(), "no bucket twice");
+
+    // Small pages, descending, rollup (1d) and raw-row buckets (90m): the same points as
+    // one page, in reverse, each once.
+    for (bucket, limit) in [("1d", 97), ("90m", 997)] {
+        let one = format!("/api/v1/devices/gh-1/readings?bucket={bucket}&agg=max&{window}");
+        let (whole, _) = walk_points(&app, &one).await;
+        let per_metric = if bucket == "1d" {
+            365
+        } else {
+            hours as usize * 2 / 3
+        };
+        assert_eq!(whole.len(), 2 * per_metric, "{bucket}");
+        let (paged, pages) = walk_points(&app, &format!("{one}&order=desc&limit={limit}")).await;
+        assert_eq!(pages, whole.len().div_ceil(limit), "{bucket}");
+        let mut reversed = whole.clone();
+        reversed.reverse();
+        assert_eq!(paged, reversed, "{bucket}");
+    }
+
+    // A page that ends exactly at the last bucket has `next` null (no empty last page).
+    let (_, body) = app
+        .get_json(&format!(
+            "/api/v1/devices/gh-1/readings?metric=temperature&bucket=1d&limit=365&{window}"
+        ))
+        .await;
+    assert_eq!(body["points"].as_array().unwrap().len(), 365);
+    assert_eq!(body["next"], Value::Null);
+
+    // CSV without a limit: every bucket of the window.
+    let text = app
+        .http
+        .get(app.url(&base))
+        .header("Accept", "text/csv")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(text.lines().count(), 2 * hours as usize + 1);
     app.stop().await;
 }

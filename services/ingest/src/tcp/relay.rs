@@ -5,7 +5,8 @@
 //! handed to that connection's task, which writes `led-on` / `led-off`. The memory lets a
 //! board that reconnects get the current state right after its HELLO instead of waiting
 //! for the next change. It lives in this process only; after a restart it refills from
-//! the next command.
+//! the commands the broker queued for ingest's persistent session while it was down, and
+//! then from every new command (see the README's "what holds").
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use lentera_ingest::Settings;
 use lentera_ingest::startup::Application;
-use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
+use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, Publish, QoS};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -93,10 +93,10 @@ impl TestApp {
     }
 }
 
-/// An MQTT client whose received publishes arrive on a channel as (topic, payload).
+/// An MQTT client whose received publishes arrive on a channel.
 pub struct Mqtt {
     pub client: AsyncClient,
-    pub rx: mpsc::Receiver<(String, Vec<u8>)>,
+    pub rx: mpsc::Receiver<Publish>,
 }
 
 impl Mqtt {
@@ -118,7 +118,7 @@ impl Mqtt {
                         }
                     }
                     Event::Incoming(Incoming::Publish(p)) => {
-                        let _ = tx.send((p.topic.clone(), p.payload.to_vec())).await;
+                        let _ = tx.send(p).await;
                     }
                     _ => {}
                 }
@@ -133,13 +133,21 @@ impl Mqtt {
 
     /// The next publish on `topic`, skipping others.
     pub async fn next_on(&mut self, topic: &str) -> Vec<u8> {
+        self.next_publish(topic).await.payload.to_vec()
+    }
+
+    /// The next PUBLISH on `topic`, skipping others, with its flags: `retain` is set when
+    /// the broker sends a stored retained message to a new subscription and clear on
+    /// live forwarding [MQTT-3.3.1-8, -9]; `qos` is the lower of the publisher's and
+    /// the subscription's.
+    pub async fn next_publish(&mut self, topic: &str) -> Publish {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let (t, p) = tokio::time::timeout_at(deadline, self.rx.recv())
+            let p = tokio::time::timeout_at(deadline, self.rx.recv())
                 .await
                 .unwrap_or_else(|_| panic!("no message on {topic} in time"))
                 .expect("subscriber alive");
-            if t == topic {
+            if p.topic == topic {
                 return p;
             }
         }
@@ -147,12 +155,25 @@ impl Mqtt {
 }
 
 impl Mqtt {
+    /// The next PUBLISH on `topic` within `wait`, or `None`.
+    pub async fn next_publish_within(&mut self, topic: &str, wait: Duration) -> Option<Publish> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(p)) if p.topic == topic => return Some(p),
+                Ok(Some(_)) => {}
+                _ => return None,
+            }
+        }
+    }
+
     /// The first message arriving within `wait`, if any (for "nothing happens" checks).
     pub async fn quiet_for(&mut self, wait: Duration) -> Option<(String, Vec<u8>)> {
         tokio::time::timeout(wait, self.rx.recv())
             .await
             .ok()
             .flatten()
+            .map(|p| (p.topic, p.payload.to_vec()))
     }
 }
 

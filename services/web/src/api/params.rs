@@ -124,7 +124,11 @@ pub fn history(
         })?,
         (None, _) => Agg::Avg,
     };
+    // Bucketed answers are one point per metric and bucket: a year of hourly buckets is
+    // 8,760 of them, so the default page holds as many as any page may (`max_limit`)
+    // rather than the raw default, and what still does not fit comes with `next`.
     let limit = match get("limit") {
+        None if bucket_secs.is_some() => limits.max_limit,
         None => limits.default_limit,
         Some(v) => match v.parse::<i64>() {
             Ok(n) if (1..=limits.max_limit).contains(&n) => n,
@@ -146,21 +150,16 @@ pub fn history(
             ));
         }
     };
-    let cursor = match (get("cursor"), bucket_secs) {
-        (None, _) => None,
-        (Some(_), Some(_)) => {
-            return Err(ApiError::bad_request(
-                "cursor_requires_raw",
-                "cursor pages raw rows; bucketed results are bounded by the window instead",
-            ));
-        }
-        (Some(c), None) => Some(Cursor::parse(c).ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_cursor",
-                "cursor must be the \"next\" value of a previous page",
-            )
-        })?),
-    };
+    let cursor = get("cursor")
+        .map(|c| {
+            Cursor::parse(c).ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_cursor",
+                    "cursor must be the \"next\" value of a previous page",
+                )
+            })
+        })
+        .transpose()?;
     Ok(HistoryRequest {
         bucket: bucket_secs.and(get("bucket").map(str::to_owned)),
         agg: bucket_secs.map(|_| get("agg").unwrap_or("avg").to_owned()),
@@ -318,6 +317,20 @@ mod tests {
     }
 
     #[test]
+    fn buckets_default_to_the_largest_page_and_take_a_cursor() {
+        let r = parse(&[("bucket", "1h")]).unwrap();
+        assert_eq!(r.query.limit, 10_000, "bucketed default is max_limit");
+        let r = parse(&[("bucket", "1h"), ("limit", "5")]).unwrap();
+        assert_eq!(r.query.limit, 5, "an explicit limit still wins");
+        let r = parse(&[("bucket", "1h"), ("cursor", "1795309200000000_lux")]).unwrap();
+        let c = r.query.cursor.unwrap();
+        assert_eq!(
+            (c.ts.timestamp(), c.metric.as_str()),
+            (1_795_309_200, "lux")
+        );
+    }
+
+    #[test]
     fn empty_values_count_as_absent() {
         assert!(parse(&[("metric", ""), ("from", ""), ("bucket", "")]).is_ok());
     }
@@ -365,8 +378,8 @@ mod tests {
         assert_eq!(code(&[("order", "up")]), "invalid_order");
         assert_eq!(code(&[("cursor", "nope")]), "invalid_cursor");
         assert_eq!(
-            code(&[("cursor", "1_t"), ("bucket", "1h")]),
-            "cursor_requires_raw"
+            code(&[("cursor", "nope"), ("bucket", "1h")]),
+            "invalid_cursor"
         );
         assert_eq!(code(&[("buckt", "1h")]), "unknown_parameter");
         assert_eq!(

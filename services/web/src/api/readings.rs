@@ -1,8 +1,11 @@
 //! `GET /api/v1/devices/{device}/readings`: raw or bucketed history as JSON or CSV.
 //!
-//! - JSON: at most `limit` points; for raw rows, `next` is a cursor when the page is
-//!   full (pass it back as `cursor=` for the following page, same other parameters) and
-//!   `null` on the last page.
+//! - JSON: at most `limit` points — raw rows or buckets alike — and `next`, a cursor
+//!   for the following page (pass it back as `cursor=`, same other parameters), or
+//!   `null` when nothing is left: one row more than `limit` is asked of the database,
+//!   so `null` means complete, never "exactly full, maybe more". Without `limit`, raw
+//!   rows come `web.default_limit` a page and buckets `web.max_limit` a page (a year of
+//!   hourly buckets of one metric, 8,760, fits in one).
 //! - CSV (`Accept: text/csv`): streamed in chunks straight from the database cursor, so
 //!   an export of the whole window never sits in memory; without an explicit `limit` it
 //!   returns every row of the window (the window itself stays bounded by
@@ -43,15 +46,20 @@ pub async fn history(
         }
         return Ok(stream_csv(state.pool.clone(), request.query));
     }
-    let points = lentera_db::history::query(&state.pool, &request.query)
+    let q = &request.query;
+    // One row beyond the page tells whether another page exists.
+    let probe = Query {
+        limit: q.limit + 1,
+        ..q.clone()
+    };
+    let mut points = lentera_db::history::query(&state.pool, &probe)
         .await
         .map_err(|e| state.db_error(e))?;
-    let q = &request.query;
-    let next = match points.last() {
-        Some(last) if q.bucket_secs.is_none() && points.len() as i64 == q.limit => {
-            Some(Cursor::after(last).to_string())
-        }
-        _ => None,
+    let next = if points.len() as i64 > q.limit {
+        points.truncate(q.limit as usize);
+        points.last().map(|last| Cursor::after(last).to_string())
+    } else {
+        None
     };
     Ok(HttpResponse::Ok().json(Page {
         device: device.as_str(),
