@@ -34,6 +34,11 @@ pub fn bin_path(name: &str) -> PathBuf {
 }
 
 impl Service {
+    /// The process id (to read its memory from `/proc`, say).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Starts `lentera-{name}` with `env` and waits until it has written its ready file.
     pub fn spawn(
         name: &'static str,

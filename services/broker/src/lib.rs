@@ -28,7 +28,8 @@
 //! - [`v3`], [`v5`]: what each packet means in each protocol version.
 //! - [`outbox`]: the queue between the router and a connection, and its bounds
 //!   (QoS 0 may be dropped for a slow subscriber; QoS ≥ 1 only beyond
-//!   `session_queue_capacity`, counted), and overload protection.
+//!   `session_queue_capacity`, counted), and the backlog that holds back the
+//!   publishers feeding a queue that is not keeping up.
 //! - [`router`]: sessions (clean and persistent, with their owed QoS 1/2 queues),
 //!   subscriptions, shared subscriptions, retained messages, wills.
 //! - [`store`]: the on-disk append-only log (group commit, recovery, compaction).
@@ -42,7 +43,10 @@
 //!
 //! Not yet: persisting inbound QoS 2 packet ids and delayed (not yet due) wills across a
 //! restart (both are kept per session in memory); outbound topic aliases (none are sent,
-//! which MQTT 5 allows); enhanced authentication (AUTH).
+//! which MQTT 5 allows); enhanced authentication (AUTH, refused with 0x8C). A message
+//! queued to a connection that closed before writing it is resent with DUP=1 ("might
+//! be a re-delivery", which MQTT allows). `max_connections` is checked at CONNECT, so
+//! connections still authenticating may overshoot it by their number.
 
 pub mod auth;
 pub mod error;

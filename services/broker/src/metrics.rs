@@ -2,7 +2,7 @@
 
 use lentera_bootstrap::{Counter, Gauge, Observability};
 
-/// Cheap to clone (atomics behind `Arc`s), so each connection task holds its own copy.
+/// Cheap to clone (atomics behind `Arc`s), so every worker and task holds its own copy.
 #[derive(Clone)]
 pub struct Metrics {
     /// Open MQTT connections that completed CONNECT.
@@ -36,7 +36,7 @@ pub struct Metrics {
     pub refused_not_authorized: Counter,
     /// CONNECTs refused because `max_connections` were open.
     pub refused_connection_limit: Counter,
-    /// QoS ≥ 1 PUBLISHes held back because the broker's delivery backlog was too high.
+    /// QoS ≥ 1 PUBLISHes held back because a subscriber queue their publisher fed was backed up.
     pub publishes_held: Counter,
     /// SUBSCRIBE filters refused by the ACL.
     pub subscriptions_refused: Counter,
@@ -107,7 +107,7 @@ impl Metrics {
             ),
             publishes_held: obs.counter(
                 "publishes_held_total",
-                "QoS 1/2 PUBLISHes held back until the delivery backlog drained (overload).",
+                "QoS 1/2 PUBLISHes held back until the backlog of a subscriber queue their publisher fed drained.",
                 &[],
             ),
             subscriptions_refused: obs.counter(

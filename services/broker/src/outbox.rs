@@ -1,6 +1,6 @@
-//! The queue between the router and one connection's delivery task, and its bounds.
+//! The queue between the router and one connection, and its bounds.
 //!
-//! The channel itself is unbounded — it never refuses a message the router wants to
+//! The queue itself is unbounded — it never refuses a message the router wants to
 //! keep — and the bounds are counted here instead, per kind of message:
 //!
 //! - **QoS 0**: at most `queue_capacity` waiting; beyond it a slow subscriber's QoS 0
@@ -11,25 +11,26 @@
 //!   ever dropped, however slowly the subscriber reads: the publisher already has its
 //!   PUBACK, so the broker owes the message.
 //! - **QoS ≥ 1 of a persistent session**: bounded by the session's owed queue in the
-//!   router (the same `session_queue_capacity`), so the channel takes them unconditionally.
+//!   router (the same `session_queue_capacity`), so the queue takes them unconditionally.
 //!
 //! So the router never blocks and never waits for a subscriber: a stalled one costs at
 //! most its two bounds in memory, and publishers and the other subscribers go on.
 //!
-//! # Overload: [`Pressure`]
-//! Bounds alone would drop QoS ≥ 1 messages whenever publishers outrun the broker
-//! itself (e.g. 4 publishers × 4 subscribers on one topic need four deliveries per
-//! publish; acknowledging publishes is far cheaper than delivering them). So QoS ≥ 1
-//! messages waiting in the queues of subscribers that are **not** waiting on their
-//! client are counted broker-wide, and while that backlog is above a high watermark a
-//! QoS ≥ 1 PUBLISH is routed (and acknowledged) only once it falls below the low one:
-//! publishers slow down to what the broker delivers, the way a single-threaded broker
-//! behaves by construction.
+//! # Backlog: holding back the publishers a subscriber hears from
+//! Bounds alone would drop QoS ≥ 1 messages whenever publishers outrun the delivery to
+//! a subscriber — because the broker itself is the bottleneck (4 publishers × 4
+//! subscribers on one topic need four deliveries per publish; acknowledging is far
+//! cheaper than delivering) or because the subscriber reads slowly. So each queue counts
+//! its QoS ≥ 1 **backlog** (queued, not yet written), and a publish that lands in a
+//! queue whose backlog is above [`Pressure`]'s high watermark holds *that publisher*
+//! back: its next QoS ≥ 1 PUBLISH waits (before routing, so its PUBACK too) until the
+//! backlog is below the low watermark, or [`MAX_HOLD`]. Publishers slow to what their
+//! subscribers take; publishers whose subscribers keep up are never held.
 //!
 //! A subscriber that stops making progress — nothing could be sent to it for 500 ms
 //! (in-flight window full, socket not draining; `session.rs`) — takes its messages out
-//! of that count while it waits, and adds new ones only once it moves again. So a
-//! stalled subscriber holds publishers back for half a second at most and then only
+//! of its backlog while it waits, and counts new ones only once it moves again. So a
+//! stalled subscriber holds its publishers back for half a second at most and then only
 //! fills its own bound; a subscriber that keeps reading, however slowly, is served
 //! without loss, at the price of slowing the publishers it hears from.
 
@@ -51,14 +52,14 @@ pub struct Bounds {
     pub untracked: usize,
 }
 
-/// The broker-wide backlog of QoS ≥ 1 messages queued to subscribers that are keeping
-/// up with their clients (see the module docs), and the publishers waiting for it.
+/// The backlog watermarks shared by every queue, and how held publishers are woken.
 pub struct Pressure {
-    queued: AtomicUsize,
     high: usize,
     low: usize,
-    /// Called when the backlog falls below the low watermark: the network workers
-    /// resume the publishers they hold (`net/worker.rs`).
+    /// Publishers held back right now, broker-wide (the wake-up is skipped without).
+    holders: AtomicUsize,
+    /// Called when a backlog falls below the low watermark while someone is held: the
+    /// network workers look at the publishers they hold (`net/worker.rs`).
     drained: OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
@@ -67,49 +68,38 @@ pub struct Pressure {
 pub const MAX_HOLD: Duration = Duration::from_secs(1);
 
 impl Pressure {
-    /// Publishers wait above `high` until the backlog is below `high / 2`.
+    /// Publishers are held above `high` until the backlog is below `high / 2`.
     pub fn new(high: usize) -> Self {
         Self {
-            queued: AtomicUsize::new(0),
             high: high.max(2),
             low: high.max(2) / 2,
+            holders: AtomicUsize::new(0),
             drained: OnceLock::new(),
         }
     }
 
-    /// Sets what is called when the backlog drains (once; later calls are ignored).
+    /// Sets what is called when a backlog drains (once; later calls are ignored).
     pub fn on_drained(&self, f: impl Fn() + Send + Sync + 'static) {
         let _ = self.drained.set(Box::new(f));
     }
 
-    /// Whether a QoS ≥ 1 publisher has to wait now.
-    pub fn overloaded(&self) -> bool {
-        self.queued() > self.high
+    /// A publisher starts (`true`) or stops being held.
+    pub fn holding(&self, held: bool) {
+        if held {
+            self.holders.fetch_add(1, Ordering::Relaxed);
+        } else {
+            let _ = self
+                .holders
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        }
     }
 
-    /// The backlog now.
-    pub fn queued(&self) -> usize {
-        self.queued.load(Ordering::Relaxed)
-    }
-
-    fn add(&self, n: usize) {
-        self.queued.fetch_add(n, Ordering::Relaxed);
-    }
-
-    fn sub(&self, n: usize) {
-        let before = self.queued.fetch_sub(n, Ordering::Relaxed);
-        if before >= self.low
-            && before - n < self.low
+    fn drained(&self) {
+        if self.holders.load(Ordering::Relaxed) > 0
             && let Some(f) = self.drained.get()
         {
             f();
         }
-    }
-
-    /// Whether a publisher held back for `held` may go on: the backlog has drained
-    /// below the low watermark, or it has waited [`MAX_HOLD`].
-    pub fn may_resume(&self, held: Duration) -> bool {
-        self.queued() < self.low || held >= MAX_HOLD
     }
 }
 
@@ -117,9 +107,10 @@ impl Pressure {
 pub struct Counts {
     qos0: AtomicUsize,
     untracked: AtomicUsize,
-    /// QoS ≥ 1 messages of this queue included in [`Pressure`].
+    /// QoS ≥ 1 messages queued and not yet written: the backlog publishers are held
+    /// back on (not counted while the client is the bottleneck).
     pressing: AtomicUsize,
-    /// The delivery task is waiting for the client (window full, socket not draining).
+    /// The worker is waiting for the client (window full, socket not draining).
     client_bound: AtomicBool,
     pressure: Arc<Pressure>,
 }
@@ -139,34 +130,50 @@ impl Counts {
     fn queued(&self) {
         if !self.client_bound.load(Ordering::Relaxed) {
             self.pressing.fetch_add(1, Ordering::Relaxed);
-            self.pressure.add(1);
         }
     }
 
-    /// The delivery task took a QoS ≥ 1 message off the queue.
+    /// The worker took a QoS ≥ 1 message off the queue.
     pub fn taken(&self) {
-        if self
+        if let Ok(before) = self
             .pressing
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-            .is_ok()
+            && before == self.pressure.low
         {
-            self.pressure.sub(1);
+            self.pressure.drained();
         }
     }
 
-    /// The delivery task starts (`true`) or stops waiting for its client: while it
-    /// waits, its queue does not count as broker overload.
+    /// The worker starts (`true`) or stops waiting for its client: while it waits, its
+    /// queue holds no publisher back.
     pub fn client_bound(&self, waiting: bool) {
         self.client_bound.store(waiting, Ordering::Relaxed);
-        if waiting {
-            let n = self.pressing.swap(0, Ordering::Relaxed);
-            if n > 0 {
-                self.pressure.sub(n);
-            }
+        if waiting && self.pressing.swap(0, Ordering::Relaxed) >= self.pressure.low {
+            self.pressure.drained();
         }
     }
 
-    /// The delivery task took a QoS 0 message off the channel.
+    /// QoS ≥ 1 messages waiting to be written (0 while the client is the bottleneck).
+    pub fn backlog(&self) -> usize {
+        self.pressing.load(Ordering::Relaxed)
+    }
+
+    /// The backlog is above the high watermark: whoever published into it waits.
+    pub fn backed_up(&self) -> bool {
+        self.backlog() > self.pressure.high
+    }
+
+    /// Whether a publisher held back on this queue for `held` may go on: the backlog
+    /// is below the low watermark, or it has waited [`MAX_HOLD`].
+    pub fn may_resume(&self, held: Duration) -> bool {
+        self.backlog() < self.pressure.low || held >= MAX_HOLD
+    }
+
+    pub fn pressure(&self) -> &Pressure {
+        &self.pressure
+    }
+
+    /// The worker took a QoS 0 message off the queue.
     pub fn qos0_taken(&self) {
         self.qos0.fetch_sub(1, Ordering::Relaxed);
     }
@@ -285,7 +292,7 @@ impl Inbox {
 impl Drop for Inbox {
     fn drop(&mut self) {
         self.q.closed.store(true, Ordering::Release);
-        // Whatever is left no longer weighs on the broker.
+        // Whatever is left holds nobody back any more.
         self.counts.client_bound(true);
     }
 }
@@ -312,6 +319,11 @@ pub fn channel(
 }
 
 impl Outbox {
+    /// The queue's counts, when its backlog is above the high watermark.
+    pub fn backed_up(&self) -> Option<&Arc<Counts>> {
+        self.counts.backed_up().then_some(&self.counts)
+    }
+
     /// Queues a message that is not in a persistent session's owed queue (`seq` is
     /// `None`), within the bounds.
     pub fn offer(&self, out: Outgoing) -> Result<(), Refused> {
@@ -350,9 +362,9 @@ impl Outbox {
         sent
     }
 
-    /// Like [`Outbox::send_owed`] for a resumed session's backlog: not counted as broker
-    /// overload — it is old news, and one client resuming with thousands of owed
-    /// messages must not hold back every publisher while it catches up.
+    /// Like [`Outbox::send_owed`] for a resumed session's backlog: not counted — it is
+    /// old news, and a client resuming with thousands of owed messages must not hold
+    /// back its publishers while it catches up.
     pub fn resend_owed(&self, out: Outgoing) -> bool {
         self.q.push(out)
     }
@@ -374,6 +386,7 @@ mod tests {
             },
             seq: None,
             dup: false,
+            released: false,
         }
     }
 
@@ -445,37 +458,68 @@ mod pressure_tests {
             },
             seq: None,
             dup: false,
+            released: false,
         }
     }
 
     #[test]
-    fn backlog_counts_subscribers_keeping_up_and_not_those_waiting_for_their_client() {
+    fn each_queue_counts_its_own_backlog_and_not_while_waiting_for_its_client() {
         let p = Arc::new(Pressure::new(4));
+        let woken = Arc::new(AtomicUsize::new(0));
+        let w = woken.clone();
+        p.on_drained(move || {
+            w.fetch_add(1, Ordering::Relaxed);
+        });
         let bounds = Bounds {
             qos0: 10,
             untracked: 10,
         };
         let (busy, busy_in) = channel(bounds, p.clone(), || {});
         let (slow, slow_in) = channel(bounds, p.clone(), || {});
-        for _ in 0..3 {
+        for _ in 0..5 {
             busy.offer(q1()).unwrap();
-            assert!(slow.send_owed(q1()));
         }
-        assert_eq!(p.queued(), 6);
-        // A resumed session's backlog is not overload.
-        assert!(busy.resend_owed(q1()));
-        assert_eq!(p.queued(), 6);
+        assert!(slow.send_owed(q1()));
+        assert_eq!((busy_in.counts.backlog(), slow_in.counts.backlog()), (5, 1));
+        assert!(
+            busy.backed_up().is_some(),
+            "5 is above the high watermark 4"
+        );
+        assert!(
+            slow.backed_up().is_none(),
+            "one queue's backlog is not another's"
+        );
+        // A resumed session's backlog is old news.
+        assert!(slow.resend_owed(q1()));
+        assert_eq!(slow_in.counts.backlog(), 1);
         // The slow one's client stops taking messages: its backlog is its own problem.
         slow_in.counts.client_bound(true);
-        assert_eq!(p.queued(), 3);
         slow.offer(q1()).unwrap();
-        assert_eq!(p.queued(), 3, "queued while waiting for the client");
+        assert_eq!(
+            slow_in.counts.backlog(),
+            0,
+            "not counted while waiting for the client"
+        );
         slow_in.counts.client_bound(false);
-        slow_in.counts.taken();
-        assert_eq!(p.queued(), 3, "taking an uncounted message changes nothing");
+
+        // Draining below the low watermark (2) wakes held publishers, if there are any.
+        for _ in 0..4 {
+            busy_in.counts.taken();
+        }
+        assert_eq!(
+            woken.load(Ordering::Relaxed),
+            0,
+            "nobody held, nobody woken"
+        );
+        assert!(busy_in.counts.may_resume(Duration::ZERO));
+        busy.offer(q1()).unwrap();
+        busy.offer(q1()).unwrap();
+        p.holding(true);
         busy_in.counts.taken();
-        assert_eq!(p.queued(), 2);
+        busy_in.counts.taken();
+        assert_eq!(woken.load(Ordering::Relaxed), 1);
+        assert!(!Arc::new(Counts::new(p.clone())).backed_up());
         drop(busy_in);
-        assert_eq!(p.queued(), 0, "a closed queue releases its share");
+        assert_eq!(busy.offer(q1()), Err(Refused::Closed));
     }
 }

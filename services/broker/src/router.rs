@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use crate::metrics::Metrics;
-use crate::outbox::{Outbox, Pressure, Refused};
+use crate::outbox::{Counts, Outbox, Pressure, Refused};
 use crate::store::recover::Recovered;
 use crate::store::{Record, Store};
 use crate::topic_filter::{Filter, matches};
@@ -112,7 +112,7 @@ impl Message {
     }
 }
 
-/// One message for one connection's delivery task.
+/// One message for one connection (its worker writes it, `session.rs`).
 #[derive(Debug)]
 pub struct Outgoing {
     pub msg: Message,
@@ -121,6 +121,9 @@ pub struct Outgoing {
     pub seq: Option<u64>,
     /// May have been sent before (on an earlier connection) [MQTT-3.3.1-1].
     pub dup: bool,
+    /// QoS 2 whose PUBREC came on an earlier connection: send PUBREL for it, not the
+    /// message [MQTT-4.4.0-1].
+    pub released: bool,
 }
 
 /// One subscription of one session.
@@ -236,6 +239,8 @@ struct Owed {
     msg: Message,
     /// Handed to a connection already, so a resend carries DUP=1.
     dispatched: bool,
+    /// QoS 2 and PUBREC'd: a resend is the PUBREL, not the PUBLISH [MQTT-4.4.0-1].
+    released: bool,
 }
 
 struct Session {
@@ -370,7 +375,8 @@ impl Router {
                         retain: true,
                         ..msg.clone()
                     };
-                    self.deliver(client, s, m.for_subscriber(sub.id.into_iter().collect()));
+                    let m = m.for_subscriber(sub.id.into_iter().collect());
+                    self.deliver(client, s, m, &mut None);
                 }
             }
         }
@@ -396,16 +402,28 @@ impl Router {
     /// session with a matching subscription (once per session, at the highest matching
     /// QoS, lowered to it [MQTT-3.8.4-8]) and for one member of each matching shared
     /// group. Returns the store sequence number the publisher's acknowledgement must wait
-    /// for (see [`Store::durable`]); 0 when nothing durable was written.
+    /// for (see [`Store::durable_seq`]); 0 when nothing durable was written.
     pub fn publish(&self, from: Option<ConnId>, msg: Message) -> u64 {
+        self.publish_held(from, msg).0
+    }
+
+    /// [`Router::publish`], also returning the most backed-up subscriber queue the
+    /// message went to, if any is above the high watermark: the publisher is to wait on
+    /// it before its next QoS ≥ 1 message (`outbox.rs`).
+    pub fn publish_held(&self, from: Option<ConnId>, msg: Message) -> (u64, Option<Arc<Counts>>) {
         self.metrics.received.inc();
         self.metrics.bytes_received.add(msg.payload.len() as u64);
-        self.route(from, msg)
+        self.route_held(from, msg)
     }
 
     /// [`Router::publish`] without counting the message as received: the broker's own
     /// `$SYS` statistics (`sys.rs`).
     pub fn route(&self, from: Option<ConnId>, msg: Message) -> u64 {
+        self.route_held(from, msg).0
+    }
+
+    fn route_held(&self, from: Option<ConnId>, msg: Message) -> (u64, Option<Arc<Counts>>) {
+        let mut backed = None;
         let mut guard = self.lock();
         let st = &mut *guard;
         let mut lsn = 0;
@@ -471,7 +489,7 @@ impl Router {
                     retain,
                     ..msg.clone()
                 };
-                lsn = lsn.max(self.deliver(client, s, m.for_subscriber(ids)));
+                lsn = lsn.max(self.deliver(client, s, m.for_subscriber(ids), &mut backed));
             }
         }
         // One member per group; connected members first, so an offline persistent member
@@ -492,20 +510,37 @@ impl Router {
                     ..msg.clone()
                 };
                 let m = m.for_subscriber(id.iter().copied().collect());
-                lsn = lsn.max(self.deliver(client, s, m));
+                lsn = lsn.max(self.deliver(client, s, m, &mut backed));
             }
         }
         if self.store.wants_compaction() {
             self.compact(st);
         }
-        if msg.qos == QoS::AtMostOnce { 0 } else { lsn }
+        if msg.qos == QoS::AtMostOnce {
+            (0, None)
+        } else {
+            (lsn, backed)
+        }
     }
 
     /// Hands one message to a session: to its connection's [`Outbox`], and for
     /// persistent sessions at QoS ≥ 1 also to its `owed` queue and the store. Returns the
-    /// store sequence number written (0 if none).
-    fn deliver(&self, client: &str, s: &mut Session, msg: Message) -> u64 {
+    /// store sequence number written (0 if none). A queue left above its high
+    /// watermark is noted in `backed` (the most backed-up one).
+    fn deliver(
+        &self,
+        client: &str,
+        s: &mut Session,
+        msg: Message,
+        backed: &mut Option<Arc<Counts>>,
+    ) -> u64 {
         let outbox = s.live.as_ref().and_then(|l| l.outbox.as_ref());
+        if msg.qos != QoS::AtMostOnce
+            && let Some(c) = outbox.and_then(Outbox::backed_up)
+            && backed.as_ref().is_none_or(|b| b.backlog() < c.backlog())
+        {
+            *backed = Some(c.clone());
+        }
         if s.persistent() && msg.qos != QoS::AtMostOnce {
             if s.owed.len() >= self.limits.session_queue_capacity {
                 self.metrics.dropped_session_queue_full.inc();
@@ -518,6 +553,7 @@ impl Router {
                     msg: msg.clone(),
                     seq: Some(seq),
                     dup: false,
+                    released: false,
                 })
             });
             s.next_seq += 1;
@@ -532,6 +568,7 @@ impl Router {
                 seq,
                 msg,
                 dispatched,
+                released: false,
             });
             return lsn;
         }
@@ -543,6 +580,7 @@ impl Router {
                 msg,
                 seq: None,
                 dup: false,
+                released: false,
             };
             match o.offer(out) {
                 Ok(()) => {}

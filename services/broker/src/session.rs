@@ -31,7 +31,7 @@ use crate::error::Close;
 use crate::net::Cx;
 use crate::net::conn::{Conn, Output, Phase};
 use crate::net::mailbox::Cmd;
-use crate::outbox::{self, Bounds, Inbox};
+use crate::outbox::{self, Bounds, Counts, Inbox};
 use crate::router::{ConnId, Message, Registration, Router};
 
 /// What every connection needs, shared by all workers.
@@ -165,7 +165,7 @@ pub fn frame(conn: &mut Conn, frame: BytesMut, cx: &mut Cx<'_>) -> Result<Flow, 
             if a.input_paused() {
                 return Ok(Flow::Pause);
             }
-            if let Some(ka) = a.keep_alive {
+            if let Some(ka) = a.keep_alive() {
                 conn.deadline = cx.now + ka;
             }
             match a.proto {
@@ -243,7 +243,7 @@ fn finish_connect(
             cx,
         ),
     };
-    conn.deadline = match active.keep_alive {
+    conn.deadline = match active.keep_alive() {
         Some(ka) => cx.now + ka,
         // Keep-alive 0 turns the mechanism off [MQTT-3.1.2-24/-21].
         None => cx.now + Duration::from_secs(100 * 365 * 24 * 3600),
@@ -310,19 +310,26 @@ pub struct Active {
     pub client_id: String,
     pub acl: Arc<dyn Authorizer>,
     pub proto: Proto,
-    /// 1.5 × the client's keep-alive; `None` when it asked for none.
-    pub keep_alive: Option<Duration>,
+    /// 1.5 × the client's keep-alive in milliseconds; 0 when it asked for none.
+    keep_alive_ms: u32,
     /// From the first subscription (or a resumed session with something owed) on.
     pub delivery: Option<Box<Delivery>>,
     /// Encoded replies waiting for the store, with the sequence number each waits for
-    /// (0: none of its own, only its place in line).
-    replies: VecDeque<(u64, Bytes)>,
-    /// Waiting replies at which input pauses (`receive_maximum`).
-    max_waiting: usize,
+    /// (0: none of its own, only its place in line) and whether it is a QoS 1 PUBACK.
+    replies: VecDeque<(u64, Bytes, bool)>,
+    /// PUBACKs among `replies`: QoS 1 publishes not yet acknowledged (MQTT 5 Receive
+    /// Maximum counts them).
+    waiting_pubacks: u32,
+    /// Waiting replies at which input pauses (`receive_maximum`; MQTT 3.1.1 only — an
+    /// MQTT 5 client that exceeds its quota is disconnected instead, `v5.rs`).
+    pub max_waiting: u32,
     /// Outbound QoS ≥ 1 messages in flight at most: `max_inflight`, or less when an
     /// MQTT 5 client's Receive Maximum asks for less.
     pub window: u16,
-    /// A QoS ≥ 1 PUBLISH is held back for overload since then (`outbox.rs`).
+    /// The last QoS ≥ 1 publish went to a subscriber queue above its high watermark:
+    /// the next one waits for it to drain (`outbox.rs`).
+    pub hold_on: Option<Arc<Counts>>,
+    /// A QoS ≥ 1 PUBLISH is held back since then.
     pub held_since: Option<Instant>,
     /// The held PUBLISH may go now, overloaded or not (it waited long enough).
     pub admit_next: bool,
@@ -343,12 +350,13 @@ impl Active {
             acl,
             proto,
             // [MQTT-3.1.2-22] / [MQTT-3.1.2-24]: 1.5 × the interval the client gave.
-            keep_alive: (keep_alive > 0)
-                .then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
+            keep_alive_ms: u32::from(keep_alive) * 1500,
             delivery: None,
             replies: VecDeque::new(),
-            max_waiting: usize::from(shared.receive_maximum),
+            waiting_pubacks: 0,
+            max_waiting: u32::from(shared.receive_maximum),
             window: shared.max_inflight,
+            hold_on: None,
             held_since: None,
             admit_next: false,
         }
@@ -356,31 +364,65 @@ impl Active {
 
     /// Input waits: a publish is held back, or too many replies wait for the store.
     pub fn input_paused(&self) -> bool {
-        self.held_since.is_some() || self.replies.len() >= self.max_waiting
+        self.held_since.is_some() || self.replies.len() >= self.max_waiting as usize
     }
 
-    /// Whether a QoS ≥ 1 PUBLISH must wait for the broker's backlog to drain; if so
-    /// the connection is listed as held and the packet stays unread.
+    /// Whether a QoS ≥ 1 PUBLISH must wait because this publisher's last one landed in
+    /// a backed-up subscriber queue; if so the connection is listed as held and the
+    /// packet stays unread.
     pub fn hold_publish(&mut self, cx: &mut Cx<'_>) -> bool {
         if std::mem::take(&mut self.admit_next) {
             return false;
         }
-        if !cx.shared.router.pressure().overloaded() {
+        let Some(counts) = &self.hold_on else {
+            return false;
+        };
+        if counts.may_resume(std::time::Duration::ZERO) {
+            self.hold_on = None;
             return false;
         }
+        counts.pressure().holding(true);
         cx.shared.router.metrics().publishes_held.inc();
         self.held_since = Some(cx.now);
         cx.lists.held.push(cx.key.index as usize);
         true
     }
 
+    /// Called for a held connection: whether its PUBLISH may go now (the backlog it
+    /// waited on drained, or it waited long enough).
+    pub fn try_release(&mut self, now: Instant) -> bool {
+        let (Some(since), Some(counts)) = (self.held_since, &self.hold_on) else {
+            return self.held_since.take().is_some();
+        };
+        if !counts.may_resume(now.duration_since(since)) {
+            return false;
+        }
+        counts.pressure().holding(false);
+        self.held_since = None;
+        self.hold_on = None;
+        self.admit_next = true;
+        true
+    }
+
+    /// Routes a message this connection published; remembers a backed-up subscriber
+    /// queue it landed in. Returns the store sequence number the reply must wait for.
+    pub fn route(&mut self, cx: &Cx<'_>, msg: Message) -> u64 {
+        let qos = msg.qos;
+        let (lsn, backed) = cx.shared.router.publish_held(Some(self.id), msg);
+        if qos != QoS::AtMostOnce {
+            self.hold_on = backed;
+        }
+        lsn
+    }
+
     /// Queues a reply: written now if nothing waits before it and its record (if any)
-    /// is on disk, else in line.
+    /// is on disk, else in line. `puback`: it acknowledges a QoS 1 publish.
     pub fn reply(
         &mut self,
         out: &mut Output,
         cx: &mut Cx<'_>,
         lsn: u64,
+        puback: bool,
         encode: impl FnOnce(&Proto, &mut BytePages),
     ) {
         if self.replies.is_empty() && cx.durable(lsn) {
@@ -392,17 +434,29 @@ impl Active {
         if self.replies.is_empty() {
             cx.wait_durable(lsn.max(1));
         }
-        self.replies.push_back((lsn, pages.freeze()));
+        self.waiting_pubacks += u32::from(puback);
+        self.replies.push_back((lsn, pages.freeze(), puback));
+    }
+
+    /// QoS 1 publishes whose PUBACK waits for the store.
+    pub fn waiting_pubacks(&self) -> usize {
+        self.waiting_pubacks as usize
+    }
+
+    /// 1.5 × the client's keep-alive [MQTT-3.1.2-22/-24]; `None` when it asked for none.
+    pub fn keep_alive(&self) -> Option<Duration> {
+        (self.keep_alive_ms > 0).then(|| Duration::from_millis(self.keep_alive_ms.into()))
     }
 
     /// Writes the replies whose records are durable now; true if any was written.
     pub fn release_replies(&mut self, durable: u64, out: &mut Output) -> bool {
         let mut released = false;
-        while let Some((lsn, _)) = self.replies.front()
+        while let Some((lsn, _, _)) = self.replies.front()
             && *lsn <= durable
         {
-            if let Some((_, bytes)) = self.replies.pop_front() {
+            if let Some((_, bytes, puback)) = self.replies.pop_front() {
                 out.pages().append(bytes);
+                self.waiting_pubacks -= u32::from(puback);
                 released = true;
             }
         }
@@ -411,7 +465,7 @@ impl Active {
 
     /// The sequence number the first waiting reply needs.
     pub fn next_reply_lsn(&self) -> Option<u64> {
-        self.replies.front().map(|(lsn, _)| (*lsn).max(1))
+        self.replies.front().map(|(lsn, _, _)| (*lsn).max(1))
     }
 
     /// Creates the connection's queue before its first subscription takes effect.
@@ -480,9 +534,25 @@ impl Active {
                 d.inbox.counts.taken();
             }
             // Expired before onward delivery started: not sent, and no longer owed
-            // [MQTT-3.3.2-5].
-            if m.msg.expired(cx.now) {
-                d.complete(&cx.shared.router, &self.client_id, m.seq, qos);
+            // [MQTT-3.3.2-5]. A resend (DUP) had started, and goes out.
+            if !m.dup && m.msg.expired(cx.now) {
+                d.complete(&cx.shared.router, self.id, m.seq, qos);
+                continue;
+            }
+            if m.released
+                && let Some(seq) = m.seq
+            {
+                // Its PUBREC came on an earlier connection: the PUBREL is owed, with
+                // the same packet id [MQTT-4.4.0-1].
+                let pid = packet_id(seq);
+                self.proto.encode_pubrel(out.pages(), pid);
+                let sent = Sent {
+                    seq: m.seq,
+                    qos,
+                    released: true,
+                };
+                d.inflight.insert(pid, sent);
+                sent_any = true;
                 continue;
             }
             let pid = (qos != QoS::AtMostOnce).then(|| match m.seq {
@@ -510,7 +580,7 @@ impl Active {
                     // Larger than the client's Maximum Packet Size: discarded as if it
                     // had been sent [MQTT-3.1.2-25].
                     metrics.dropped_send_error.inc();
-                    d.complete(&cx.shared.router, &self.client_id, m.seq, qos);
+                    d.complete(&cx.shared.router, self.id, m.seq, qos);
                 }
             }
         };
@@ -577,6 +647,10 @@ impl Active {
         {
             Some(s) if s.qos == QoS::ExactlyOnce => {
                 s.released = true;
+                // Owed now is the PUBREL, also across a reconnect or restart.
+                if let Some(seq) = s.seq {
+                    cx.shared.router.released(self.id, seq);
+                }
                 true
             }
             _ => false,
@@ -602,7 +676,7 @@ impl Active {
         };
         if d.inflight.get(&pid).is_some_and(|s| s.qos == qos) {
             if let Some(s) = d.inflight.remove(&pid) {
-                d.complete(&cx.shared.router, &self.client_id, s.seq, qos);
+                d.complete(&cx.shared.router, self.id, s.seq, qos);
             }
             // Room in the window: send what waits.
             self.pump(out, cx);
@@ -613,6 +687,11 @@ impl Active {
     /// connection (publishing its will unless it ended normally), and counts what was
     /// queued for it and will not be sent.
     pub fn end(self, out: &mut Output, why: &Close, shared: &Shared) {
+        if self.held_since.is_some()
+            && let Some(c) = &self.hold_on
+        {
+            c.pressure().holding(false);
+        }
         if let (Proto::V5(v5), Some((code, text))) = (&self.proto, why.v5_disconnect()) {
             crate::v5::encode_disconnect(v5, out.pages(), code, text);
         }
@@ -634,6 +713,13 @@ impl Active {
 }
 
 impl Proto {
+    fn encode_pubrel(&self, dst: &mut BytePages, pid: u16) {
+        match self {
+            Proto::V3(s) => crate::v3::encode_pubrel(s, dst, pid),
+            Proto::V5(s) => crate::v5::encode_pubrel(s, dst, pid),
+        }
+    }
+
     fn encode_publish(
         &self,
         dst: &mut BytePages,
@@ -689,9 +775,9 @@ impl Delivery {
     /// A message left this connection's hands for good (acknowledged, expired,
     /// undeliverable): a persistent session's is acknowledged to the router; a clean
     /// session's QoS ≥ 1 frees its place in the bound.
-    fn complete(&self, router: &Router, client_id: &str, seq: Option<u64>, qos: QoS) {
+    fn complete(&self, router: &Router, conn: ConnId, seq: Option<u64>, qos: QoS) {
         match seq {
-            Some(seq) => router.ack(client_id, seq),
+            Some(seq) => router.ack(conn, seq),
             None if qos != QoS::AtMostOnce => self.inbox.counts.untracked_done(),
             None => {}
         }

@@ -46,8 +46,8 @@ pub struct BrokerSettings {
     /// The store's log is compacted (rewritten as a snapshot of the live state) once it
     /// has grown by this many bytes.
     pub store_compact_bytes: u64,
-    /// Unacknowledged QoS 1 messages in flight per subscriber (MQTT 5 Receive Maximum
-    /// caps it further when the client asks for less).
+    /// Unacknowledged QoS 1 and 2 messages in flight per subscriber (MQTT 5 Receive
+    /// Maximum caps it further when the client asks for less).
     pub max_inflight: u16,
     /// QoS 1/2 PUBLISHes a client may have unacknowledged towards the broker (announced
     /// to MQTT 5 clients as Receive Maximum; MQTT 5 clients that exceed it are

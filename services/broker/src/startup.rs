@@ -168,7 +168,7 @@ impl Application {
         self.sys.abort();
         self.auth_reload.abort();
         if let Some((_, accept)) = &self.ws {
-            // Bridged WebSocket clients end as ntex closes their MQTT side below.
+            // Bridged WebSocket clients end as the workers close their MQTT side below.
             accept.abort();
         }
         // MQTT 5 clients are told why (DISCONNECT 0x8B) before their sockets close.

@@ -7,7 +7,8 @@
 //!
 //! Why a bridge and not ntex's `ws::WsTransport` (ntex-mqtt's `mqtt-ws-server` example):
 //! that transport lives in the `ntex` crate, and every `ntex` 4.x release needs
-//! `ntex-bytes` ≥ 1.11, which breaks the `ntex-io` 4.0 we are pinned to on Rust 1.95.
+//! `ntex-bytes` ≥ 1.11, which breaks the ntex-mqtt 9.0 we are pinned to on Rust 1.95;
+//! and the broker's connections are served by its own workers (`net/`), not ntex.
 //! The cost is one loopback hop per WebSocket message and the broker seeing
 //! `127.0.0.1` as the peer address; browsers are a small share of the traffic.
 

@@ -147,15 +147,15 @@ pub fn accept(
     Box::new(a)
 }
 
-fn codec(a: &Active) -> &Codec {
+fn state(a: &Active) -> &State {
     match &a.proto {
-        Proto::V3(s) => &s.codec,
+        Proto::V3(s) => s,
         Proto::V5(_) => unreachable!("an MQTT 3.1.1 handler on an MQTT 5 connection"),
     }
 }
 
 fn reply(a: &mut Active, out: &mut Output, cx: &mut Cx<'_>, lsn: u64, pkt: Packet) {
-    a.reply(out, cx, lsn, |proto, dst| {
+    a.reply(out, cx, lsn, false, |proto, dst| {
         if let Proto::V3(s) = proto {
             write(&s.codec, dst, pkt);
         }
@@ -173,7 +173,7 @@ pub fn packet(
     mut frame: BytesMut,
     cx: &mut Cx<'_>,
 ) -> Result<Flow, Close> {
-    let decoded = codec(a).decode(&mut frame).map_err(|e| {
+    let decoded = state(a).codec.decode(&mut frame).map_err(|e| {
         tracing::debug!(error = %e, "malformed packet");
         Close::protocol(DisconnectReasonCode::MalformedPacket, e.to_string())
     })?;
@@ -186,7 +186,7 @@ pub fn packet(
         Packet::PublishAck { packet_id } => a.puback(packet_id.get(), out, cx),
         Packet::PublishReceived { packet_id } => {
             if a.pubrec(packet_id.get(), false, out, cx) {
-                write(codec(a), out.pages(), Packet::PublishRelease { packet_id });
+                encode_pubrel(state(a), out.pages(), packet_id.get());
             }
         }
         Packet::PublishComplete { packet_id } => a.pubcomp(packet_id.get(), out, cx),
@@ -194,6 +194,14 @@ pub fn packet(
             // QoS 2 messages were routed at PUBLISH; the id may now be reused.
             cx.shared.router.qos2_released(a.id, packet_id.get());
             reply(a, out, cx, 0, Packet::PublishComplete { packet_id });
+        }
+        // A SUBSCRIBE / UNSUBSCRIBE must name at least one filter [MQTT-3.8.3-3],
+        // [MQTT-3.10.3-2].
+        Packet::Subscribe { topic_filters, .. } if topic_filters.is_empty() => {
+            return Err(protocol_error("SUBSCRIBE without a topic filter"));
+        }
+        Packet::Unsubscribe { topic_filters, .. } if topic_filters.is_empty() => {
+            return Err(protocol_error("UNSUBSCRIBE without a topic filter"));
         }
         Packet::Subscribe {
             packet_id,
@@ -240,7 +248,8 @@ fn publish(
             format!("invalid topic name: {}", e.code()),
         ));
     }
-    // Broker overloaded: hold this publisher back rather than drop later (outbox.rs).
+    // Its last message landed in a backed-up queue: wait rather than drop later
+    // (outbox.rs).
     if p.qos != QoS::AtMostOnce && a.hold_publish(cx) {
         return Ok(Flow::Pause);
     }
@@ -267,8 +276,8 @@ fn publish(
         reply(a, out, cx, 0, Packet::PublishReceived { packet_id: id });
         return Ok(Flow::Continue);
     }
-    let lsn = cx.shared.router.publish(
-        Some(a.id),
+    let lsn = a.route(
+        cx,
         Message {
             topic: p.topic,
             payload,
@@ -323,6 +332,13 @@ fn subscribe(
         .collect();
     // A persistent session's subscription is on disk before the SUBACK.
     reply(a, out, cx, lsn, Packet::SubscribeAck { packet_id, status });
+}
+
+/// PUBREL for an outbound QoS 2 message.
+pub fn encode_pubrel(s: &State, dst: &mut BytePages, pid: u16) {
+    if let Some(packet_id) = NonZeroU16::new(pid) {
+        write(&s.codec, dst, Packet::PublishRelease { packet_id });
+    }
 }
 
 /// A PUBLISH to an MQTT 3.1.1 subscriber (no properties in 3.1.1).

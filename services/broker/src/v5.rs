@@ -43,6 +43,11 @@ pub struct State {
     /// The Session Expiry Interval of CONNECT: a session that ends with the connection
     /// cannot be made persistent by DISCONNECT [MQTT-3.14.2-2].
     connect_expiry: u32,
+    /// Inbound QoS 2 publishes not yet released (PUBREL): with the PUBACKs still
+    /// waiting, what MQTT 5's Receive Maximum counts.
+    qos2_open: usize,
+    /// The Receive Maximum announced in CONNACK.
+    receive_maximum: usize,
 }
 
 /// What CONNECT decided before authentication that CONNACK needs after it.
@@ -219,6 +224,8 @@ pub fn accept(
         problem_info: c.request_problem_info,
         aliases: None,
         connect_expiry: expiry,
+        qos2_open: 0,
+        receive_maximum: usize::from(cx.shared.receive_maximum),
     };
     let mut a = Active::new(
         id,
@@ -228,13 +235,16 @@ pub fn accept(
         c.keep_alive,
         cx.shared,
     );
-    // The client's Receive Maximum bounds what is in flight to it [MQTT-3.3.4-7].
+    // The client's Receive Maximum bounds what is in flight to it [MQTT-3.3.4-9].
     if let Some(max) = c.receive_max {
         a.window = a.window.min(max.get());
     }
     if let Some(inbox) = inbox {
         a.start_delivery(inbox);
     }
+    // Input never pauses for an MQTT 5 client: one that exceeds the Receive Maximum it
+    // was given is told so (`publish`).
+    a.max_waiting = u32::MAX;
     let max_expiry = cx.shared.max_session_expiry;
     let ack = ConnectAck {
         // Session Present is 0 after clean start [MQTT-3.2.2-2], else whether one resumed.
@@ -287,7 +297,8 @@ fn state_mut(a: &mut Active) -> &mut State {
 }
 
 fn reply(a: &mut Active, out: &mut Output, cx: &mut Cx<'_>, lsn: u64, pkt: Packet) {
-    a.reply(out, cx, lsn, |proto, dst| {
+    let puback = matches!(pkt, Packet::PublishAck(_));
+    a.reply(out, cx, lsn, puback, |proto, dst| {
         if let Proto::V5(s) = proto {
             write(&s.codec, dst, pkt);
         }
@@ -325,26 +336,38 @@ pub fn packet(
         Packet::PublishReceived(ack) => {
             let refused = u8::from(ack.reason_code) >= 0x80;
             if a.pubrec(ack.packet_id.get(), refused, out, cx) {
-                let rel = PublishAck2 {
-                    packet_id: ack.packet_id,
-                    reason_code: PublishAck2Reason::Success,
-                    properties: Vec::new(),
-                    reason_string: None,
-                };
-                write(&state_of(a).codec, out.pages(), Packet::PublishRelease(rel));
+                encode_pubrel(state_of(a), out.pages(), ack.packet_id.get());
             }
         }
         Packet::PublishComplete(ack) => a.pubcomp(ack.packet_id.get(), out, cx),
         Packet::PublishRelease(rel) => {
             // QoS 2 messages were routed at PUBLISH; the id may now be reused.
-            cx.shared.router.qos2_released(a.id, rel.packet_id.get());
+            let known = cx.shared.router.qos2_released(a.id, rel.packet_id.get());
+            if known {
+                let st = state_mut(a);
+                st.qos2_open = st.qos2_open.saturating_sub(1);
+            }
+            let (reason_code, why) = if known {
+                (PublishAck2Reason::Success, None)
+            } else {
+                let why = format!("no QoS 2 message with packet id {}", rel.packet_id);
+                (PublishAck2Reason::PacketIdNotFound, state_of(a).why(why))
+            };
             let comp = PublishAck2 {
                 packet_id: rel.packet_id,
-                reason_code: PublishAck2Reason::Success,
+                reason_code,
                 properties: Vec::new(),
-                reason_string: None,
+                reason_string: why,
             };
             reply(a, out, cx, 0, Packet::PublishComplete(comp));
+        }
+        // A SUBSCRIBE / UNSUBSCRIBE must name at least one filter [MQTT-3.8.3-2],
+        // [MQTT-3.10.3-2].
+        Packet::Subscribe(s) if s.topic_filters.is_empty() => {
+            return Err(protocol_error("SUBSCRIBE without a topic filter"));
+        }
+        Packet::Unsubscribe(u) if u.topic_filters.is_empty() => {
+            return Err(protocol_error("UNSUBSCRIBE without a topic filter"));
         }
         Packet::Subscribe(s) => subscribe(a, out, cx, s),
         Packet::Unsubscribe(u) => unsubscribe(a, out, cx, u),
@@ -443,9 +466,24 @@ fn publish(
     mut p: Publish,
     payload: Bytes,
 ) -> Result<Flow, Close> {
-    // Broker overloaded: hold this publisher back rather than drop later (outbox.rs).
+    // Its last message landed in a backed-up queue: wait rather than drop later
+    // (outbox.rs).
     if p.qos != QoS::AtMostOnce && a.hold_publish(cx) {
         return Ok(Flow::Pause);
+    }
+    if p.qos != QoS::AtMostOnce {
+        // [MQTT-3.3.4-7] (the client's side) / §3.3.4: a client may not have more QoS 1
+        // and QoS 2 publishes unacknowledged than the Receive Maximum it was given.
+        let st = state_of(a);
+        if a.waiting_pubacks() + st.qos2_open >= st.receive_maximum {
+            return Err(Close::protocol(
+                DisconnectReasonCode::ReceiveMaximumExceeded,
+                format!(
+                    "more than {} QoS 1 and 2 publishes unacknowledged",
+                    st.receive_maximum
+                ),
+            ));
+        }
     }
     resolve_topic(state_mut(a), &mut p)?;
     let metrics = cx.shared.router.metrics();
@@ -520,7 +558,10 @@ fn publish(
         retain: p.retain,
         properties: Some(Arc::new(properties)),
     };
-    let lsn = cx.shared.router.publish(Some(a.id), msg);
+    let lsn = a.route(cx, msg);
+    if p.qos == QoS::ExactlyOnce {
+        state_mut(a).qos2_open += 1;
+    }
     // The PUBACK/PUBREC leaves once the message is on disk.
     ack(a, out, cx, lsn, &p, PublishAckReason::Success, None);
     Ok(Flow::Continue)
@@ -612,6 +653,19 @@ fn unsubscribe(a: &mut Active, out: &mut Output, cx: &mut Cx<'_>, u: Unsubscribe
         status,
     };
     reply(a, out, cx, 0, Packet::UnsubscribeAck(ack));
+}
+
+/// PUBREL for an outbound QoS 2 message.
+pub fn encode_pubrel(s: &State, dst: &mut BytePages, pid: u16) {
+    if let Some(packet_id) = NonZeroU16::new(pid) {
+        let rel = PublishAck2 {
+            packet_id,
+            reason_code: PublishAck2Reason::Success,
+            properties: Vec::new(),
+            reason_string: None,
+        };
+        write(&s.codec, dst, Packet::PublishRelease(rel));
+    }
 }
 
 /// A PUBLISH to an MQTT 5 subscriber. `Err` when it is larger than the client's

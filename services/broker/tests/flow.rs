@@ -74,8 +74,8 @@ async fn slow_subscriber(
 
 /// Publishes `count` QoS 1 messages `"{id}-{n}"` as fast as rumqttc's window allows and
 /// returns the number of PUBACKs received.
-async fn flood(broker: &Broker, id: String, count: usize) -> usize {
-    let mut o = MqttOptions::new(&id, "127.0.0.1", broker.mqtt.port());
+async fn flood(port: u16, id: String, count: usize) -> usize {
+    let mut o = MqttOptions::new(&id, "127.0.0.1", port);
     o.set_keep_alive(Duration::from_secs(30));
     let (c, mut el) = AsyncClient::new(o, 64);
     let sender = tokio::spawn(async move {
@@ -117,7 +117,7 @@ async fn slow_subscriber_receives_every_acknowledged_qos1_message_of_four_floodi
     let floods: Vec<_> = (0..PUBLISHERS)
         .map(|i| {
             let b = &broker;
-            async move { flood(b, format!("p{i}"), EACH).await }
+            async move { flood(b.mqtt.port(), format!("p{i}"), EACH).await }
         })
         .collect();
     let acked: usize = futures_util::future::join_all(floods)
@@ -287,7 +287,7 @@ async fn qos0_to_a_subscriber_that_stops_reading_is_dropped_at_queue_capacity_no
     let _stalled = RawSubscriber::connect(broker.mqtt, "stalled0", "z/#").await;
     let p = Client::v3(&broker, "flooder").await;
     // 16 MiB of QoS 0, far beyond what the socket buffers hold: the subscriber never
-    // reads, so all but what fits in the socket, ntex's write buffer and the queue of 8
+    // reads, so all but what fits in the socket, the connection's output buffer and the queue of 8
     // must be dropped and counted — not kept in the broker's memory.
     let body = vec![b'x'; 4096];
     let sent = 4096u64;
@@ -603,7 +603,7 @@ async fn publisher_is_held_back_rather_than_a_slow_but_reading_subscriber_losing
     let broker = Broker::start_with(s).await;
     const N: usize = 3_000;
     let slow = slow_subscriber(&broker, "reads-slowly", N, Duration::from_millis(1)).await;
-    assert_eq!(flood(&broker, "p".into(), N).await, N);
+    assert_eq!(flood(broker.mqtt.port(), "p".into(), N).await, N);
     let got = slow.await.unwrap();
     assert_eq!(got.len(), N, "the slow subscriber lost messages");
     let text = broker.metrics().await;
@@ -611,6 +611,65 @@ async fn publisher_is_held_back_rather_than_a_slow_but_reading_subscriber_losing
     assert!(
         metric(&text, "lentera_broker_publishes_held_total") > 0,
         "the publisher was never held back, so this test proved nothing"
+    );
+    broker.stop().await;
+}
+
+/// A slow subscriber holds back only the publishers it hears from: while one publisher
+/// is held on its backlog, another publisher and subscriber on other topics go on at
+/// full speed (each round trip would otherwise wait for that backlog to drain).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_subscriber_holds_back_only_the_publishers_it_hears_from() {
+    let mut s = settings();
+    s.broker.session_queue_capacity = 2_000; // hold above a backlog of 1,000
+    let broker = Broker::start_with(s).await;
+    const N: usize = 4_000;
+    let slow = slow_subscriber(&broker, "reads-slowly", N, Duration::from_millis(1)).await;
+    let flooder = tokio::spawn(flood(broker.mqtt.port(), "p".into(), N));
+    // Wait until the flooder is being held back.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while metric(
+        &broker.metrics().await,
+        "lentera_broker_publishes_held_total",
+    ) == 0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the flooder was never held"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let mut other_sub = Client::v3(&broker, "other-sub").await;
+    other_sub.subscribe("other/#", 1).await;
+    let mut other_pub = Client::v3(&broker, "other-pub").await;
+    let started = std::time::Instant::now();
+    for n in 0..200 {
+        other_pub
+            .publish("other/x", format!("{n}").as_bytes(), 1, false)
+            .await;
+        other_pub.expect_puback().await;
+    }
+    let took = started.elapsed();
+    for n in 0..200 {
+        assert_eq!(
+            other_sub.next_publish().await.payload,
+            format!("{n}").as_bytes()
+        );
+    }
+    assert!(
+        !flooder.is_finished(),
+        "the flood ended before the other publisher did: nothing was shown"
+    );
+    assert!(
+        took < Duration::from_secs(3),
+        "200 unrelated QoS 1 round trips took {took:?}: held back by someone else's backlog"
+    );
+    assert_eq!(flooder.await.unwrap(), N);
+    assert_eq!(
+        slow.await.unwrap().len(),
+        N,
+        "the slow subscriber lost messages"
     );
     broker.stop().await;
 }

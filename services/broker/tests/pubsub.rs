@@ -246,3 +246,59 @@ async fn admin_endpoints_report_health_readiness_and_metrics() {
     );
     broker.stop().await;
 }
+
+/// Shared subscriptions (MQTT 5 §4.8.2): each message matching `$share/{group}/{filter}`
+/// goes to one member of the group, the members take turns, a plain subscription to the
+/// same filter still gets every message, and a member that leaves gets no more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_subscription_gives_each_message_to_one_member_in_turn() {
+    let broker = Broker::start().await;
+    let mut m1 = Client::v5(&broker, "member-1").await;
+    let mut m2 = Client::v5(&broker, "member-2").await;
+    let mut m3 = Client::v3(&broker, "member-3-v311").await;
+    for m in [&mut m1, &mut m2, &mut m3] {
+        assert_eq!(m.subscribe("$share/g/sh/#", 1).await, 1);
+    }
+    let mut plain = Client::v3(&broker, "plain").await;
+    plain.subscribe("sh/#", 1).await;
+    let mut p = Client::v3(&broker, "sh-pub").await;
+    const N: usize = 30;
+    for n in 0..N {
+        p.publish("sh/x", format!("{n}").as_bytes(), 1, false).await;
+        p.expect_puback().await;
+    }
+    let mut got = Vec::new();
+    for m in [&mut m1, &mut m2, &mut m3] {
+        let mut mine = Vec::new();
+        while let Some(msg) = m.try_next_publish(QUIET).await {
+            mine.push(String::from_utf8(msg.payload).unwrap());
+        }
+        assert!(!mine.is_empty(), "a member got no share: {got:?}");
+        got.push(mine);
+    }
+    let mut all: Vec<usize> = got.iter().flatten().map(|p| p.parse().unwrap()).collect();
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (0..N).collect::<Vec<_>>(),
+        "each message to exactly one member"
+    );
+    for _ in 0..N {
+        plain.next_publish().await;
+    }
+
+    // A member that leaves gets no more; the others share what follows.
+    m3.disconnect().await;
+    for n in N..N + 10 {
+        p.publish("sh/x", format!("{n}").as_bytes(), 1, false).await;
+        p.expect_puback().await;
+    }
+    let mut rest = 0;
+    for m in [&mut m1, &mut m2] {
+        while m.try_next_publish(QUIET).await.is_some() {
+            rest += 1;
+        }
+    }
+    assert_eq!(rest, 10, "the remaining members took every later message");
+    broker.stop().await;
+}

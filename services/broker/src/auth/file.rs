@@ -60,7 +60,7 @@ pub struct FileAuth {
     dummy: Arc<User>,
     /// Where password hashes are checked: tokio's blocking pool when the broker was built
     /// inside a tokio runtime (it is), so the ~10 ms of PBKDF2 per CONNECT does not stall
-    /// the other connections of the ntex worker thread; inline otherwise.
+    /// the other connections of the network worker; inline otherwise.
     blocking: Option<tokio::runtime::Handle>,
 }
 

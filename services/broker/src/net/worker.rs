@@ -551,28 +551,20 @@ impl Worker {
         }
     }
 
-    /// Publishers held back for overload that may go on now.
+    /// Held publishers that may go on now.
     fn resume_held(&mut self) {
         let now = self.now;
-        let pressure = self.shared.router.pressure().clone();
         for idx in std::mem::take(&mut self.lists.held) {
-            let go = match self.conns.get_mut(idx).and_then(Conn::active) {
-                Some(a) => match a.held_since {
-                    Some(since) if pressure.may_resume(now - since) => {
-                        a.held_since = None;
-                        a.admit_next = true;
-                        true
-                    }
-                    Some(_) => {
-                        self.lists.held.push(idx);
-                        false
-                    }
-                    None => false,
-                },
-                None => false,
+            let Some(a) = self.conns.get_mut(idx).and_then(Conn::active) else {
+                continue;
             };
-            if go {
+            if a.held_since.is_none() {
+                continue;
+            }
+            if a.try_release(now) {
                 self.resume(idx);
+            } else {
+                self.lists.held.push(idx);
             }
         }
     }

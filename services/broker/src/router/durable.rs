@@ -37,6 +37,7 @@ impl Router {
                     seq,
                     msg,
                     dispatched: true,
+                    released: r.released.contains(&seq),
                 })
                 .collect();
             s.owed_may_expire = s.owed.iter().any(|o| o.msg.expires());
@@ -101,6 +102,10 @@ impl Router {
                     msg: &o.msg,
                 };
                 record::encode(&rec, &mut buf);
+                if o.released {
+                    let rec = Record::Rel { client, seq: o.seq };
+                    record::encode(&rec, &mut buf);
+                }
             }
         }
         self.store.compact(buf);

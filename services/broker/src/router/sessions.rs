@@ -137,6 +137,7 @@ impl Router {
                 msg: o.msg.clone(),
                 seq: tracked.then_some(o.seq),
                 dup: o.dispatched,
+                released: tracked && o.released,
             };
             o.dispatched = true;
             // Resumed with expiry 0: no longer tracked, so within the clean-session bound.
@@ -269,13 +270,14 @@ impl Router {
             }
             let store = &self.store;
             s.owed.retain(|o| {
-                let expired = o.msg.expired(now);
+                // Only those whose delivery never started [MQTT-3.3.2-5].
+                let expired = !o.dispatched && o.msg.expired(now);
                 if expired {
                     store.append(&Record::Ack { client, seq: o.seq });
                 }
                 !expired
             });
-            s.owed_may_expire = s.owed.iter().any(|o| o.msg.expires());
+            s.owed_may_expire = s.owed.iter().any(|o| !o.dispatched && o.msg.expires());
         }
         // Expired retained messages are never sent again: forget them (and log it).
         if st.retained_may_expire {
@@ -316,19 +318,37 @@ impl Router {
         }
     }
 
-    /// The subscriber acknowledged message `seq` of its session (PUBACK, or PUBCOMP).
-    pub fn ack(&self, client: &str, seq: u64) {
-        let mut st = self.lock();
-        let Some(s) = st.sessions.get_mut(client) else {
-            return;
-        };
-        // Acknowledgements arrive in order, so this is nearly always the front.
-        if let Ok(i) = s.owed.binary_search_by_key(&seq, |o| o.seq) {
-            s.owed.remove(i);
-            if s.persistent() {
-                self.store.append(&Record::Ack { client, seq });
+    /// The live connection `conn` completed message `seq` of its session (PUBACK, or
+    /// PUBCOMP; or it expired, or could not be sent). Keyed by the connection, not the
+    /// client id: a late acknowledgement from a connection that was just taken over
+    /// must not complete a message of the session that replaced it.
+    pub fn ack(&self, conn: ConnId, seq: u64) {
+        let store = &self.store;
+        self.with_live(conn, |client, s| {
+            // Acknowledgements mostly arrive in order, so this is nearly always the front.
+            if let Ok(i) = s.owed.binary_search_by_key(&seq, |o| o.seq) {
+                s.owed.remove(i);
+                if s.persistent() {
+                    store.append(&Record::Ack { client, seq });
+                }
             }
-        }
+        });
+    }
+
+    /// The live connection `conn`'s client sent PUBREC for QoS 2 message `seq`: from
+    /// now on the PUBREL is what is owed, also across a reconnect or restart.
+    pub fn released(&self, conn: ConnId, seq: u64) {
+        let store = &self.store;
+        self.with_live(conn, |client, s| {
+            if let Ok(i) = s.owed.binary_search_by_key(&seq, |o| o.seq)
+                && !s.owed[i].released
+            {
+                s.owed[i].released = true;
+                if s.persistent() {
+                    store.append(&Record::Rel { client, seq });
+                }
+            }
+        });
     }
 
     /// Inbound QoS 2: returns false when `packet_id` was already received on this session
@@ -340,16 +360,20 @@ impl Router {
         .unwrap_or(true)
     }
 
-    /// Inbound QoS 2: PUBREL arrived for `packet_id`.
-    pub fn qos2_released(&self, conn: ConnId, packet_id: u16) {
+    /// Inbound QoS 2: PUBREL arrived for `packet_id`. Returns whether it was awaited
+    /// (MQTT 5 answers an unknown one with PUBCOMP 0x92, Packet Identifier not found).
+    pub fn qos2_released(&self, conn: ConnId, packet_id: u16) -> bool {
         self.with_live(conn, |_, s| {
-            if let Some(set) = &mut s.qos2_in {
-                set.remove(&packet_id);
-                if set.is_empty() {
-                    s.qos2_in = None;
-                }
+            let Some(set) = &mut s.qos2_in else {
+                return false;
+            };
+            let known = set.remove(&packet_id);
+            if set.is_empty() {
+                s.qos2_in = None;
             }
-        });
+            known
+        })
+        .unwrap_or(false)
     }
 }
 

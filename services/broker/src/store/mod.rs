@@ -9,7 +9,9 @@
 //!   log sequence number; the writer thread swaps the buffer out, writes it, `fsync`s
 //!   once for everything that accumulated meanwhile (group commit), and publishes the
 //!   durable sequence number. A QoS ≥ 1 publisher's PUBACK/PUBREC waits for it
-//!   ([`Store::durable`]), so an acknowledged message is on disk before the ack leaves.
+//!   (the workers are told through [`Store::on_commit`], `session.rs` holds the reply
+//!   until [`Store::durable_seq`] covers it), so an acknowledged message is on disk
+//!   before the ack leaves.
 //! - Compaction: when the log has grown past `compact_bytes`, the router writes a
 //!   snapshot of its live state as records ([`Store::compact`]); the writer puts it in
 //!   `broker.log.tmp`, `fsync`s, and renames it over `broker.log` (atomic on POSIX), so
@@ -26,8 +28,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-
-use tokio::sync::watch;
 
 pub use record::Record;
 
@@ -46,7 +46,8 @@ pub struct Store {
 struct Inner {
     pending: Mutex<Pending>,
     wake: Condvar,
-    durable: watch::Sender<u64>,
+    /// Everything up to this sequence number is on disk.
+    durable: AtomicU64,
     /// Bytes appended to the current log file since it was last compacted.
     log_bytes: AtomicU64,
     /// `fsync`s done: with group commit, far fewer than records under concurrent load.
@@ -100,7 +101,7 @@ impl Store {
         let inner = Arc::new(Inner {
             pending: Mutex::default(),
             wake: Condvar::new(),
-            durable: watch::Sender::new(0),
+            durable: AtomicU64::new(0),
             log_bytes: AtomicU64::new(valid as u64),
             syncs: AtomicU64::new(0),
             compact_bytes: compact_bytes.max(4096),
@@ -140,25 +141,12 @@ impl Store {
         lsn
     }
 
-    /// Resolves once every record up to `lsn` is on disk.
-    pub async fn durable(&self, lsn: u64) {
-        let Some(inner) = &self.inner else { return };
-        // 0 = nothing was written (the common case: QoS 0, or no persistent subscriber).
-        if lsn == 0 || *inner.durable.borrow() >= lsn {
-            return;
-        }
-        let mut rx = inner.durable.subscribe();
-        // An error means the writer thread is gone (shutdown): nothing more will be made
-        // durable, and waiting forever would only hang the connection.
-        let _ = rx.wait_for(|&d| d >= lsn).await;
-    }
-
     /// Everything up to this sequence number is on disk (`u64::MAX` when disabled:
     /// nothing ever waits).
     pub fn durable_seq(&self) -> u64 {
         self.inner
             .as_ref()
-            .map_or(u64::MAX, |i| *i.durable.borrow())
+            .map_or(u64::MAX, |i| i.durable.load(Ordering::Acquire))
     }
 
     /// Calls `f` with the durable sequence number after every commit (from the
@@ -254,7 +242,7 @@ impl Writer {
             buf.clear();
             match result {
                 Ok(()) => {
-                    self.inner.durable.send_replace(lsn);
+                    self.inner.durable.store(lsn, Ordering::Release);
                     for f in self
                         .inner
                         .on_commit
@@ -321,30 +309,27 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let (store, records) = Store::open(&dir, 1 << 30).unwrap();
         assert!(records.is_empty());
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let tasks: Vec<_> = (0..8)
-                .map(|t| {
-                    let store = store.clone();
-                    tokio::spawn(async move {
-                        for seq in 0..100u64 {
-                            let client = format!("c{t}");
-                            let lsn = store.append(&Record::Ack {
-                                client: &client,
-                                seq,
-                            });
-                            store.durable(lsn).await;
+        // Eight writers, each waiting for its record to be durable before the next.
+        let writers: Vec<_> = (0..8)
+            .map(|t| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    let client = format!("c{t}");
+                    for seq in 0..100u64 {
+                        let lsn = store.append(&Record::Ack {
+                            client: &client,
+                            seq,
+                        });
+                        while store.durable_seq() < lsn {
+                            std::thread::sleep(std::time::Duration::from_micros(100));
                         }
-                    })
+                    }
                 })
-                .collect();
-            for t in tasks {
-                t.await.unwrap();
-            }
-        });
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
         let syncs = store.syncs();
         // Observed ~4 records per fsync here; one per record would be 800.
         assert!(

@@ -55,6 +55,12 @@ pub enum Record<'a> {
         client: &'a str,
         seq: u64,
     },
+    /// The subscriber sent PUBREC for QoS 2 message `seq`: what is owed now is the
+    /// PUBREL, not the PUBLISH [MQTT-4.4.0-1].
+    Rel {
+        client: &'a str,
+        seq: u64,
+    },
 }
 
 /// A decoded record: strings owned, messages rebuilt.
@@ -87,6 +93,10 @@ pub enum Owned {
         msg: Message,
     },
     Ack {
+        client: String,
+        seq: u64,
+    },
+    Rel {
         client: String,
         seq: u64,
     },
@@ -151,6 +161,11 @@ pub fn encode(rec: &Record<'_>, out: &mut Vec<u8>) {
             bytes(client.as_bytes(), out);
             out.extend_from_slice(&seq.to_le_bytes());
         }
+        Record::Rel { client, seq } => {
+            out.push(9);
+            bytes(client.as_bytes(), out);
+            out.extend_from_slice(&seq.to_le_bytes());
+        }
     }
     let body = &out[start + 8..];
     let len = body.len() as u32;
@@ -207,6 +222,10 @@ pub fn decode(buf: &[u8]) -> Option<(Owned, usize)> {
             msg: r.message()?,
         },
         8 => Owned::Ack {
+            client: r.string()?,
+            seq: r.u64()?,
+        },
+        9 => Owned::Rel {
             client: r.string()?,
             seq: r.u64()?,
         },

@@ -5,7 +5,7 @@
 //! changes: `Session` after `EndSession` starts the session afresh, an `Ack` removes the
 //! matching `Enq`, `Unretain` removes a retained topic.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use ntex_bytes::ByteString;
 
@@ -21,6 +21,8 @@ pub struct RecoveredSession {
     pub subs: HashMap<String, Subscription>,
     /// Messages owed, by sequence number (so in delivery order).
     pub owed: BTreeMap<u64, Message>,
+    /// Owed QoS 2 messages the subscriber has PUBREC'd: a PUBREL is owed, not them.
+    pub released: BTreeSet<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -91,6 +93,14 @@ pub fn replay(records: Vec<Owned>) -> Recovered {
             Owned::Ack { client, seq } => {
                 if let Some(s) = r.sessions.get_mut(&client) {
                     s.owed.remove(&seq);
+                    s.released.remove(&seq);
+                }
+            }
+            Owned::Rel { client, seq } => {
+                if let Some(s) = r.sessions.get_mut(&client)
+                    && s.owed.contains_key(&seq)
+                {
+                    s.released.insert(seq);
                 }
             }
         }

@@ -382,6 +382,18 @@ impl Client {
         }
     }
 
+    /// Waits for the PUBCOMP of a QoS 2 publish.
+    pub async fn expect_pubcomp(&mut self) {
+        loop {
+            match self.next_event(WAIT).await {
+                Some(Ev::PubComp) => return,
+                Some(Ev::Closed(e)) => panic!("closed while waiting for PUBCOMP: {e}"),
+                Some(_) => continue,
+                None => panic!("no PUBCOMP in time"),
+            }
+        }
+    }
+
     /// Waits until the broker closes this connection; returns what the client saw.
     pub async fn expect_closed(&mut self) -> String {
         loop {
