@@ -36,7 +36,9 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use ntex_mqtt::QoS;
@@ -112,12 +114,16 @@ pub struct Counts {
     pressing: AtomicUsize,
     /// The worker is waiting for the client (window full, socket not draining).
     client_bound: AtomicBool,
+    /// `queue_capacity`: a publisher whose QoS 0 message found the queue full waits
+    /// until it is half empty.
+    qos0_bound: usize,
     pressure: Arc<Pressure>,
 }
 
 impl Counts {
-    fn new(pressure: Arc<Pressure>) -> Self {
+    fn new(pressure: Arc<Pressure>, qos0_bound: usize) -> Self {
         Self {
+            qos0_bound,
             qos0: AtomicUsize::new(0),
             untracked: AtomicUsize::new(0),
             pressing: AtomicUsize::new(0),
@@ -163,10 +169,19 @@ impl Counts {
         self.backlog() > self.pressure.high
     }
 
-    /// Whether a publisher held back on this queue for `held` may go on: the backlog
-    /// is below the low watermark, or it has waited [`MAX_HOLD`].
+    /// Whether a publisher held back on this queue for `held` may go on: the QoS ≥ 1
+    /// backlog is below the low watermark and the QoS 0 queue at most half full (or the
+    /// client is the bottleneck), or it has waited [`MAX_HOLD`].
     pub fn may_resume(&self, held: Duration) -> bool {
-        self.backlog() < self.pressure.low || held >= MAX_HOLD
+        let qos0_room = self.qos0.load(Ordering::Relaxed) <= self.qos0_bound / 2
+            || self.client_bound.load(Ordering::Relaxed);
+        (self.backlog() < self.pressure.low && qos0_room) || held >= MAX_HOLD
+    }
+
+    /// A QoS 0 message found the queue full while the subscriber keeps reading: its
+    /// publisher should wait rather than have more dropped.
+    pub fn qos0_backed_up(&self) -> bool {
+        !self.client_bound.load(Ordering::Relaxed)
     }
 
     pub fn pressure(&self) -> &Pressure {
@@ -175,7 +190,9 @@ impl Counts {
 
     /// The worker took a QoS 0 message off the queue.
     pub fn qos0_taken(&self) {
-        self.qos0.fetch_sub(1, Ordering::Relaxed);
+        if self.qos0.fetch_sub(1, Ordering::Relaxed) == self.qos0_bound / 2 + 1 {
+            self.pressure.drained();
+        }
     }
 
     /// An untracked QoS ≥ 1 message was acknowledged, completed or failed.
@@ -219,8 +236,8 @@ struct Queue {
 }
 
 impl Queue {
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Outgoing>> {
-        self.items.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, VecDeque<Outgoing>> {
+        self.items.lock()
     }
 
     fn push(&self, out: Outgoing) -> bool {
@@ -309,7 +326,7 @@ pub fn channel(
         closed: AtomicBool::new(false),
         notify: Box::new(notify),
     });
-    let counts = Arc::new(Counts::new(pressure));
+    let counts = Arc::new(Counts::new(pressure, bounds.qos0));
     let outbox = Outbox {
         q: q.clone(),
         counts: counts.clone(),
@@ -322,6 +339,10 @@ impl Outbox {
     /// The queue's counts, when its backlog is above the high watermark.
     pub fn backed_up(&self) -> Option<&Arc<Counts>> {
         self.counts.backed_up().then_some(&self.counts)
+    }
+
+    pub fn counts(&self) -> &Arc<Counts> {
+        &self.counts
     }
 
     /// Queues a message that is not in a persistent session's owed queue (`seq` is
@@ -518,7 +539,7 @@ mod pressure_tests {
         busy_in.counts.taken();
         busy_in.counts.taken();
         assert_eq!(woken.load(Ordering::Relaxed), 1);
-        assert!(!Arc::new(Counts::new(p.clone())).backed_up());
+        assert!(!Arc::new(Counts::new(p.clone(), 10)).backed_up());
         drop(busy_in);
         assert_eq!(busy.offer(q1()), Err(Refused::Closed));
     }

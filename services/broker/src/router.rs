@@ -19,14 +19,17 @@
 //! refusing new ones keeps what was delivered a contiguous prefix (Mosquitto's
 //! `max_queued_messages` behaves the same way).
 //!
-//! A `std::sync::Mutex` suffices: every critical section is short and synchronous.
+//! One mutex suffices: every critical section is short and synchronous (parking_lot,
+//! which spins briefly before parking, since both workers take it on every publish).
 //! Store records are encoded under it so the log order is the state-change order.
 //!
 //! This file: the types and routing (subscribe, publish, deliver). `router/sessions.rs`:
 //! session lifecycle and acknowledgements. `router/durable.rs`: recovery and snapshots.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 use std::time::Instant;
 
 use crate::metrics::Metrics;
@@ -327,9 +330,9 @@ impl Router {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock leaves plain data behind, still consistent enough
-        // to keep routing; refusing every later connection would be worse.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        // parking_lot does not poison: a panic while holding the lock leaves plain data
+        // behind, still consistent enough to keep routing.
+        self.state.lock()
     }
 
     /// Adds or replaces a subscription and queues the matching retained messages.
@@ -517,7 +520,7 @@ impl Router {
             self.compact(st);
         }
         if msg.qos == QoS::AtMostOnce {
-            (0, None)
+            (0, backed)
         } else {
             (lsn, backed)
         }
@@ -584,7 +587,15 @@ impl Router {
             };
             match o.offer(out) {
                 Ok(()) => {}
-                Err(Refused::Qos0Full) => self.metrics.dropped_queue_full.inc(),
+                Err(Refused::Qos0Full) => {
+                    self.metrics.dropped_queue_full.inc();
+                    // A subscriber that reads, only slower than its publishers: they
+                    // wait (as a single-threaded broker's would) rather than have more
+                    // dropped. One that stalled is on its own.
+                    if o.counts().qos0_backed_up() && backed.is_none() {
+                        *backed = Some(o.counts().clone());
+                    }
+                }
                 Err(Refused::SessionFull) => self.metrics.dropped_session_queue_full.inc(),
                 Err(Refused::Closed) => self.metrics.dropped_disconnected.inc(),
             }

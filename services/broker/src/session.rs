@@ -367,8 +367,9 @@ impl Active {
         self.held_since.is_some() || self.replies.len() >= self.max_waiting as usize
     }
 
-    /// Whether a QoS ≥ 1 PUBLISH must wait because this publisher's last one landed in
-    /// a backed-up subscriber queue; if so the connection is listed as held and the
+    /// Whether a PUBLISH must wait because this publisher's last one landed in a
+    /// backed-up subscriber queue (QoS ≥ 1 backlog, or a full QoS 0 queue of a
+    /// subscriber that still reads); if so the connection is listed as held and the
     /// packet stays unread.
     pub fn hold_publish(&mut self, cx: &mut Cx<'_>) -> bool {
         if std::mem::take(&mut self.admit_next) {
@@ -407,11 +408,8 @@ impl Active {
     /// Routes a message this connection published; remembers a backed-up subscriber
     /// queue it landed in. Returns the store sequence number the reply must wait for.
     pub fn route(&mut self, cx: &Cx<'_>, msg: Message) -> u64 {
-        let qos = msg.qos;
         let (lsn, backed) = cx.shared.router.publish_held(Some(self.id), msg);
-        if qos != QoS::AtMostOnce {
-            self.hold_on = backed;
-        }
+        self.hold_on = backed;
         lsn
     }
 

@@ -24,7 +24,11 @@ pub struct BrokerSettings {
     pub mqtt_addr: String,
     /// `/healthz`, `/readyz`, `/metrics`.
     pub admin_addr: String,
-    /// Network worker threads (`net/`); connections are dealt out to them in turn.
+    /// Network worker threads (`net/`); connections are dealt out to them in turn. One
+    /// (the default) serves hundreds of thousands of messages a second and leaves the
+    /// other cores to the platform's other services; more help only when the broker
+    /// has cores to itself (a message between connections on different workers costs
+    /// a cross-thread wake-up, tens of microseconds on a VM; `docs/benchmarks.md`).
     pub workers: usize,
     /// QoS 0 messages queued per subscriber connection; beyond it new QoS 0 messages for
     /// that subscriber are dropped and counted (`messages_dropped_total{reason=
@@ -121,7 +125,7 @@ impl Default for BrokerSettings {
         Self {
             mqtt_addr: "0.0.0.0:1883".into(),
             admin_addr: "0.0.0.0:9100".into(),
-            workers: 2,
+            workers: 1,
             queue_capacity: 1024,
             session_queue_capacity: 10_000,
             max_session_expiry_secs: u32::MAX,

@@ -250,7 +250,7 @@ fn publish(
     }
     // Its last message landed in a backed-up queue: wait rather than drop later
     // (outbox.rs).
-    if p.qos != QoS::AtMostOnce && a.hold_publish(cx) {
+    if a.hold_publish(cx) {
         return Ok(Flow::Pause);
     }
     let qos = p.qos;

@@ -468,7 +468,7 @@ fn publish(
 ) -> Result<Flow, Close> {
     // Its last message landed in a backed-up queue: wait rather than drop later
     // (outbox.rs).
-    if p.qos != QoS::AtMostOnce && a.hold_publish(cx) {
+    if a.hold_publish(cx) {
         return Ok(Flow::Pause);
     }
     if p.qos != QoS::AtMostOnce {

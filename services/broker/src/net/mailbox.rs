@@ -5,8 +5,10 @@
 //! is parked in `epoll_wait` (or about to be), so a worker that is busy anyway is never
 //! woken by a system call — under load most posts cost a lock and nothing else.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 
 use crate::auth::{Authorizer, Refusal};
 use crate::net::transport::Transport;
@@ -61,8 +63,8 @@ impl Mailbox {
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, State> {
+        self.state.lock()
     }
 
     pub fn post(&self, cmd: Cmd) {

@@ -32,6 +32,11 @@ impl Transport {
         Ok(Transport::Tls(Box::new(Tls { sock, tls })))
     }
 
+    /// Plain TCP: a short read means the socket is empty (rustls may hold more).
+    pub fn is_plain(&self) -> bool {
+        matches!(self, Transport::Tcp(_))
+    }
+
     pub fn socket(&mut self) -> &mut TcpStream {
         match self {
             Transport::Tcp(s) => s,

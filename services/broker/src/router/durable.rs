@@ -1,7 +1,9 @@
 //! The router's side of durability: starting from recovered state, and writing the live
 //! state as a compaction snapshot.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Instant;
 
 use super::sessions::expiry_deadline;
