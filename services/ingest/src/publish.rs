@@ -3,7 +3,6 @@
 //! Both entries (HTTP and TCP) end here, so "accepted" means the same thing everywhere:
 //! the broker has sent PUBACK for every reading's canonical payload.
 
-use futures_util::future::join_all;
 use lentera_mqtt::{Client, PublishError};
 use lentera_protocol::{DeviceId, DeviceStatus, Reading, Topics};
 
@@ -36,26 +35,18 @@ impl Publisher {
         &self.topics
     }
 
-    /// Publishes every reading concurrently (QoS 1) and resolves when all are acknowledged.
-    /// Concurrency matters: one at a time, a 1000-reading batch would take 1000 round trips.
-    /// On failure the most actionable error is returned — `Overloaded` only when nothing
-    /// worse happened, because "broker gone" needs a different client reaction than "slow
-    /// down". Some readings may have been delivered; a retry re-sends them, which the
-    /// historian's (device, metric, ts) key makes harmless when the board sent `ts`.
+    /// Publishes every reading (QoS 1) as one batch and resolves when all are
+    /// acknowledged: they go out back to back, not one round trip each. On failure the
+    /// most actionable error is returned — `Overloaded` only when nothing worse happened,
+    /// because "broker gone" needs a different client reaction than "slow down". Some
+    /// readings may have been delivered; a retry re-sends them, which the historian's
+    /// (device, metric, ts) key makes harmless when the board sent `ts`.
     pub async fn readings(&self, readings: &[Reading]) -> Result<(), PublishError> {
-        let results = join_all(readings.iter().map(|r| {
-            self.client
-                .publish_acked(self.topics.telemetry(&r.device), false, r.to_payload())
-        }))
-        .await;
-        let mut worst = None;
-        for e in results.into_iter().filter_map(Result::err) {
-            worst = match (worst, e) {
-                (None, e) | (Some(PublishError::Overloaded), e) => Some(e),
-                (w, _) => w,
-            };
-        }
-        worst.map_or(Ok(()), Err)
+        let items = readings
+            .iter()
+            .map(|r| (self.topics.telemetry(&r.device), r.to_payload()))
+            .collect();
+        self.client.publish_batch_acked(items).await
     }
 
     /// The stable code both entries report for a failed publish.

@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{Mqtt, TestApp, closed_port, settings};
 use lentera_tests::TestBroker;
 use serde_json::{Value, json};
@@ -337,5 +339,39 @@ async fn too_many_publishes_in_flight_is_429_overloaded_never_2xx() {
         answers.iter().any(|(s, ..)| *s == 429),
         "no request was refused as overloaded: {answers:?}"
     );
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_larger_than_the_inflight_window_is_published_whole_and_in_order() {
+    let broker = TestBroker::start();
+    let mut sub = Mqtt::connect(broker.port(), "lentera/+/telemetry").await;
+    let mut s = settings(broker.port());
+    // Three publishes in flight at a time: 50 readings go out as 17 chunks.
+    s.mqtt.max_inflight = 4;
+    let app = TestApp::spawn(s).await;
+    app.wait_ready().await;
+
+    let batch: Vec<Value> = (0..50_i32)
+        .map(|i| json!({"device": "gh-1", "temperature": i, "ts": 1_700_000_000_000_i64 + i64::from(i)}))
+        .collect();
+    let (status, body) = post(
+        &app,
+        "/api/v1/readings",
+        "application/json",
+        Value::from(batch).to_string(),
+    )
+    .await;
+    assert_eq!((status, body), (202, json!({"accepted": 50})));
+    for i in 0..50_i32 {
+        let p: Value =
+            serde_json::from_slice(&sub.next_on("lentera/gh-1/telemetry").await).unwrap();
+        assert_eq!(
+            p["temperature"].as_f64(),
+            Some(f64::from(i)),
+            "reading {i} out of order or missing"
+        );
+    }
+    assert!(sub.quiet_for(Duration::from_millis(300)).await.is_none());
     app.shutdown().await;
 }

@@ -43,7 +43,8 @@ modes:
 
 common:       --host 127.0.0.1  --port 1883  --json  --username U --password P
 throughput / latency:
-  --publishers N (4 / 1)   --subscribers M (4 / 1)
+  --publishers N (4 / 1)   --subscribers M (4 / 1; 0 publishes only, topics under
+                            lentera-bench/ for an external subscriber to count)
   --topics shared|distinct (shared: one topic for all; distinct: publisher i on its own
                             topic, subscriber j hears publishers i = j mod min(N,M))
   --qos 0|1|2 (0)  --size BYTES (64, min 20)  --rate MSG/S total (unthrottled / 4000)

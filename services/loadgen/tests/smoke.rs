@@ -117,3 +117,48 @@ async fn throughput_at_qos2_completes_every_exchange_without_loss() {
     assert_eq!(r.lost(), 0, "{}", r.human("throughput"));
     assert_eq!(r.duplicates, 0, "exactly once: {}", r.human("throughput"));
 }
+
+#[tokio::test]
+async fn publish_only_reaches_an_external_subscriber() {
+    let broker = TestBroker::start();
+    // A subscriber the load generator does not own, as the readings benchmark runs one.
+    let mut opts = rumqttc::MqttOptions::new("external-sub", "127.0.0.1", broker.port());
+    opts.set_keep_alive(Duration::from_secs(30));
+    let (sub, mut el) = rumqttc::AsyncClient::new(opts, 100);
+    sub.subscribe("lentera-bench/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    loop {
+        if let rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)) = el.poll().await.unwrap() {
+            break;
+        }
+    }
+    let counted = tokio::spawn(async move {
+        let mut n = 0;
+        while n < 600 {
+            if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(_)) = el.poll().await.unwrap()
+            {
+                n += 1;
+            }
+        }
+        n
+    });
+
+    let r = pubsub::run(PubSubConfig {
+        publishers: 2,
+        subscribers: 0,
+        qos: QoS::AtLeastOnce,
+        count: Some(300),
+        duration: Duration::from_secs(10),
+        ..PubSubConfig::new("127.0.0.1", broker.port())
+    })
+    .await
+    .unwrap();
+    assert_eq!((r.sent, r.acked, r.expected), (600, 600, 0));
+    assert_eq!(r.lost(), 0);
+    let n = tokio::time::timeout(Duration::from_secs(10), counted)
+        .await
+        .expect("the external subscriber got every message")
+        .unwrap();
+    assert_eq!(n, 600);
+}
