@@ -94,9 +94,25 @@ struct Link {
     sent: VecDeque<Waiter>,
     /// QoS 1 publishes on the wire, by packet id, awaiting PUBACK.
     inflight: HashMap<u16, Ack>,
+    /// Acknowledgements that did not fit in rumqttc's request queue, in delivery order.
+    /// They must never be dropped: an unacknowledged delivery holds a slot of the broker's
+    /// in-flight window until the next connection, and enough of them stall the stream.
+    /// The queue overflows while rumqttc hands out a long run of buffered deliveries
+    /// without reading requests; the connection task moves these across as room appears.
+    acks: VecDeque<Publish>,
 }
 
 impl Link {
+    /// Moves waiting acknowledgements into rumqttc's queue while it has room.
+    fn flush_acks(&mut self) {
+        while let Some(p) = self.acks.front() {
+            if self.client.try_ack(p).is_err() {
+                return;
+            }
+            self.acks.pop_front();
+        }
+    }
+
     fn fail_all(&mut self) {
         for w in self.sent.drain(..).flatten() {
             w.done(Err(PublishError::ConnectionLost));
@@ -148,6 +164,7 @@ impl Client {
             stopping: false,
             sent: VecDeque::new(),
             inflight: HashMap::new(),
+            acks: VecDeque::new(),
         }));
         // One permit fewer than rumqttc's inflight window, so its packet ids never collide.
         let window = settings.max_inflight.saturating_sub(1).max(1) as usize;
@@ -292,13 +309,20 @@ impl Client {
         Ok(())
     }
 
-    /// Acknowledges a QoS 1 delivery (manual-ack mode). A delivery from an earlier
-    /// connection is skipped: the broker will deliver it again.
+    /// Acknowledges a QoS 1 delivery (manual-ack mode) without waiting: when rumqttc's
+    /// request queue is full the acknowledgement waits, in order, in the client (waiting
+    /// here instead could deadlock: the connection task may itself be waiting for the
+    /// caller to take a delivery). A delivery from an earlier connection is skipped: the
+    /// broker will deliver it again.
     pub fn ack(&self, delivery: &Delivery) {
-        let link = self.link.lock().unwrap();
-        if link.generation == delivery.generation {
-            let _ = link.client.try_ack(&delivery.publish);
+        let mut link = self.link.lock().unwrap();
+        if link.generation != delivery.generation {
+            return;
         }
+        if link.acks.is_empty() && link.client.try_ack(&delivery.publish).is_ok() {
+            return;
+        }
+        link.acks.push_back(delivery.publish.clone());
     }
 
     /// True while a broker connection is up.
@@ -331,6 +355,12 @@ async fn run(
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
+        {
+            let mut l = link.lock().unwrap();
+            if !l.acks.is_empty() {
+                l.flush_acks();
+            }
+        }
         match eventloop.poll().await {
             Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
                 tracing::info!(
@@ -401,6 +431,8 @@ async fn run(
                     let mut l = link.lock().unwrap();
                     l.connected = false;
                     l.fail_all();
+                    // The broker redelivers what these would have acknowledged.
+                    l.acks.clear();
                     l.client = client;
                     l.generation += 1;
                 }

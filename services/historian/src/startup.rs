@@ -129,9 +129,9 @@ async fn work(
         })
         .collect();
     // Acknowledgements go through the client's request queue (2 × max_inflight) without
-    // waiting; a whole batch is acknowledged at once, so the queue (four batches) must
-    // hold the acknowledgements of both writes in flight, or some would be dropped and the
-    // broker's in-flight window would fill.
+    // waiting; a whole batch is acknowledged at once, so the queue is sized for four
+    // batches (both writes in flight). What does not fit waits in the client, in order
+    // (never dropped), which costs a copy of each delivery.
     let mut mqtt = settings.mqtt.clone();
     let needed = (settings.historian.batch_size.saturating_mul(2)).min(u16::MAX as usize) as u16;
     mqtt.max_inflight = mqtt.max_inflight.max(needed);
