@@ -9,6 +9,9 @@
 //! - **Subscriptions after a reconnect.** Without a resumed session rumqttc does not
 //!   restore them; the event loop re-subscribes on every CONNACK.
 //! - **Readiness.** The connection state drives a [`lentera_bootstrap::Check`].
+//! - **Manual acknowledgements that are never lost.** [`Client::ack`] does not wait;
+//!   what rumqttc's request queue cannot take waits in order in the client, because a
+//!   dropped acknowledgement holds a slot of the broker's in-flight window for good.
 //!
 //! Incoming PUBLISH packets arrive on a bounded channel; when the consumer falls behind,
 //! the event loop waits, which stops reading the socket and lets TCP flow control and the
