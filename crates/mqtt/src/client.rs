@@ -1,7 +1,6 @@
 //! The connection task and the publish/ack handle.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,46 +23,43 @@ pub enum PublishError {
     ConnectionLost,
 }
 
-/// Who waits for a publish: nobody (QoS 0 or fire-and-forget), one caller, or a batch.
-type Waiter = Option<Ack>;
+/// Who waits for a publish: nobody (QoS 0 or fire-and-forget) or a group of QoS 1
+/// publishes (one for [`Client::publish_acked`]).
+type Waiter = Option<Arc<Group>>;
 
-/// Told the outcome of one QoS 1 publish.
-enum Ack {
-    One(oneshot::Sender<Result<(), PublishError>>),
-    /// One of the publishes of [`Client::publish_batch_acked`].
-    Batch(Arc<Batch>),
-}
+/// Publishes still unacknowledged and the caller waiting for all of them: one counter
+/// and one wake-up for a whole batch instead of a channel and two timers per message
+/// (which, at a hundred readings per HTTP request, was most of ingest's cost).
+struct Group(Mutex<GroupState>);
 
-impl Ack {
-    fn done(self, result: Result<(), PublishError>) {
-        match self {
-            Ack::One(tx) => {
-                let _ = tx.send(result);
-            }
-            Ack::Batch(b) => b.done(result),
-        }
-    }
-}
-
-/// A batch's publishes still unacknowledged, and the caller waiting for all of them:
-/// one counter and one wake-up for the batch instead of a channel and two timers per
-/// message (which, at a hundred readings per HTTP request, was most of ingest's cost).
-struct Batch {
-    left: AtomicUsize,
+struct GroupState {
+    left: usize,
     /// The most actionable failure so far (see [`PublishError::worse`]).
-    failed: Mutex<Option<PublishError>>,
-    tx: Mutex<Option<oneshot::Sender<Result<(), PublishError>>>>,
+    failed: Option<PublishError>,
+    tx: Option<oneshot::Sender<Result<(), PublishError>>>,
 }
 
-impl Batch {
+impl Group {
+    fn new(n: usize) -> (Arc<Group>, oneshot::Receiver<Result<(), PublishError>>) {
+        let (tx, rx) = oneshot::channel();
+        let state = GroupState {
+            left: n,
+            failed: None,
+            tx: Some(tx),
+        };
+        (Arc::new(Group(Mutex::new(state))), rx)
+    }
+
+    /// The outcome of one of the group's publishes.
     fn done(&self, result: Result<(), PublishError>) {
+        let mut s = self.0.lock().unwrap();
         if let Err(e) = result {
-            let mut f = self.failed.lock().unwrap();
-            *f = Some(PublishError::worse(f.take(), e));
+            s.failed = Some(PublishError::worse(s.failed.take(), e));
         }
-        if self.left.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let result = self.failed.lock().unwrap().take().map_or(Ok(()), Err);
-            if let Some(tx) = self.tx.lock().unwrap().take() {
+        s.left -= 1;
+        if s.left == 0 {
+            let result = s.failed.take().map_or(Ok(()), Err);
+            if let Some(tx) = s.tx.take() {
                 let _ = tx.send(result);
             }
         }
@@ -93,7 +89,7 @@ struct Link {
     /// Publishes handed to rumqttc, in order, not yet given a packet id.
     sent: VecDeque<Waiter>,
     /// QoS 1 publishes on the wire, by packet id, awaiting PUBACK.
-    inflight: HashMap<u16, Ack>,
+    inflight: HashMap<u16, Arc<Group>>,
     /// Acknowledgements that did not fit in rumqttc's request queue, in delivery order.
     /// They must never be dropped: an unacknowledged delivery holds a slot of the broker's
     /// in-flight window until the next connection, and enough of them stall the stream.
@@ -103,6 +99,26 @@ struct Link {
 }
 
 impl Link {
+    /// Hands one publish to rumqttc. Called under the lock, which keeps `sent` in the
+    /// order rumqttc assigns packet ids.
+    fn enqueue(
+        &mut self,
+        topic: String,
+        qos: QoS,
+        retain: bool,
+        payload: Vec<u8>,
+        waiter: Waiter,
+    ) -> Result<(), PublishError> {
+        if !self.connected {
+            return Err(PublishError::NotConnected);
+        }
+        self.client
+            .try_publish(topic, qos, retain, payload)
+            .map_err(|_| PublishError::Overloaded)?;
+        self.sent.push_back(waiter);
+        Ok(())
+    }
+
     /// Moves waiting acknowledgements into rumqttc's queue while it has room.
     fn flush_acks(&mut self) {
         while let Some(p) = self.acks.front() {
@@ -195,82 +211,60 @@ impl Client {
         retain: bool,
         payload: impl Into<Vec<u8>>,
     ) -> Result<(), PublishError> {
-        let _permit = tokio::time::timeout(self.ack_timeout, self.permits.acquire())
+        self.publish_group(vec![(topic.into(), payload.into())], retain)
             .await
-            .map_err(|_| PublishError::Overloaded)?
-            .expect("the semaphore is never closed");
-        let (tx, rx) = oneshot::channel();
-        self.enqueue(
-            topic.into(),
-            QoS::AtLeastOnce,
-            retain,
-            payload.into(),
-            Some(Ack::One(tx)),
-        )?;
-        self.wait(rx).await
     }
 
     /// Publishes every (topic, payload) with QoS 1 and resolves when the broker has
     /// acknowledged all of them, or with the most actionable failure (some may have been
     /// delivered: a retry re-sends them). In-flight permits are taken for the whole batch
-    /// at once, in chunks of the window when it is larger.
+    /// at once, in chunks of the window when it is larger; each chunk may wait
+    /// `ack_timeout` for its permits and again for its acknowledgements.
     pub async fn publish_batch_acked(
         &self,
         items: Vec<(String, Vec<u8>)>,
     ) -> Result<(), PublishError> {
-        let window = self.window.max(1);
         let mut items = items.into_iter().peekable();
         let mut worst = None;
         while items.peek().is_some() {
-            let chunk: Vec<_> = items.by_ref().take(window).collect();
-            if let Err(e) = self.publish_chunk(chunk).await {
+            let chunk: Vec<_> = items.by_ref().take(self.window).collect();
+            if let Err(e) = self.publish_group(chunk, false).await {
                 worst = Some(PublishError::worse(worst, e));
             }
         }
         worst.map_or(Ok(()), Err)
     }
 
-    async fn publish_chunk(&self, chunk: Vec<(String, Vec<u8>)>) -> Result<(), PublishError> {
-        let n = chunk.len();
+    /// At most `window` QoS 1 publishes, awaited together.
+    async fn publish_group(
+        &self,
+        items: Vec<(String, Vec<u8>)>,
+        retain: bool,
+    ) -> Result<(), PublishError> {
+        let n = items.len();
         let _permits = tokio::time::timeout(self.ack_timeout, self.permits.acquire_many(n as u32))
             .await
             .map_err(|_| PublishError::Overloaded)?
             .expect("the semaphore is never closed");
-        let (tx, rx) = oneshot::channel();
-        let batch = Arc::new(Batch {
-            left: AtomicUsize::new(n),
-            failed: Mutex::new(None),
-            tx: Mutex::new(Some(tx)),
-        });
+        let (group, rx) = Group::new(n);
         {
             let mut link = self.link.lock().unwrap();
             if !link.connected {
                 return Err(PublishError::NotConnected);
             }
-            let mut chunk = chunk.into_iter();
-            // Sending under the lock keeps `sent` in the order rumqttc assigns packet ids.
-            for (topic, payload) in chunk.by_ref() {
-                if link
-                    .client
-                    .try_publish(topic, QoS::AtLeastOnce, false, payload)
-                    .is_err()
-                {
-                    batch.done(Err(PublishError::Overloaded));
+            let mut items = items.into_iter();
+            for (topic, payload) in items.by_ref() {
+                let waiter = Some(group.clone());
+                if let Err(e) = link.enqueue(topic, QoS::AtLeastOnce, retain, payload, waiter) {
+                    group.done(Err(e));
                     break;
                 }
-                link.sent.push_back(Some(Ack::Batch(batch.clone())));
             }
-            for _ in chunk {
-                batch.done(Err(PublishError::Overloaded));
+            // What rumqttc had no room for.
+            for _ in items {
+                group.done(Err(PublishError::Overloaded));
             }
         }
-        self.wait(rx).await
-    }
-
-    async fn wait(
-        &self,
-        rx: oneshot::Receiver<Result<(), PublishError>>,
-    ) -> Result<(), PublishError> {
         match tokio::time::timeout(self.ack_timeout, rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(PublishError::ConnectionLost),
@@ -286,27 +280,10 @@ impl Client {
         retain: bool,
         payload: impl Into<Vec<u8>>,
     ) -> Result<(), PublishError> {
-        self.enqueue(topic.into(), qos, retain, payload.into(), None)
-    }
-
-    fn enqueue(
-        &self,
-        topic: String,
-        qos: QoS,
-        retain: bool,
-        payload: Vec<u8>,
-        waiter: Waiter,
-    ) -> Result<(), PublishError> {
-        let mut link = self.link.lock().unwrap();
-        if !link.connected {
-            return Err(PublishError::NotConnected);
-        }
-        // Sending under the lock keeps `sent` in the order rumqttc will assign packet ids.
-        link.client
-            .try_publish(topic, qos, retain, payload)
-            .map_err(|_| PublishError::Overloaded)?;
-        link.sent.push_back(waiter);
-        Ok(())
+        self.link
+            .lock()
+            .unwrap()
+            .enqueue(topic.into(), qos, retain, payload.into(), None)
     }
 
     /// Acknowledges a QoS 1 delivery (manual-ack mode) without waiting: when rumqttc's

@@ -131,7 +131,7 @@ async fn work(
     // Acknowledgements go through the client's request queue (2 × max_inflight) without
     // waiting; a whole batch is acknowledged at once, so the queue is sized for four
     // batches (both writes in flight). What does not fit waits in the client, in order
-    // (never dropped), which costs a copy of each delivery.
+    // (never dropped), at the cost of a copy of each one that waits.
     let mut mqtt = settings.mqtt.clone();
     let needed = (settings.historian.batch_size.saturating_mul(2)).min(u16::MAX as usize) as u16;
     mqtt.max_inflight = mqtt.max_inflight.max(needed);
