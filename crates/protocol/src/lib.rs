@@ -9,6 +9,8 @@
 //! - [`reading`]: the telemetry payload — parsing, validation with stable error codes,
 //!   and the canonical JSON the platform publishes.
 //! - [`limits`]: plausibility limits (physical ranges, clock skew), configurable.
+//! - [`rejection`]: how a refused message is reported after its sender was answered.
+//! - [`stamp`]: microsecond receive times, unique per device, for readings without `ts`.
 //! - [`senml`]: SenML (RFC 8428) packs resolved into readings.
 //! - [`lamp`]: lamp commands (`on`/`off`), lamp modes and device status.
 //!
@@ -18,11 +20,15 @@ pub mod device;
 pub mod lamp;
 pub mod limits;
 pub mod reading;
+pub mod rejection;
 pub mod senml;
+pub mod stamp;
 pub mod topic;
 
 pub use device::{DeviceId, InvalidDeviceId};
 pub use lamp::{DeviceStatus, LampCommand, LampMode, ModeKind};
 pub use limits::{Limits, Range};
 pub use reading::{Reading, ReadingError};
+pub use rejection::Rejection;
+pub use stamp::Stamper;
 pub use topic::{TopicKind, Topics};

@@ -7,8 +7,10 @@
 //! reading ingest accepted is never dropped later), while the syntax is the contract.
 //!
 //! Rules, each with its stable [`ReadingError::code`]:
-//! - a metric with a configured range must lie inside it (`out_of_range`); metrics
-//!   without a range are unchecked, so new sensors need no configuration;
+//! - every value has finite bounds (`out_of_range`): its metric's range if it has one,
+//!   else `default_range` (so a new sensor needs no configuration but cannot send 1e308),
+//!   and never beyond ±[`VALUE_BOUND`], whatever is configured — the hourly rollup sums
+//!   the values of an hour, and one absurd value must not be able to overflow it;
 //! - `ts` at most `max_future_secs` ahead of now (`timestamp_in_future`): a board with a
 //!   wrong clock would otherwise write "the future" that every chart shows as latest;
 //! - `ts` at most `max_age_days` old (`timestamp_too_old`): catches boards whose RTC
@@ -21,7 +23,12 @@ use serde::Deserialize;
 
 use crate::reading::{Reading, ReadingError};
 
-/// Inclusive bounds; a missing side is unbounded.
+/// The largest magnitude any stored value may have. An hour of one series holds at most
+/// 3.6e9 readings (one per microsecond), so its rollup sum stays below 3.6e24, far from
+/// `f64::MAX` (1.8e308); PostgreSQL enforces the same bound on `readings.value`.
+pub const VALUE_BOUND: f64 = 1e15;
+
+/// Inclusive bounds; a missing side is ±[`VALUE_BOUND`].
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct Range {
@@ -34,16 +41,35 @@ impl Range {
         Self { min, max }
     }
 
+    /// The effective lower and upper bounds.
+    pub fn bounds(&self) -> (f64, f64) {
+        (
+            self.min.unwrap_or(-VALUE_BOUND).max(-VALUE_BOUND),
+            self.max.unwrap_or(VALUE_BOUND).min(VALUE_BOUND),
+        )
+    }
+
     pub fn contains(&self, v: f64) -> bool {
-        self.min.is_none_or(|m| v >= m) && self.max.is_none_or(|m| v <= m)
+        let (min, max) = self.bounds();
+        v >= min && v <= max
+    }
+
+    /// Why this range cannot be configured, if it cannot.
+    fn problem(&self) -> Option<String> {
+        for b in [self.min, self.max].into_iter().flatten() {
+            if !b.is_finite() || b.abs() > VALUE_BOUND {
+                return Some(format!("bound {b} is outside ±{VALUE_BOUND:e}"));
+            }
+        }
+        let (min, max) = self.bounds();
+        (min > max).then(|| format!("min {min} is above max {max}"))
     }
 }
 
 impl std::fmt::Display for Range {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let side =
-            |b: Option<f64>, open: &str| b.map_or_else(|| open.to_owned(), |v| v.to_string());
-        write!(f, "[{}, {}]", side(self.min, "-∞"), side(self.max, "∞"))
+        let (min, max) = self.bounds();
+        write!(f, "[{min}, {max}]")
     }
 }
 
@@ -53,6 +79,8 @@ impl std::fmt::Display for Range {
 pub struct Limits {
     /// Metric name → allowed range. Configuring a map replaces the defaults entirely.
     pub ranges: BTreeMap<String, Range>,
+    /// The range of every metric not in `ranges` (`LENTERA_LIMITS__DEFAULT_RANGE__MAX`).
+    pub default_range: Range,
     /// How far ahead of the receiver's clock `ts` may be (covers board clock drift);
     /// 0 disables the check.
     pub max_future_secs: i64,
@@ -65,13 +93,15 @@ impl Default for Limits {
         let ranges = [
             ("humidity", Range::new(Some(0.0), Some(100.0))),
             ("temperature", Range::new(Some(-50.0), Some(100.0))),
-            ("lux", Range::new(Some(0.0), None)),
+            // Full summer sun is about 120,000 lx; common sensors stop at 65,535.
+            ("lux", Range::new(Some(0.0), Some(200_000.0))),
         ]
         .into_iter()
         .map(|(k, r)| (k.to_owned(), r))
         .collect();
         Self {
             ranges,
+            default_range: Range::new(Some(-1e9), Some(1e9)),
             max_future_secs: 300,
             max_age_days: 3650,
         }
@@ -79,13 +109,33 @@ impl Default for Limits {
 }
 
 impl Limits {
-    /// No checks at all (tests and tools that replay arbitrary data).
+    /// No checks but [`VALUE_BOUND`] (tests and tools that replay arbitrary data).
     pub fn none() -> Self {
         Self {
             ranges: BTreeMap::new(),
+            default_range: Range::default(),
             max_future_secs: 0,
             max_age_days: 0,
         }
+    }
+
+    /// Settings check, run at start-up: every bound finite, within ±[`VALUE_BOUND`], and
+    /// `min <= max`.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(p) = self.default_range.problem() {
+            return Err(format!("limits.default_range: {p}"));
+        }
+        for (metric, range) in &self.ranges {
+            if let Some(p) = range.problem() {
+                return Err(format!("limits.ranges.{metric}: {p}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The range `metric` must lie in.
+    pub fn range(&self, metric: &str) -> &Range {
+        self.ranges.get(metric).unwrap_or(&self.default_range)
     }
 
     /// Checks a parsed reading against the limits; `now` is the receiver's clock.
@@ -102,9 +152,8 @@ impl Limits {
             return Err(ReadingError::TimestampTooOld(self.max_age_days));
         }
         for (metric, value) in &r.metrics {
-            if let Some(range) = self.ranges.get(metric)
-                && !range.contains(*value)
-            {
+            let range = self.range(metric);
+            if !range.contains(*value) {
                 return Err(ReadingError::OutOfRange {
                     metric: metric.clone(),
                     value: *value,
@@ -143,7 +192,7 @@ mod tests {
     }
 
     #[test]
-    fn default_ranges_are_inclusive_and_unlisted_metrics_are_free() {
+    fn default_ranges_are_inclusive_and_every_metric_is_bounded() {
         assert_eq!(code(now(), "humidity", 0.0), None);
         assert_eq!(code(now(), "humidity", 100.0), None);
         assert_eq!(code(now(), "humidity", 100.1), Some("out_of_range"));
@@ -151,9 +200,12 @@ mod tests {
         assert_eq!(code(now(), "temperature", -50.0), None);
         assert_eq!(code(now(), "temperature", -50.5), Some("out_of_range"));
         assert_eq!(code(now(), "temperature", 100.5), Some("out_of_range"));
-        assert_eq!(code(now(), "lux", 1e9), None);
+        assert_eq!(code(now(), "lux", 200_000.0), None);
+        assert_eq!(code(now(), "lux", 1e308), Some("out_of_range"));
         assert_eq!(code(now(), "lux", -1.0), Some("out_of_range"));
         assert_eq!(code(now(), "soil_moisture", -1e9), None);
+        assert_eq!(code(now(), "soil_moisture", 1e308), Some("out_of_range"));
+        assert_eq!(code(now(), "soil_moisture", -1e308), Some("out_of_range"));
     }
 
     #[test]
@@ -175,12 +227,17 @@ mod tests {
     }
 
     #[test]
-    fn none_accepts_everything_and_errors_name_the_range() {
+    fn none_accepts_everything_but_absurd_values_and_errors_name_the_range() {
         let old = Utc.with_ymd_and_hms(1970, 1, 1, 0, 0, 0).unwrap();
         assert!(
             Limits::none()
                 .check(&reading(old, "humidity", 1e6), now())
                 .is_ok()
+        );
+        assert!(
+            Limits::none()
+                .check(&reading(old, "humidity", 1.1e15), now())
+                .is_err()
         );
         let err = Limits::default()
             .check(&reading(now(), "humidity", 101.0), now())
@@ -189,8 +246,25 @@ mod tests {
         let err = Limits::default()
             .check(&reading(now(), "lux", -1.0), now())
             .unwrap_err();
-        assert!(err.to_string().contains("[0, ∞]"), "{err}");
-        assert_eq!(Range::new(None, Some(5.0)).to_string(), "[-∞, 5]");
+        assert!(err.to_string().contains("[0, 200000]"), "{err}");
+        assert_eq!(
+            Range::new(None, Some(5.0)).to_string(),
+            "[-1000000000000000, 5]"
+        );
+    }
+
+    #[test]
+    fn configured_bounds_must_be_finite_and_ordered() {
+        assert!(Limits::default().validate().is_ok());
+        let mut l = Limits::default();
+        l.ranges
+            .insert("co2".into(), Range::new(Some(0.0), Some(1e300)));
+        assert!(l.validate().unwrap_err().contains("limits.ranges.co2"));
+        let mut l = Limits::default();
+        l.default_range = Range::new(Some(5.0), Some(1.0));
+        assert!(l.validate().unwrap_err().contains("default_range"));
+        // A configured range wider than the bound is clamped to it, never unbounded.
+        assert!(!Range::new(None, None).contains(f64::MAX));
     }
 
     #[test]

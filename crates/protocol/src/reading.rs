@@ -4,6 +4,10 @@
 //! `{"temperature":27.3,"humidity":61.2,"ts":"2026-11-22T01:00:00Z"}` — any finite numeric
 //! metrics, `ts` optional (RFC 3339 string or unix milliseconds), and over HTTP a `device`.
 //! Every way in (HTTP, TCP line, MQTT) ends in [`Reading`], so the rules live here once.
+//!
+//! A reading without `ts` is given its receive time by the first hop (see
+//! [`crate::stamp`]), which then carries it in the payload: [`Reading::to_payload`] for
+//! ingest, [`stamp_payload`] for the broker, which forwards a board's own bytes.
 
 use std::collections::BTreeMap;
 
@@ -153,6 +157,17 @@ impl Reading {
         topic_device: Option<&DeviceId>,
         now: DateTime<Utc>,
     ) -> Result<Self, ReadingError> {
+        Self::from_object_stamped(obj, topic_device, |_| now)
+    }
+
+    /// [`Reading::from_object`] where a reading without `ts` gets `stamp(device)`, called
+    /// only then and only once the rest of the reading is valid (so a refused reading
+    /// uses up no receive time).
+    pub fn from_object_stamped(
+        obj: &Map<String, Value>,
+        topic_device: Option<&DeviceId>,
+        stamp: impl FnOnce(&DeviceId) -> DateTime<Utc>,
+    ) -> Result<Self, ReadingError> {
         let device = match (obj.get("device"), topic_device) {
             (None, Some(d)) => d.clone(),
             (None, None) => return Err(ReadingError::MissingDevice),
@@ -165,9 +180,9 @@ impl Reading {
             }
             (Some(_), _) => return Err(ReadingError::InvalidDevice),
         };
-        let ts = match obj.get("ts") {
-            None | Some(Value::Null) => now,
-            Some(v) => parse_ts(v)?,
+        let given = match obj.get("ts") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(parse_ts(v)?),
         };
         let metrics = obj
             .iter()
@@ -177,7 +192,12 @@ impl Reading {
                 _ => Err(ReadingError::NonNumeric(k.clone())),
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Reading::new(device, ts, metrics)
+        let mut reading = Reading::new(device, DateTime::UNIX_EPOCH, metrics)?;
+        reading.ts = match given {
+            Some(ts) => ts,
+            None => stamp(&reading.device),
+        };
+        Ok(reading)
     }
 
     /// Parses an MQTT telemetry payload published on `device`'s topic.
@@ -186,15 +206,21 @@ impl Reading {
         device: &DeviceId,
         now: DateTime<Utc>,
     ) -> Result<Self, ReadingError> {
-        let value: Value = serde_json::from_slice(payload)
-            .map_err(|e| ReadingError::MalformedJson(e.to_string()))?;
-        match value {
-            Value::Object(obj) => Reading::from_object(&obj, Some(device), now),
-            _ => Err(ReadingError::NotAnObject),
-        }
+        Self::from_payload_stamped(payload, device, |_| now)
     }
 
-    /// The canonical telemetry payload: metrics plus an explicit RFC 3339 `ts` (millisecond
+    /// [`Reading::from_payload`] with a stamp for a reading without `ts`, as
+    /// [`Reading::from_object_stamped`].
+    pub fn from_payload_stamped(
+        payload: &[u8],
+        device: &DeviceId,
+        stamp: impl FnOnce(&DeviceId) -> DateTime<Utc>,
+    ) -> Result<Self, ReadingError> {
+        let (obj, _) = parse_object(payload)?;
+        Reading::from_object_stamped(&obj, Some(device), stamp)
+    }
+
+    /// The canonical telemetry payload: metrics plus an explicit RFC 3339 `ts` (microsecond
     /// precision), so every consumer sees the same instant and redelivery stays idempotent.
     pub fn to_payload(&self) -> Vec<u8> {
         let mut obj = Map::with_capacity(self.metrics.len() + 1);
@@ -204,6 +230,57 @@ impl Reading {
         obj.insert("ts".into(), Value::String(format_ts(self.ts)));
         serde_json::to_vec(&obj).expect("a map of numbers and strings always serialises")
     }
+}
+
+/// A payload parsed as a JSON object, and whether it names its own `ts`.
+fn parse_object(payload: &[u8]) -> Result<(Map<String, Value>, bool), ReadingError> {
+    let value: Value =
+        serde_json::from_slice(payload).map_err(|e| ReadingError::MalformedJson(e.to_string()))?;
+    match value {
+        Value::Object(obj) => {
+            let has_ts = !matches!(obj.get("ts"), None | Some(Value::Null));
+            Ok((obj, has_ts))
+        }
+        _ => Err(ReadingError::NotAnObject),
+    }
+}
+
+/// What the first hop does with telemetry a board published itself: validates it as
+/// [`Reading::from_payload_stamped`] (limits are the caller's: [`crate::Limits::check`])
+/// and, when the board sent no `ts`, returns the payload with the stamp written into
+/// it — `"ts":"…",` inserted right after the opening brace, so the board's own bytes are
+/// kept as they were. `Ok((reading, None))`: forward the payload unchanged.
+pub fn stamp_payload(
+    payload: &[u8],
+    device: &DeviceId,
+    stamp: impl FnOnce(&DeviceId) -> DateTime<Utc>,
+) -> Result<(Reading, Option<Vec<u8>>), ReadingError> {
+    let (obj, has_ts) = parse_object(payload)?;
+    let reading = Reading::from_object_stamped(&obj, Some(device), stamp)?;
+    if has_ts {
+        return Ok((reading, None));
+    }
+    let ts = format!("\"ts\":\"{}\"", format_ts(reading.ts));
+    let stamped = if obj.contains_key("ts") {
+        // `"ts":null`: a second key would be ambiguous, so write the object anew.
+        let mut obj = obj;
+        obj.insert("ts".into(), Value::String(format_ts(reading.ts)));
+        serde_json::to_vec(&obj).expect("a parsed object always serialises")
+    } else {
+        // A valid reading is an object with at least one metric, so the first
+        // non-blank byte is `{` and something follows it.
+        let brace = payload
+            .iter()
+            .position(|b| *b == b'{')
+            .expect("a JSON object starts with a brace");
+        let mut out = Vec::with_capacity(payload.len() + ts.len() + 1);
+        out.extend_from_slice(&payload[..=brace]);
+        out.extend_from_slice(ts.as_bytes());
+        out.push(b',');
+        out.extend_from_slice(&payload[brace + 1..]);
+        out
+    };
+    Ok((reading, Some(stamped)))
 }
 
 fn check_metric(name: &str, value: f64) -> Result<(), ReadingError> {
@@ -235,9 +312,10 @@ pub fn ts_from_unix_ms(ms: i64) -> Option<DateTime<Utc>> {
     Utc.timestamp_millis_opt(ms).single()
 }
 
-/// RFC 3339 with milliseconds and `Z`, the one timestamp format the platform emits.
+/// RFC 3339 with microseconds and `Z`, the one timestamp format the platform emits:
+/// receive times are microsecond-unique (see [`crate::stamp`]), so every digit counts.
 pub fn format_ts(ts: DateTime<Utc>) -> String {
-    ts.to_rfc3339_opts(SecondsFormat::Millis, true)
+    ts.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
 #[cfg(test)]
@@ -345,6 +423,35 @@ mod tests {
     }
 
     #[test]
+    fn the_first_hop_writes_its_stamp_into_the_boards_bytes() {
+        let d = gh1();
+        let t = now() + chrono::Duration::microseconds(7);
+        let (r, out) = stamp_payload(b" {\"lux\": 3.50}", &d, |_| t).unwrap();
+        assert_eq!(r.ts, t);
+        assert_eq!(
+            std::str::from_utf8(&out.unwrap()).unwrap(),
+            r#" {"ts":"2026-11-22T01:00:00.000007Z","lux": 3.50}"#
+        );
+        let (_, out) = stamp_payload(br#"{"lux":1,"ts":null}"#, &d, |_| t).unwrap();
+        let back = Reading::from_payload(&out.unwrap(), &d, now()).unwrap();
+        assert_eq!(back.ts, t);
+        let (r, out) = stamp_payload(
+            br#"{"lux":1,"ts":"2026-11-22T00:00:00Z"}"#,
+            &d,
+            |_| panic!(),
+        )
+        .unwrap();
+        assert!(out.is_none());
+        assert_eq!(r.ts, now() - chrono::Duration::hours(1));
+        assert_eq!(
+            stamp_payload(br#"{"lux":"x"}"#, &d, |_| panic!())
+                .unwrap_err()
+                .code(),
+            "non_numeric_value"
+        );
+    }
+
+    #[test]
     fn canonical_payload_round_trips() {
         let r = Reading::new(
             gh1(),
@@ -355,7 +462,7 @@ mod tests {
         let bytes = r.to_payload();
         assert_eq!(
             std::str::from_utf8(&bytes).unwrap(),
-            r#"{"lux":0.0,"temperature":27.3,"ts":"2026-11-22T01:00:00.000Z"}"#
+            r#"{"lux":0.0,"temperature":27.3,"ts":"2026-11-22T01:00:00.000000Z"}"#
         );
         assert_eq!(
             Reading::from_payload(&bytes, &gh1(), Utc::now()).unwrap(),

@@ -97,6 +97,13 @@ impl Topics {
     }
 
     /// The subscription filter matching `kind` for every device: `{prefix}/+/{suffix}`.
+    /// `{prefix}/{device}/error`: a refusal of something the device sent, published
+    /// after the device was answered (see [`crate::rejection`]). Not a [`TopicKind`]:
+    /// the platform only ever publishes it.
+    pub fn error(&self, device: &DeviceId) -> String {
+        format!("{}/{}/error", self.prefix, device)
+    }
+
     pub fn filter(&self, kind: TopicKind) -> String {
         format!("{}/+/{}", self.prefix, kind.suffix())
     }

@@ -238,7 +238,7 @@ async fn accepted_readings_are_202_after_the_broker_has_them() {
     let p: Value = serde_json::from_slice(&sub.next_on("lentera/gh-1/telemetry").await).unwrap();
     assert_eq!(
         p,
-        json!({"temperature":27.3,"ts":"2023-11-14T22:13:20.000Z"})
+        json!({"temperature":27.3,"ts":"2023-11-14T22:13:20.000000Z"})
     );
     let p: Value = serde_json::from_slice(&sub.next_on("lentera/gh-2/telemetry").await).unwrap();
     assert_eq!(p["humidity"], 61.2);

@@ -174,7 +174,7 @@ async fn readings_are_ok_after_the_broker_has_them() {
     let p: Value = serde_json::from_slice(&sub.next_on("lentera/gh-1/telemetry").await).unwrap();
     assert_eq!(
         p,
-        serde_json::json!({"humidity":61.2,"temperature":27.3,"ts":"2023-11-14T22:13:20.000Z"})
+        serde_json::json!({"humidity":61.2,"temperature":27.3,"ts":"2023-11-14T22:13:20.000000Z"})
     );
     assert_eq!(c.request(r#"{"device":"gh-2","lux":3.5}"#).await, "OK");
     let p: Value = serde_json::from_slice(&sub.next_on("lentera/gh-2/telemetry").await).unwrap();

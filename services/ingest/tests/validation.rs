@@ -156,10 +156,10 @@ async fn a_senml_pack_is_published_as_canonical_readings() {
     let p: Value = serde_json::from_slice(&sub.next_on("lentera/gh-1/telemetry").await).unwrap();
     assert_eq!(
         p,
-        json!({"humidity":61.0,"temperature":27.5,"ts":"2026-11-22T01:00:00.000Z"})
+        json!({"humidity":61.0,"temperature":27.5,"ts":"2026-11-22T01:00:00.000000Z"})
     );
     let p: Value =
         serde_json::from_slice(&sub.next_on("lentera/0024befffe804ff1/telemetry").await).unwrap();
-    assert_eq!(p, json!({"lux":3.5,"ts":"2026-11-22T01:01:00.000Z"}));
+    assert_eq!(p, json!({"lux":3.5,"ts":"2026-11-22T01:01:00.000000Z"}));
     app.shutdown().await;
 }

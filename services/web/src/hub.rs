@@ -270,14 +270,14 @@ mod tests {
                 br#"{"temperature":27.3,"ts":"2026-11-22T08:00:00+07:00"}"#
             ),
             Some(
-                json!({"type":"reading","device":"gh-1","ts":"2026-11-22T01:00:00.000Z",
+                json!({"type":"reading","device":"gh-1","ts":"2026-11-22T01:00:00.000000Z",
                         "metrics":{"temperature":27.3}})
             )
         );
         // No ts: stamped with the receive time.
         assert_eq!(
             json_of("lentera/gh-1/telemetry", br#"{"lux":3}"#).unwrap()["ts"],
-            "2026-11-22T01:00:00.000Z"
+            "2026-11-22T01:00:00.000000Z"
         );
     }
 
@@ -297,7 +297,7 @@ mod tests {
                 br#"{"mode":"on","until":"2026-11-22T05:00:00Z"}"#
             ),
             Some(json!({"type":"lamp","device":"lamp-1","mode":"on",
-                        "until":"2026-11-22T05:00:00.000Z"}))
+                        "until":"2026-11-22T05:00:00.000000Z"}))
         );
     }
 

@@ -56,14 +56,14 @@ async fn raw_history_is_filtered_ordered_limited_and_echoes_the_request() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["device"], "gh-1");
     assert_eq!(body["metric"], "temperature");
-    assert_eq!(body["from"], "2026-11-22T00:00:00.000Z");
-    assert_eq!(body["to"], "2026-11-22T00:10:00.000Z");
+    assert_eq!(body["from"], "2026-11-22T00:00:00.000000Z");
+    assert_eq!(body["to"], "2026-11-22T00:10:00.000000Z");
     assert_eq!(body["bucket"], Value::Null);
     assert_eq!(body["agg"], Value::Null);
     assert_eq!(values(&body), (20..30).map(f64::from).collect::<Vec<_>>());
     assert_eq!(
         body["points"][0],
-        json!({"metric": "temperature", "ts": "2026-11-22T00:00:00.000Z", "value": 20.0})
+        json!({"metric": "temperature", "ts": "2026-11-22T00:00:00.000000Z", "value": 20.0})
     );
 
     // Both metrics without `metric`; newest first with order=desc; limit caps the rows.
@@ -113,7 +113,7 @@ async fn bucketed_history_aggregates_per_bucket() {
     };
     let avg = get("avg").await;
     assert_eq!(values(&avg), [22.0, 27.0]);
-    assert_eq!(avg["points"][1]["ts"], "2026-11-22T00:05:00.000Z");
+    assert_eq!(avg["points"][1]["ts"], "2026-11-22T00:05:00.000000Z");
     assert_eq!(values(&get("max").await), [24.0, 29.0]);
     assert_eq!(values(&get("count").await), [5.0, 5.0]);
     assert_eq!(values(&get("min").await), [20.0, 25.0]);
@@ -156,7 +156,7 @@ async fn accept_text_csv_gives_csv() {
     );
     assert_eq!(
         resp.text().await.unwrap(),
-        "metric,ts,value\ntemperature,2026-11-22T00:00:00.000Z,20\ntemperature,2026-11-22T00:01:00.000Z,21\n"
+        "metric,ts,value\ntemperature,2026-11-22T00:00:00.000000Z,20\ntemperature,2026-11-22T00:01:00.000000Z,21\n"
     );
     app.stop().await;
 }

@@ -86,7 +86,7 @@ async fn mqtt_messages_reach_ws_clients_filtered_and_put_mode_round_trips() {
     .unwrap();
     assert_eq!(
         next_json(&mut ws).await,
-        json!({"type":"reading","device":"gh-1","ts":"2026-11-22T01:00:00.000Z",
+        json!({"type":"reading","device":"gh-1","ts":"2026-11-22T01:00:00.000000Z",
                "metrics":{"temperature":27.3}})
     );
     let metrics = app.get("/metrics").await.text().await.unwrap();

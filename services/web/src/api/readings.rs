@@ -182,7 +182,7 @@ mod tests {
         ];
         assert_eq!(
             csv(&points),
-            "metric,ts,value\ntemperature,2026-11-22T01:00:00.000Z,27.5\nlux,2026-11-22T01:00:00.000Z,3\n"
+            "metric,ts,value\ntemperature,2026-11-22T01:00:00.000000Z,27.5\nlux,2026-11-22T01:00:00.000000Z,3\n"
         );
     }
 
