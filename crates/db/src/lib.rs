@@ -1,6 +1,7 @@
 //! PostgreSQL access for Lentera: the pool, the migrations, and every query.
 //!
-//! The historian writes ([`write`]); web reads ([`history`], [`devices`], [`lamps`]).
+//! The historian writes ([`write`]); web reads ([`history`], [`devices`], [`lamps`],
+//! [`rejected`]).
 //! Keeping all SQL here means the schema in `migrations/` and the code that relies on it
 //! change together. Queries are built at run time with `sqlx::query`, so building the
 //! workspace needs no database.
@@ -8,6 +9,7 @@
 pub mod devices;
 pub mod history;
 pub mod lamps;
+pub mod rejected;
 pub mod write;
 
 use std::time::Duration;

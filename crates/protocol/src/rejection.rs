@@ -10,7 +10,7 @@
 //!   "topic":"lentera/gh-1/telemetry","at":"2026-11-22T01:00:00.000000Z","payload":"{\"lux\":1e308}"}`
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::reading::format_ts;
 
@@ -18,7 +18,7 @@ use crate::reading::format_ts;
 pub const EXCERPT_BYTES: usize = 256;
 
 /// One refusal.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Rejection {
     /// Stable reason code: a [`crate::ReadingError::code`] or `storage_refused`.
     pub reason: String,
@@ -29,6 +29,7 @@ pub struct Rejection {
     /// The MQTT topic it was published on.
     pub topic: String,
     #[serde(serialize_with = "ser_ts")]
+    #[serde(deserialize_with = "de_ts")]
     pub at: DateTime<Utc>,
     /// [`excerpt`] of the payload.
     pub payload: String,
@@ -38,10 +39,21 @@ impl Rejection {
     pub fn to_payload(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("strings and a timestamp always serialise")
     }
+
+    pub fn from_payload(payload: &[u8]) -> Option<Self> {
+        serde_json::from_slice(payload).ok()
+    }
 }
 
 fn ser_ts<S: serde::Serializer>(ts: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format_ts(*ts))
+}
+
+fn de_ts<'de, D: serde::Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+    let s = String::deserialize(d)?;
+    DateTime::parse_from_rfc3339(&s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(serde::de::Error::custom)
 }
 
 /// At most [`EXCERPT_BYTES`] of `payload` as text: invalid UTF-8 replaced, control
@@ -94,5 +106,6 @@ mod tests {
         assert_eq!(v["at"], "2026-11-22T01:00:00.000000Z");
         assert_eq!(v["payload"], r#"{"lux":1e308}"#);
         assert_eq!(v["source"], "mqtt");
+        assert_eq!(Rejection::from_payload(&r.to_payload()), Some(r));
     }
 }

@@ -104,6 +104,17 @@ impl Topics {
         format!("{}/{}/error", self.prefix, device)
     }
 
+    /// `{prefix}/+/error`.
+    pub fn error_filter(&self) -> String {
+        format!("{}/+/error", self.prefix)
+    }
+
+    /// The device of an error topic.
+    pub fn parse_error(&self, topic: &str) -> Option<DeviceId> {
+        let rest = topic.strip_prefix(&self.prefix)?.strip_prefix('/')?;
+        DeviceId::parse(rest.strip_suffix("/error")?).ok()
+    }
+
     pub fn filter(&self, kind: TopicKind) -> String {
         format!("{}/+/{}", self.prefix, kind.suffix())
     }
@@ -138,6 +149,10 @@ mod tests {
         assert_eq!(t.lamp_mode(&d), "lentera/gh-1/lamp/mode");
         assert_eq!(t.status(&d), "lentera/gh-1/status");
         assert_eq!(t.filter(TopicKind::Telemetry), "lentera/+/telemetry");
+        assert_eq!(t.error(&d), "lentera/gh-1/error");
+        assert_eq!(t.parse_error("lentera/gh-1/error"), Some(d.clone()));
+        assert_eq!(t.parse_error("lentera/gh-1/x/error"), None);
+        assert_eq!(t.parse(&t.error(&d)), None);
     }
 
     #[test]

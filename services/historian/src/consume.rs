@@ -3,21 +3,22 @@
 //! The guarantee this file exists for: a delivery is acknowledged only after the
 //! transaction holding it has committed, so a crash at any point loses nothing (the
 //! broker redelivers, and `write::store` makes redelivery idempotent for readings). A
-//! failed write — PostgreSQL down, or slower than `historian.write_timeout_ms`, e.g.
-//! behind a lock — keeps the batch, marks the database check not-ready and retries with
-//! backoff; while it retries the loop fills at most [`WRITES_IN_FLIGHT`] more batches and
+//! batch PostgreSQL refuses for what is in it is taken apart by [`crate::isolate`], the
+//! refused deliveries kept as dead letters. A failed write — PostgreSQL down, or slower
+//! than `historian.write_timeout_ms`, e.g. behind a lock — keeps the batch, marks the
+//! database check not-ready and retries with backoff; while it retries the loop fills at most [`WRITES_IN_FLIGHT`] more batches and
 //! then reads no more deliveries, so the pressure goes back to the broker, not into
 //! memory. It also watches the batches' shape for the broker's in-flight window capping
 //! them ([`WindowWatch`]) and warns once.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lentera_bootstrap::{Check, Counter, Gauge, Observability};
-use lentera_db::write::{self, Record};
-use lentera_mqtt::{Client, Delivery};
-use lentera_protocol::{Limits, Topics};
+use lentera_db::write::{Record, Rejected};
+use lentera_mqtt::{Client, Delivery, QoS};
+use lentera_protocol::{Limits, Stamper, Topics};
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -46,6 +47,10 @@ pub struct Metrics {
     last_batch_size: Gauge,
     pending: Gauge,
     invalid: HashMap<&'static str, Counter>,
+    replaced: Counter,
+    refused: Counter,
+    dead_letters: Counter,
+    dead_letters_lost: Counter,
     /// Month partitions dropped by retention.
     pub partitions_dropped: Counter,
 }
@@ -56,7 +61,7 @@ impl Metrics {
             .map(|code| {
                 let c = obs.counter(
                     "invalid_payloads_total",
-                    "Deliveries that can never be stored, acknowledged and dropped, by code.",
+                    "Deliveries that can never be stored as sent, by code: acknowledged, kept as dead letters and reported on the device's error topic.",
                     &[("code", code)],
                 );
                 (code, c)
@@ -96,6 +101,26 @@ impl Metrics {
                 "Deliveries in the batch being built, not yet committed nor acknowledged.",
             ),
             invalid,
+            replaced: obs.counter(
+                "readings_replaced_total",
+                "Stored readings replaced by a later one with the same device, metric and ts but another value (corrections).",
+                &[],
+            ),
+            refused: obs.counter(
+                "storage_refused_total",
+                "Deliveries PostgreSQL refused for what they hold (not an outage), kept as dead letters.",
+                &[],
+            ),
+            dead_letters: obs.counter(
+                "dead_letters_total",
+                "Rows written to rejected_readings (invalid payloads, storage refusals, refusals the broker reported).",
+                &[],
+            ),
+            dead_letters_lost: obs.counter(
+                "dead_letters_lost_total",
+                "Dead letters PostgreSQL refused too, logged and dropped (should stay 0).",
+                &[],
+            ),
             partitions_dropped: obs.counter(
                 "partitions_dropped_total",
                 "Month partitions of readings dropped by retention.",
@@ -108,9 +133,9 @@ impl Metrics {
 /// A delivery waiting for its batch to commit; `record` is `None` for deliveries that
 /// are only to be acknowledged (invalid or skipped) — they still wait, so that
 /// acknowledgements go out in the order the broker sent the messages.
-struct Pending {
-    delivery: Delivery,
-    record: Option<Record>,
+pub struct Pending {
+    pub delivery: Delivery,
+    pub record: Option<Record>,
 }
 
 pub struct Consumer {
@@ -127,6 +152,8 @@ pub struct Consumer {
     pub metrics: Metrics,
     /// False while the database refuses writes.
     pub db_ready: Check,
+    /// Receive times for telemetry that arrives without `ts` (from another broker).
+    pub stamper: Mutex<Stamper>,
 }
 
 impl Consumer {
@@ -215,6 +242,7 @@ impl Consumer {
             &p.payload,
             p.retain,
             now,
+            &mut self.stamper.lock().unwrap(),
         );
         let expired = |r: &Record| match (r, retention_cutoff(self.retention_days, now)) {
             (Record::Reading(reading), Some(cutoff)) => reading.ts < cutoff,
@@ -235,11 +263,19 @@ impl Consumer {
                 None
             }
             Outcome::Invalid(code, detail) => {
-                tracing::warn!(topic = %p.topic, code, detail, "invalid payload, dropped");
+                tracing::warn!(topic = %p.topic, code, detail, "invalid payload, kept as a dead letter");
                 if let Some(c) = self.metrics.invalid.get(code) {
                     c.inc();
                 }
-                None
+                Some(Record::Rejected(Rejected {
+                    device: record::topic_device(&self.topics, &p.topic),
+                    at: now,
+                    reason: code.to_owned(),
+                    detail,
+                    source: "mqtt".into(),
+                    topic: p.topic.clone(),
+                    payload: p.payload.to_vec(),
+                }))
             }
         };
         batch.push(Pending { delivery, record }, Instant::now().into_std());
@@ -254,7 +290,7 @@ impl Consumer {
     /// acknowledging past an unacknowledged message would break MQTT's order.
     async fn flush(
         &self,
-        batch: Vec<Pending>,
+        mut batch: Vec<Pending>,
         previous: Option<oneshot::Receiver<()>>,
         acked: oneshot::Sender<()>,
         stop: &mut watch::Receiver<bool>,
@@ -262,9 +298,10 @@ impl Consumer {
         let mut backoff = RETRY_MIN;
         let mut give_up_at = None;
         loop {
-            let records = batch.iter().filter_map(|p| p.record.as_ref());
-            match write::store_all_within(&self.pool, records, self.write_timeout).await {
-                Ok(inserted) => {
+            match crate::isolate::write(&self.pool, &self.topics, &mut batch, self.write_timeout)
+                .await
+            {
+                Ok(written) => {
                     if let Some(previous) = previous
                         && previous.await.is_err()
                     {
@@ -280,7 +317,16 @@ impl Consumer {
                     }
                     let _ = acked.send(());
                     self.db_ready.set(true);
+                    let inserted = written.stored.inserted;
                     self.metrics.readings_stored.add(inserted);
+                    self.metrics.replaced.add(written.stored.replaced);
+                    self.metrics.dead_letters.add(written.stored.rejected);
+                    self.metrics.refused.add(written.refused);
+                    self.metrics.dead_letters_lost.add(written.lost);
+                    for (topic, payload) in written.reports {
+                        // Best effort: the dead letter is the record; this tells the board.
+                        let _ = self.client.publish(topic, QoS::AtLeastOnce, false, payload);
+                    }
                     self.metrics.batches.inc();
                     self.metrics.acked.add(done.len() as u64);
                     self.metrics.last_batch_size.set(done.len() as i64);

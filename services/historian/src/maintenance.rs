@@ -1,4 +1,5 @@
-//! Partition upkeep: months created ahead, old months dropped by retention.
+//! Partition upkeep: months created ahead, old months dropped by retention, old dead
+//! letters deleted.
 //!
 //! Runs once right after the schema is ready and then every `maintenance_interval_secs`.
 //! Creating ahead is an optimisation (the write path also creates a missing month
@@ -28,6 +29,16 @@ pub async fn run_once(
         .filter_map(|m| now.checked_add_months(Months::new(m)))
         .collect();
     lentera_db::write::ensure_partitions(pool, &months).await?;
+    if let Some(cutoff) = retention_cutoff(cfg.rejected_retention_days, now) {
+        let n = lentera_db::rejected::delete_before(pool, cutoff).await?;
+        if n > 0 {
+            tracing::info!(
+                deleted = n,
+                days = cfg.rejected_retention_days,
+                "old dead letters deleted"
+            );
+        }
+    }
     match retention_cutoff(cfg.retention_days, now) {
         Some(cutoff) => lentera_db::write::drop_partitions_before(pool, cutoff).await,
         None => Ok(Vec::new()),

@@ -3,12 +3,20 @@
 //! Every delivery ends in one of three outcomes, and all three are acknowledged after the
 //! batch they belong to commits: a [`Record`] to write, something to skip on purpose, or
 //! an invalid payload. Invalid payloads are acknowledged too — they can never succeed, so
-//! leaving them unacknowledged would make the broker redeliver them forever.
+//! leaving them unacknowledged would make the broker redeliver them forever — but never
+//! dropped silently: the consumer keeps each as a dead letter and reports it on the
+//! device's error topic.
+//!
+//! Telemetry without `ts` is normally stamped by the first hop (ingest, or the Lentera
+//! broker for boards publishing to MQTT). On another broker it arrives without one and is
+//! stamped here with the same [`Stamper`] rule; a redelivery of such a message then gets a
+//! new time, which is the one thing that degrades there (see docs/architecture.md).
 
 use chrono::{DateTime, Utc};
-use lentera_db::write::Record;
+use lentera_db::write::{Record, Rejected};
 use lentera_protocol::{
-    DeviceStatus, LampCommand, LampMode, Limits, Reading, ReadingError, TopicKind, Topics,
+    DeviceStatus, LampCommand, LampMode, Limits, Reading, ReadingError, Rejection, Stamper,
+    TopicKind, Topics,
 };
 
 /// Error codes counted in `lentera_historian_invalid_payloads_total{code=…}`: the
@@ -26,6 +34,16 @@ pub fn invalid_codes() -> impl Iterator<Item = &'static str> {
     ReadingError::CODES.iter().chain(OWN_CODES).copied()
 }
 
+/// The device a topic names, valid or not, for a dead letter (`""` if none).
+pub fn topic_device(topics: &Topics, topic: &str) -> String {
+    topic
+        .strip_prefix(topics.prefix())
+        .and_then(|r| r.strip_prefix('/'))
+        .and_then(|r| r.split('/').next())
+        .unwrap_or_default()
+        .to_owned()
+}
+
 #[derive(Debug)]
 pub enum Outcome {
     Store(Record),
@@ -39,6 +57,10 @@ pub enum Outcome {
 /// copies it replays to a new subscription, which the historian sees on every reconnect.
 /// Telemetry must also pass `limits`: boards may publish straight to MQTT, bypassing
 /// ingest, and must not get implausible values into history that way.
+///
+/// A refusal that the broker reported on `{prefix}/{device}/error` (source `broker`:
+/// a board's publish it acknowledged but did not pass on) becomes a dead letter here;
+/// the historian's own reports on that topic are skipped, having been stored already.
 pub fn classify(
     topics: &Topics,
     limits: &Limits,
@@ -46,15 +68,32 @@ pub fn classify(
     payload: &[u8],
     retained: bool,
     now: DateTime<Utc>,
+    stamper: &mut Stamper,
 ) -> Outcome {
+    if let Some(device) = topics.parse_error(topic) {
+        return match Rejection::from_payload(payload) {
+            Some(r) if r.source == "broker" => Outcome::Store(Record::Rejected(Rejected {
+                device: device.to_string(),
+                at: r.at,
+                reason: r.reason,
+                detail: r.detail,
+                source: r.source,
+                topic: r.topic,
+                payload: r.payload.into_bytes(),
+            })),
+            _ => Outcome::Skip("error_report"),
+        };
+    }
     let Some((device, kind)) = topics.parse(topic) else {
         return Outcome::Invalid("invalid_topic", topic.to_owned());
     };
     let text = || String::from_utf8_lossy(payload).into_owned();
     match kind {
         TopicKind::Telemetry => {
-            match Reading::from_payload(payload, &device, now)
-                .and_then(|r| limits.check(&r, now).map(|()| r))
+            match Reading::from_payload_stamped(payload, &device, |d| {
+                stamper.stamp(d.as_str(), now)
+            })
+            .and_then(|r| limits.check(&r, now).map(|()| r))
             {
                 Ok(r) => Outcome::Store(Record::Reading(r)),
                 Err(e) => Outcome::Invalid(e.code(), e.to_string()),
@@ -117,6 +156,7 @@ mod tests {
             payload,
             retained,
             now(),
+            &mut Stamper::default(),
         )
     }
 

@@ -17,7 +17,7 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub historian: HistorianSettings,
     /// `[limits]`: the same plausibility rules as ingest, for boards publishing to MQTT
-    /// directly; invalid readings are counted and acknowledged (never stored).
+    /// directly; invalid readings are acknowledged and kept as dead letters.
     pub limits: Limits,
     /// Where to write `{"admin": "<addr>"}` once the admin port is bound.
     pub ready_file: Option<PathBuf>,
@@ -48,6 +48,9 @@ pub struct HistorianSettings {
     /// Readings older than this many days are dropped, a whole month partition at a
     /// time (with their hourly rollup); 0 keeps everything forever.
     pub retention_days: u32,
+    /// Dead letters (`rejected_readings`) older than this many days are deleted by the
+    /// maintenance round; 0 keeps them forever.
+    pub rejected_retention_days: u32,
     /// Month partitions created ahead of the current one.
     pub partitions_ahead_months: u32,
     /// Seconds between partition upkeep rounds (create ahead, apply retention).
@@ -63,6 +66,7 @@ impl Default for HistorianSettings {
             write_timeout_ms: 10_000,
             shared_group: None,
             retention_days: 730,
+            rejected_retention_days: 90,
             partitions_ahead_months: 2,
             maintenance_interval_secs: 3600,
         }

@@ -42,6 +42,7 @@ pub struct Application {
 impl Application {
     /// Binds the admin port and writes the ready file. Call inside a tokio runtime.
     pub fn build(settings: Settings) -> anyhow::Result<Self> {
+        settings.limits.validate().map_err(anyhow::Error::msg)?;
         let obs = Observability::new("historian");
         let (admin_addr, admin) = obs
             .serve_admin(&settings.historian.admin_addr)
@@ -121,12 +122,9 @@ async fn work(
     let topics = settings.mqtt.topics();
     let subscriptions = KINDS
         .iter()
-        .map(|k| {
-            (
-                settings.historian.subscription(&topics.filter(*k)),
-                QoS::AtLeastOnce,
-            )
-        })
+        .map(|k| topics.filter(*k))
+        .chain([topics.error_filter()])
+        .map(|f| (settings.historian.subscription(&f), QoS::AtLeastOnce))
         .collect();
     // Acknowledgements go through the client's request queue (2 × max_inflight) without
     // waiting; a whole batch is acknowledged at once, so the queue is sized for four
@@ -156,6 +154,7 @@ async fn work(
         write_timeout: settings.historian.write_timeout(),
         metrics,
         db_ready,
+        stamper: Default::default(),
     };
     consumer.run(rx, stop).await;
     // DISCONNECT goes out after the acknowledgements queued before it, so the broker has

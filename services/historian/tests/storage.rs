@@ -69,7 +69,7 @@ async fn partitions_are_created_on_write_and_ahead_and_retention_drops_whole_old
         reading("gh-1", edge, &[("temperature", 21.0)]),
         reading("gh-1", now, &[("temperature", 22.0), ("humidity", 60.0)]),
     ];
-    assert_eq!(write::store(&db.pool, &batch).await.unwrap(), 4);
+    assert_eq!(write::store(&db.pool, &batch).await.unwrap().inserted, 4);
     assert_eq!(
         partitions(&db.pool).await,
         ["readings_p202410", "readings_p202411", "readings_p202611"]
@@ -172,12 +172,12 @@ async fn the_rollup_equals_raw_aggregates_over_random_batches_with_redelivery() 
                 reading(device, ts, metrics)
             })
             .collect();
-        write::store(&db.pool, &batch).await.unwrap();
+        write::store(&db.pool, &batch).await.unwrap().inserted;
         sent.push(batch);
         // Redeliver an earlier batch now and then: nothing may change.
         if rng.below(4) == 0 {
             let again = &sent[rng.below(sent.len() as u64) as usize];
-            assert_eq!(write::store(&db.pool, again).await.unwrap(), 0);
+            assert_eq!(write::store(&db.pool, again).await.unwrap().inserted, 0);
         }
     }
     let (mismatches, rows) = rollup_mismatches(&db.pool).await;
@@ -232,7 +232,7 @@ async fn a_version_1_database_migrates_with_its_readings_and_rolls_them_up() {
         Utc.with_ymd_and_hms(2026, 10, 1, 0, 0, 0).unwrap(),
         &[("temperature", 0.0)],
     );
-    assert_eq!(write::store(&pool, &[again]).await.unwrap(), 0);
+    assert_eq!(write::store(&pool, &[again]).await.unwrap().inserted, 0);
     pool.close().await;
     let _ = conn
         .execute(format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#).as_str())
@@ -261,7 +261,7 @@ async fn store_throughput() {
     let t = std::time::Instant::now();
     let mut rows = 0;
     for b in &batches {
-        rows += write::store(&db.pool, b).await.unwrap();
+        rows += write::store(&db.pool, b).await.unwrap().inserted;
     }
     let secs = t.elapsed().as_secs_f64();
     println!(

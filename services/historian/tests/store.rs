@@ -24,8 +24,8 @@ async fn storing_the_same_records_twice_does_not_duplicate_readings() {
     .unwrap();
     let batch = vec![Record::Reading(reading)];
 
-    let first = write::store(&db.pool, &batch).await.unwrap();
-    let second = write::store(&db.pool, &batch).await.unwrap();
+    let first = write::store(&db.pool, &batch).await.unwrap().inserted;
+    let second = write::store(&db.pool, &batch).await.unwrap().inserted;
 
     assert_eq!(first, 2, "both metrics inserted the first time");
     assert_eq!(second, 0, "nothing inserted on redelivery");
@@ -64,7 +64,7 @@ async fn a_batch_mixing_stored_new_and_repeated_readings_stores_and_rolls_up_eac
 
     // All new: the COPY path.
     let first = vec![reading("gh-1", t(0), 1.0), reading("gh-1", t(1), 2.0)];
-    assert_eq!(write::store(&db.pool, &first).await.unwrap(), 2);
+    assert_eq!(write::store(&db.pool, &first).await.unwrap().inserted, 2);
     assert_eq!(rollup(&db).await, (2, 3.0, 1.0, 2.0, 2.0));
 
     // One already stored, one new, one new twice in the same batch: COPY fails on the
@@ -75,7 +75,7 @@ async fn a_batch_mixing_stored_new_and_repeated_readings_stores_and_rolls_up_eac
         reading("gh-1", t(3), -4.0),
         reading("gh-1", t(3), -4.0),
     ];
-    assert_eq!(write::store(&db.pool, &mixed).await.unwrap(), 2);
+    assert_eq!(write::store(&db.pool, &mixed).await.unwrap().inserted, 2);
     assert_eq!(db.count("SELECT count(*) FROM readings").await, 4);
     assert_eq!(rollup(&db).await, (4, 9.0, -4.0, 10.0, -4.0));
     let latest: (f64,) = sqlx::query_as("SELECT value FROM latest_readings WHERE device = 'gh-1'")
@@ -85,8 +85,8 @@ async fn a_batch_mixing_stored_new_and_repeated_readings_stores_and_rolls_up_eac
     assert_eq!(latest.0, -4.0);
 
     // Redelivering both batches changes nothing.
-    assert_eq!(write::store(&db.pool, &first).await.unwrap(), 0);
-    assert_eq!(write::store(&db.pool, &mixed).await.unwrap(), 0);
+    assert_eq!(write::store(&db.pool, &first).await.unwrap().inserted, 0);
+    assert_eq!(write::store(&db.pool, &mixed).await.unwrap().inserted, 0);
     assert_eq!(db.count("SELECT count(*) FROM readings").await, 4);
     assert_eq!(rollup(&db).await, (4, 9.0, -4.0, 10.0, -4.0));
     db.drop_db().await;
@@ -99,7 +99,8 @@ async fn a_month_partition_dropped_behind_the_writers_back_is_recreated() {
     assert_eq!(
         write::store(&db.pool, &[reading("gh-1", ts, 1.0)])
             .await
-            .unwrap(),
+            .unwrap()
+            .inserted,
         1
     );
     // The writer remembers that November exists; drop it without telling it.
@@ -111,7 +112,8 @@ async fn a_month_partition_dropped_behind_the_writers_back_is_recreated() {
     assert_eq!(
         write::store(&db.pool, &[reading("gh-1", later, 2.0)])
             .await
-            .unwrap(),
+            .unwrap()
+            .inserted,
         1
     );
     assert_eq!(db.count("SELECT count(*) FROM readings").await, 1);
@@ -137,7 +139,7 @@ async fn copied_rows_read_back_exactly_as_written() {
         ("gh_3", Utc.timestamp_opt(946_684_800, 1_000).unwrap(), 27.5),
     ];
     let batch: Vec<Record> = rows.iter().map(|(d, t, v)| reading(d, *t, *v)).collect();
-    assert_eq!(write::store(&db.pool, &batch).await.unwrap(), 3);
+    assert_eq!(write::store(&db.pool, &batch).await.unwrap().inserted, 3);
     let stored: Vec<(String, String, DateTime<Utc>, f64)> =
         sqlx::query_as("SELECT device, metric, ts, value FROM readings ORDER BY device")
             .fetch_all(&db.pool)

@@ -5,6 +5,7 @@ pub mod error;
 pub mod lamps;
 pub mod params;
 pub mod readings;
+pub mod rejected;
 
 use actix_web::web;
 use lentera_protocol::Topics;
@@ -58,6 +59,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 "/devices/{device}/readings",
                 web::get().to(readings::history),
             )
+            .route("/devices/{device}/rejected", web::get().to(rejected::list))
             .route("/lamps", web::get().to(lamps::list))
             .route("/lamps/{device}/events", web::get().to(lamps::events))
             .route("/lamps/{device}/mode", web::put().to(lamps::set_mode)),
