@@ -156,3 +156,92 @@ async fn copied_rows_read_back_exactly_as_written() {
     }
     db.drop_db().await;
 }
+
+/// The rollup of every hour of gh-1's temperature, recomputed from the raw rows, next to
+/// what `readings_hourly` holds: equal when the rollup followed every write.
+async fn rollup_matches_raw(db: &common::TestDb) {
+    let kept: Vec<(DateTime<Utc>, i64, f64, f64, f64, f64)> = sqlx::query_as(
+        "SELECT hour, count, sum, min, max, last FROM readings_hourly
+         WHERE device = 'gh-1' AND metric = 'temperature' ORDER BY hour",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let raw: Vec<(DateTime<Utc>, i64, f64, f64, f64, f64)> = sqlx::query_as(
+        "SELECT date_bin('1 hour', ts, TIMESTAMPTZ '1970-01-01 00:00:00+00'), count(*),
+                sum(value), min(value), max(value), (array_agg(value ORDER BY ts DESC))[1]
+         FROM readings WHERE device = 'gh-1' AND metric = 'temperature' GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(kept, raw);
+}
+
+#[tokio::test]
+async fn the_same_key_with_another_value_is_a_correction_that_replaces_it() {
+    let db = common::TestDb::new().await;
+    let t = |s| Utc.with_ymd_and_hms(2026, 11, 22, 1, 0, s).unwrap();
+    let first = vec![reading("gh-1", t(0), 1.0), reading("gh-1", t(1), 50.0)];
+    let s = write::store(&db.pool, &first).await.unwrap();
+    assert_eq!((s.inserted, s.replaced), (2, 0));
+
+    // A retry: same keys, same values. Stored once, nothing replaced.
+    let s = write::store(&db.pool, &first).await.unwrap();
+    assert_eq!((s.inserted, s.replaced), (0, 0));
+
+    // A correction of t(1) (50 → 2, which also was the hour's max) beside a new reading.
+    let fixed = vec![reading("gh-1", t(1), 2.0), reading("gh-1", t(2), 3.0)];
+    let s = write::store(&db.pool, &fixed).await.unwrap();
+    assert_eq!((s.inserted, s.replaced), (1, 1));
+    let values: Vec<(f64,)> =
+        sqlx::query_as("SELECT value FROM readings WHERE device = 'gh-1' ORDER BY ts")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(values, vec![(1.0,), (2.0,), (3.0,)]);
+    assert_eq!(rollup(&db).await, (3, 6.0, 1.0, 3.0, 3.0));
+    rollup_matches_raw(&db).await;
+
+    // The same key twice in one new batch with different values: the later one wins.
+    let twice = vec![reading("gh-1", t(5), 7.0), reading("gh-1", t(5), 8.0)];
+    let s = write::store(&db.pool, &twice).await.unwrap();
+    assert_eq!((s.inserted, s.replaced), (1, 1));
+    // And a correction of the newest reading moves `latest` with it.
+    let s = write::store(&db.pool, &[reading("gh-1", t(5), 9.0)])
+        .await
+        .unwrap();
+    assert_eq!((s.inserted, s.replaced), (0, 1));
+    let latest: (f64,) = sqlx::query_as("SELECT value FROM latest_readings WHERE device = 'gh-1'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(latest.0, 9.0);
+    rollup_matches_raw(&db).await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn a_value_beyond_the_bound_is_refused_by_postgresql_as_permanent() {
+    let db = common::TestDb::new().await;
+    let t = Utc.with_ymd_and_hms(2026, 11, 22, 1, 0, 0).unwrap();
+    // The protocol's limits stop 1e308 long before; this is the last line.
+    let err = write::store(&db.pool, &[reading("gh-1", t, 1e308)])
+        .await
+        .unwrap_err();
+    assert!(write::is_permanent(&err), "{err}");
+    assert!(
+        write::describe(&err).contains("readings_value_bounded"),
+        "{}",
+        write::describe(&err)
+    );
+    assert_eq!(db.count("SELECT count(*) FROM readings").await, 0);
+    // Two values at the bound roll up without overflow.
+    let at_bound = vec![
+        reading("gh-1", t, 1e15),
+        reading("gh-1", t + chrono::Duration::seconds(1), 1e15),
+    ];
+    assert_eq!(write::store(&db.pool, &at_bound).await.unwrap().inserted, 2);
+    assert_eq!(rollup(&db).await.1, 2e15);
+    db.drop_db().await;
+}

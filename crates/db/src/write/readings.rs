@@ -233,9 +233,11 @@ fn rollup_columns<'a>(
     c
 }
 
-/// The path for batches holding stored keys; see the module docs. `xmax = 0` tells a
-/// freshly inserted row from an updated one in `RETURNING`; a retry (same value) is
-/// neither, since the `WHERE` of `DO UPDATE` skips it.
+/// The path for batches holding stored keys; see the module docs. `old` (the keys
+/// already stored, read in the statement's snapshot) tells a freshly inserted row from
+/// an updated one in `RETURNING` (`xmax` would, but a partitioned table cannot return
+/// system columns); a retry (same value) is neither, since the `WHERE` of `DO UPDATE`
+/// skips it.
 pub(crate) async fn upsert(
     tx: &mut Transaction<'_, Postgres>,
     rows: &Rows<'_>,
@@ -266,29 +268,40 @@ pub(crate) async fn upsert(
             Option<Vec<String>>,
             Option<Vec<DateTime<Utc>>>,
         ) = sqlx::query_as(&format!(
-            "WITH up AS (
-                   INSERT INTO readings AS r (device, metric, ts, value)
-                   SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::float8[])
-                   ON CONFLICT (device, metric, ts) DO UPDATE SET value = EXCLUDED.value
-                     WHERE r.value IS DISTINCT FROM EXCLUDED.value
-                   RETURNING device, metric, ts, value, (xmax = 0) AS fresh
-                 ), rolled AS (
-                   INSERT INTO readings_hourly AS h
-                     (device, metric, hour, min, max, sum, count, last_ts, last)
-                   SELECT device, metric,
-                          date_bin('1 hour', ts, TIMESTAMPTZ '1970-01-01 00:00:00+00'),
-                          min(value), max(value), sum(value), count(*), max(ts),
-                          (array_agg(value ORDER BY ts DESC))[1]
-                   FROM up WHERE fresh GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
-                   {ROLLUP_ADD}
-                 )
-                 SELECT count(*) FILTER (WHERE fresh),
-                        count(*) FILTER (WHERE NOT fresh),
-                        array_agg(device) FILTER (WHERE NOT fresh),
-                        array_agg(metric) FILTER (WHERE NOT fresh),
-                        array_agg(date_bin('1 hour', ts, TIMESTAMPTZ '1970-01-01 00:00:00+00'))
-                          FILTER (WHERE NOT fresh)
-                 FROM up"
+            "WITH old AS (
+               SELECT r.device, r.metric, r.ts
+               FROM readings r
+               JOIN UNNEST($1::text[], $2::text[], $3::timestamptz[]) AS k(device, metric, ts)
+                 ON r.device = k.device AND r.metric = k.metric AND r.ts = k.ts
+             ), up AS (
+               INSERT INTO readings AS r (device, metric, ts, value)
+               SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::float8[])
+               ON CONFLICT (device, metric, ts) DO UPDATE SET value = EXCLUDED.value
+                 WHERE r.value IS DISTINCT FROM EXCLUDED.value
+               RETURNING device, metric, ts, value
+             ), marked AS (
+               SELECT up.*, NOT EXISTS (
+                 SELECT 1 FROM old
+                 WHERE old.device = up.device AND old.metric = up.metric AND old.ts = up.ts
+               ) AS fresh
+               FROM up
+             ), rolled AS (
+               INSERT INTO readings_hourly AS h
+                 (device, metric, hour, min, max, sum, count, last_ts, last)
+               SELECT device, metric,
+                      date_bin('1 hour', ts, TIMESTAMPTZ '1970-01-01 00:00:00+00'),
+                      min(value), max(value), sum(value), count(*), max(ts),
+                      (array_agg(value ORDER BY ts DESC))[1]
+               FROM marked WHERE fresh GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+               {ROLLUP_ADD}
+             )
+             SELECT count(*) FILTER (WHERE fresh),
+                    count(*) FILTER (WHERE NOT fresh),
+                    array_agg(device) FILTER (WHERE NOT fresh),
+                    array_agg(metric) FILTER (WHERE NOT fresh),
+                    array_agg(date_bin('1 hour', ts, TIMESTAMPTZ '1970-01-01 00:00:00+00'))
+                      FILTER (WHERE NOT fresh)
+             FROM marked"
         ))
         .bind(&device)
         .bind(&metric)
