@@ -16,7 +16,7 @@ use std::collections::hash_map::Entry;
 
 use chrono::{DateTime, TimeZone, Utc};
 use lentera_protocol::Reading;
-use sqlx::{Postgres, Transaction};
+use sqlx::{Postgres, Row as _, Transaction};
 
 /// One reading row.
 pub(crate) struct Row<'a> {
@@ -255,20 +255,8 @@ pub(crate) async fn upsert(
         ts.push(r.ts);
         value.push(r.value);
     }
-    type Corrected = (
-        Option<Vec<String>>,
-        Option<Vec<String>>,
-        Option<Vec<DateTime<Utc>>>,
-    );
-    let (inserted, replaced, corrected): (i64, i64, Corrected) = {
-        let row: (
-            i64,
-            i64,
-            Option<Vec<String>>,
-            Option<Vec<String>>,
-            Option<Vec<DateTime<Utc>>>,
-        ) = sqlx::query_as(&format!(
-            "WITH old AS (
+    let row = sqlx::query(&format!(
+        "WITH old AS (
                SELECT r.device, r.metric, r.ts
                FROM readings r
                JOIN UNNEST($1::text[], $2::text[], $3::timestamptz[]) AS k(device, metric, ts)
@@ -302,16 +290,19 @@ pub(crate) async fn upsert(
                     array_agg(date_bin('1 hour', ts, TIMESTAMPTZ '1970-01-01 00:00:00+00'))
                       FILTER (WHERE NOT fresh)
              FROM marked"
-        ))
-        .bind(&device)
-        .bind(&metric)
-        .bind(&ts)
-        .bind(&value)
-        .fetch_one(&mut **tx)
-        .await?;
-        (row.0, row.1, (row.2, row.3, row.4))
-    };
-    if let (Some(device), Some(metric), Some(hour)) = corrected {
+    ))
+    .bind(&device)
+    .bind(&metric)
+    .bind(&ts)
+    .bind(&value)
+    .fetch_one(&mut **tx)
+    .await?;
+    let inserted: i64 = row.try_get(0)?;
+    let replaced: i64 = row.try_get(1)?;
+    let device: Option<Vec<String>> = row.try_get(2)?;
+    let metric: Option<Vec<String>> = row.try_get(3)?;
+    let hour: Option<Vec<DateTime<Utc>>> = row.try_get(4)?;
+    if let (Some(device), Some(metric), Some(hour)) = (device, metric, hour) {
         recompute_hours(tx, &device, &metric, &hour).await?;
     }
     Ok(Written {
