@@ -260,8 +260,10 @@ mod tests {
         l.ranges
             .insert("co2".into(), Range::new(Some(0.0), Some(1e300)));
         assert!(l.validate().unwrap_err().contains("limits.ranges.co2"));
-        let mut l = Limits::default();
-        l.default_range = Range::new(Some(5.0), Some(1.0));
+        let l = Limits {
+            default_range: Range::new(Some(5.0), Some(1.0)),
+            ..Limits::default()
+        };
         assert!(l.validate().unwrap_err().contains("default_range"));
         // A configured range wider than the bound is clamped to it, never unbounded.
         assert!(!Range::new(None, None).contains(f64::MAX));
