@@ -11,7 +11,9 @@
 //! - [`settings`]: `[ingest]` settings and defaults.
 //! - [`startup`]: builds the app on bound listeners, runs it, drains it on shutdown.
 //! - [`publish`]: readings → acknowledged MQTT messages.
-//! - [`status`]: retained `online`/`offline` of TCP boards, published until acknowledged.
+//! - [`stamps`]: the one stamper giving readings without `ts` unique receive times.
+//! - [`status`]: retained `online`/`offline` of TCP boards, published until acknowledged,
+//!   and the retained bound set that corrects them after a crash.
 //! - [`stats`]: Prometheus counters (accepted readings, rejections by code).
 //! - [`http`]: `POST /api/v1/readings`, the seed's `POST /sensor`, admin endpoints.
 //! - [`tcp`]: the accept loop; [`tcp::line`] the pure grammar, [`tcp::conn`] one
@@ -20,6 +22,7 @@
 pub mod http;
 pub mod publish;
 pub mod settings;
+pub mod stamps;
 pub mod startup;
 pub mod stats;
 pub mod status;

@@ -17,9 +17,8 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// Also starts the status task, so call it inside a tokio runtime.
-    pub fn new(client: Client, topics: Topics) -> Self {
-        let statuses = StatusBoard::start(client.clone(), topics.clone());
+    /// `statuses` publishes the TCP boards' `online`/`offline` (see [`StatusBoard`]).
+    pub fn new(client: Client, topics: Topics, statuses: StatusBoard) -> Self {
         Self {
             client,
             topics,
@@ -40,7 +39,8 @@ impl Publisher {
     /// most actionable error is returned — `Overloaded` only when nothing worse happened,
     /// because "broker gone" needs a different client reaction than "slow down". Some
     /// readings may have been delivered; a retry re-sends them, which the historian's
-    /// (device, metric, ts) key makes harmless when the board sent `ts`.
+    /// (device, metric, ts) key makes harmless when the board sent `ts` (a retry of a
+    /// reading without `ts` gets a new receive time: it is a new reading).
     pub async fn readings(&self, readings: &[Reading]) -> Result<(), PublishError> {
         let items = readings
             .iter()

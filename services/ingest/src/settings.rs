@@ -54,8 +54,19 @@ pub struct IngestSettings {
     /// Bytes without a newline that then sit unchanged for this long are treated as a
     /// complete line. The seed's ESP8266 sketch sends `client.print("Hai from ESP8266")`
     /// with no newline and waits one second for a reply line; this makes it get one.
-    /// 0 disables it (only newlines and EOF end a line).
+    /// 0 disables it (only newlines and EOF end a line). Only for connections that have
+    /// never sent a newline: once one has, its lines end at newlines only, however slowly
+    /// they arrive (a line split across two TCP segments is one reading, not two).
     pub tcp_partial_line_ms: u64,
+    /// This process's number among the ingest instances behind one load balancer, from 0.
+    /// It picks the receive-time residue class (`lentera_protocol::Stamper`) and the
+    /// topic of this instance's bound-board set (`{prefix}/_ingest/{instance}/bound`).
+    pub instance: u32,
+    /// How many ingest instances share the work; every instance gets the same value.
+    pub instances: u32,
+    /// After a start, how long boards of this instance's previous run (read from its
+    /// retained bound set) have to say HELLO again before they are announced `offline`.
+    pub rebind_grace_secs: u64,
 }
 
 impl Default for IngestSettings {
@@ -72,11 +83,53 @@ impl Default for IngestSettings {
             tcp_idle_timeout_secs: 300,
             tcp_max_connections: 1024,
             tcp_partial_line_ms: 500,
+            instance: 0,
+            instances: 1,
+            rebind_grace_secs: 10,
         }
     }
 }
 
+impl Settings {
+    /// The start-up checks: the service refuses to start with a setting it cannot honour.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let cfg = &self.ingest;
+        anyhow::ensure!(
+            cfg.instances >= 1,
+            "ingest.instances must be at least 1 (got {})",
+            cfg.instances
+        );
+        anyhow::ensure!(
+            cfg.instance < cfg.instances,
+            "ingest.instance must be below ingest.instances: instance {} of {} (instances \
+             are numbered 0..{}; give every instance the same ingest.instances)",
+            cfg.instance,
+            cfg.instances,
+            cfg.instances
+        );
+        self.limits
+            .validate()
+            .map_err(|e| anyhow::anyhow!("invalid [limits]: {e}"))?;
+        Ok(())
+    }
+}
+
 impl IngestSettings {
+    /// The MQTT client id unless `mqtt.client_id` is set: `lentera-ingest`, or
+    /// `lentera-ingest-{instance}` when there are several instances (two processes must
+    /// not share one: each has its own persistent session).
+    pub fn default_client_id(&self) -> String {
+        if self.instances > 1 {
+            format!("lentera-ingest-{}", self.instance)
+        } else {
+            "lentera-ingest".to_owned()
+        }
+    }
+
+    pub fn rebind_grace(&self) -> Duration {
+        Duration::from_secs(self.rebind_grace_secs)
+    }
+
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.shutdown_timeout_secs)
     }
@@ -88,5 +141,36 @@ impl IngestSettings {
     /// `None` when partial-line flushing is disabled.
     pub fn tcp_partial_line(&self) -> Option<Duration> {
         (self.tcp_partial_line_ms > 0).then(|| Duration::from_millis(self.tcp_partial_line_ms))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instance_must_be_below_instances() {
+        let mut s = Settings::default();
+        assert!(s.validate().is_ok());
+        assert_eq!(s.ingest.default_client_id(), "lentera-ingest");
+        s.ingest.instances = 3;
+        s.ingest.instance = 2;
+        assert!(s.validate().is_ok());
+        assert_eq!(s.ingest.default_client_id(), "lentera-ingest-2");
+        s.ingest.instance = 3;
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("ingest.instance must be below"), "{e}");
+        s.ingest.instances = 0;
+        s.ingest.instance = 0;
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("at least 1"), "{e}");
+    }
+
+    #[test]
+    fn invalid_limits_refuse_the_start() {
+        let mut s = Settings::default();
+        s.limits.default_range = lentera_protocol::Range::new(Some(5.0), Some(1.0));
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("limits.default_range"), "{e}");
     }
 }

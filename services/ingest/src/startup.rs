@@ -20,8 +20,9 @@ use tokio::sync::watch;
 use crate::http::{self, HttpState};
 use crate::publish::Publisher;
 use crate::settings::Settings;
+use crate::stamps::Stamps;
 use crate::stats::Stats;
-use crate::status::StatusBoard;
+use crate::status::{self, Handover, StatusBoard};
 use crate::tcp::{self, Limits, Shared, relay};
 
 pub struct Application {
@@ -39,6 +40,7 @@ impl Application {
     /// Binds the listeners and connects (in the background) to the broker. Must be called
     /// inside a tokio runtime.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        settings.validate()?;
         let cfg = &settings.ingest;
         let seed_device = DeviceId::parse(&cfg.seed_device)
             .with_context(|| format!("ingest.seed_device {:?}", cfg.seed_device))?;
@@ -52,23 +54,37 @@ impl Application {
         // otherwise be lost, and a board reconnecting after ingest's restart would never
         // learn it. The broker queues them for this client id and delivers them on
         // reconnect; the relay keeps the newest per device for the next HELLO.
+        // The bound sets of every instance (retained) tell the status board which boards
+        // a crashed run left `online`, and which moved to another instance.
         let (client, deliveries) = Client::start(
             &settings.mqtt,
-            "lentera-ingest",
+            &cfg.default_client_id(),
             false,
             false,
-            vec![(topics.filter(TopicKind::LampSet), QoS::AtLeastOnce)],
+            vec![
+                (topics.filter(TopicKind::LampSet), QoS::AtLeastOnce),
+                (status::bound_filter(&topics), QoS::AtLeastOnce),
+            ],
             Some(obs.check("mqtt")),
         );
-        let publisher = Publisher::new(client.clone(), topics.clone());
-        let statuses = publisher.statuses().clone();
+        let statuses = StatusBoard::start(
+            client.clone(),
+            topics.clone(),
+            Handover {
+                instance: cfg.instance,
+                grace: cfg.rebind_grace(),
+            },
+        );
+        let publisher = Publisher::new(client.clone(), topics.clone(), statuses.clone());
         let registry = relay::Registry::default();
         tokio::spawn(relay::run(
             deliveries,
             topics,
             registry.clone(),
+            statuses.clone(),
             stats.clone(),
         ));
+        let stamps = Stamps::new(cfg.instance, cfg.instances);
 
         let http_listener = std::net::TcpListener::bind(&cfg.http_addr)
             .with_context(|| format!("binding HTTP to {}", cfg.http_addr))?;
@@ -80,6 +96,7 @@ impl Application {
             max_batch: cfg.max_batch,
             seed_device,
             limits: Arc::new(settings.limits.clone()),
+            stamps: stamps.clone(),
         };
         let http = http::server(
             http_listener,
@@ -104,6 +121,7 @@ impl Application {
                 max_connections: cfg.tcp_max_connections,
             }),
             reading_limits: Arc::new(settings.limits.clone()),
+            stamps,
         };
         tracing::info!(http = %http_addr, tcp = %tcp_addr, "ingest listening");
         Ok(Self {
@@ -154,10 +172,11 @@ impl Application {
             .await
             .context("HTTP server task")?
             .context("HTTP server")?;
-        // The boards just disconnected are announced offline (retained) before leaving;
-        // with the broker away this gives up after a moment, and the retained value stays
-        // `online` until the boards come back (see services/ingest/README.md).
-        if !self.statuses.flush(Duration::from_secs(2)).await {
+        // The boards just disconnected are announced offline (retained) before leaving,
+        // then the bound set is cleared; with the broker away this gives up after a
+        // moment, and the retained set tells the next run which boards to announce
+        // offline (see services/ingest/README.md).
+        if !self.statuses.finish(Duration::from_secs(2)).await {
             tracing::warn!(
                 pending = self.statuses.pending(),
                 "device statuses not acknowledged before shutdown"

@@ -133,6 +133,68 @@ async fn the_seed_greeting_without_newline_still_gets_a_reply() {
     app.shutdown().await;
 }
 
+/// With the default settings: a connection that has never sent a newline gets its
+/// greeting answered after the pause; once it has sent one, a pause no longer ends a line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pause_ends_a_line_only_until_the_first_newline() {
+    let app = app_without_broker().await;
+    let mut c = Line::connect(app.tcp).await;
+    c.send(b"Hai from ESP8266").await;
+    let reply = c
+        .recv_within(Duration::from_secs(1))
+        .await
+        .expect("the greeting answered within the sketch's 1 s")
+        .unwrap();
+    assert!(reply.starts_with("ERR unknown_command "), "{reply}");
+    assert_eq!(c.request("PING").await, "PONG");
+    // Now a newline board: half a line waits, however long, for the rest.
+    c.send(b"PI").await;
+    assert_eq!(c.recv_within(Duration::from_millis(1500)).await, None);
+    c.send(b"NG\n").await;
+    assert_eq!(c.recv().await.as_deref(), Some("PONG"));
+    assert_eq!(c.recv_within(Duration::from_millis(300)).await, None);
+    app.shutdown().await;
+}
+
+/// A newline board's line in two TCP segments 2 s apart is one reading with the whole
+/// value: one `OK`, and the broker gets 26.5, not 2 (and no `ERR` for `6.5`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_sent_in_two_halves_two_seconds_apart_is_one_reading() {
+    let broker = TestBroker::start();
+    let topic = "lentera/gh-3/telemetry";
+    let mut sub = Mqtt::connect(broker.port(), topic).await;
+    let app = TestApp::spawn(settings(broker.port())).await;
+    app.wait_ready().await;
+    let mut c = Line::connect(app.tcp).await;
+    assert_eq!(c.request("HELLO gh-3").await, "OK");
+
+    c.send(b"gh-3 temperature=2").await;
+    assert_eq!(
+        c.recv_within(Duration::from_secs(2)).await,
+        None,
+        "no answer to half a line"
+    );
+    c.send(b"6.5\n").await;
+    assert_eq!(c.recv().await.as_deref(), Some("OK"));
+    assert_eq!(
+        c.recv_within(Duration::from_millis(500)).await,
+        None,
+        "one line, one reply"
+    );
+    let p: Value = serde_json::from_slice(&sub.next_on(topic).await).unwrap();
+    assert_eq!(p["temperature"], 26.5);
+    assert_eq!(sub.quiet_for(Duration::from_millis(300)).await, None);
+
+    // A bound board's pairs-only line, split the same way, too.
+    c.send(b"humidity=6").await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    c.send(b"1.5\r\n").await;
+    assert_eq!(c.recv().await.as_deref(), Some("OK"));
+    let p: Value = serde_json::from_slice(&sub.next_on(topic).await).unwrap();
+    assert_eq!(p["humidity"], 61.5);
+    app.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_are_closed() {
     let mut s = settings(closed_port());

@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use common::{Line, Mqtt, TestApp, WAIT, settings};
@@ -241,5 +242,146 @@ async fn a_command_published_while_ingest_was_down_reaches_the_board_after_hello
         Some("led-off"),
         "the command published while ingest was down"
     );
+    app.shutdown().await;
+}
+
+/// What a client subscribing now gets retained on `topic`, if anything (live messages,
+/// such as ingest's probes on its bound-set topic, are skipped).
+async fn retained(port: u16, topic: &str) -> Option<Vec<u8>> {
+    let mut late = Mqtt::connect(port, topic).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let p = late.next_publish_within(topic, left).await?;
+        if p.retain {
+            return Some(p.payload.to_vec());
+        }
+    }
+}
+
+/// Polls [`retained`] on `topic` until it is `want` (`None`: nothing retained).
+async fn wait_retained_payload(port: u16, topic: &str, want: Option<&str>, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let got = retained(port, topic).await;
+        if got.as_deref() == want.map(str::as_bytes) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "retained on {topic}: {:?}, not {want:?}",
+            got.map(|g| String::from_utf8_lossy(&g).into_owned())
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Publishes `payload` retained at QoS 1 and waits for the broker to have it.
+async fn publish_retained(port: u16, topic: &str, payload: &str) {
+    let m = Mqtt::connect(port, "unused/#").await;
+    m.client
+        .publish(topic, QoS::AtLeastOnce, true, payload.as_bytes().to_vec())
+        .await
+        .unwrap();
+    wait_retained_payload(port, topic, Some(payload), WAIT).await;
+}
+
+/// The retained bound set follows the boards bound to this instance, and a graceful
+/// shutdown clears it after announcing them offline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bound_set_follows_the_boards_and_shutdown_clears_it() {
+    let broker = TestBroker::start();
+    let port = broker.port();
+    let bound = "lentera/_ingest/0/bound";
+    let app = TestApp::spawn(settings(port)).await;
+    app.wait_ready().await;
+    wait_retained_payload(port, bound, Some("[]"), WAIT).await;
+
+    let mut a = Line::connect(app.tcp).await;
+    assert_eq!(a.request("HELLO set-a").await, "OK");
+    let mut b = Line::connect(app.tcp).await;
+    assert_eq!(b.request("HELLO set-b").await, "OK");
+    wait_retained(port, "set-b", "online", WAIT).await;
+    // An `online` goes out only after a set holding its device was acknowledged.
+    wait_retained_payload(port, bound, Some(r#"["set-a","set-b"]"#), WAIT).await;
+    drop(a);
+    wait_retained(port, "set-a", "offline", WAIT).await;
+    wait_retained_payload(port, bound, Some(r#"["set-b"]"#), WAIT).await;
+
+    app.shutdown().await;
+    assert_eq!(b.recv().await, None, "closed by the shutdown");
+    wait_retained(port, "set-b", "offline", WAIT).await;
+    assert_eq!(retained(port, bound).await, None, "the set is cleared");
+}
+
+/// A run that died left its set and its boards' `online` retained (staged here by
+/// hand). The next run announces `offline` the boards that do not come back within the
+/// grace period, keeps the one that says HELLO again, and leaves alone the one that is
+/// in another instance's set (it moved there behind the load balancer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boards_of_a_dead_run_that_do_not_come_back_are_announced_offline() {
+    let broker = TestBroker::start();
+    let port = broker.port();
+    for d in ["dead-1", "dead-2", "back-1", "moved-1"] {
+        publish_retained(port, &format!("lentera/{d}/status"), "online").await;
+    }
+    publish_retained(
+        port,
+        "lentera/_ingest/0/bound",
+        r#"["back-1","dead-1","dead-2","moved-1"]"#,
+    )
+    .await;
+    publish_retained(port, "lentera/_ingest/1/bound", r#"["moved-1"]"#).await;
+    let mut live = Mqtt::connect(port, "lentera/+/status").await;
+
+    let mut s = settings(port);
+    s.ingest.instances = 2;
+    s.ingest.rebind_grace_secs = 2;
+    let started = tokio::time::Instant::now();
+    let app = TestApp::spawn(s).await;
+    app.wait_ready().await;
+    let mut back = Line::connect(app.tcp).await;
+    assert_eq!(back.request("HELLO back-1").await, "OK");
+    // During the grace period the set still holds the previous run's boards.
+    wait_retained_payload(
+        port,
+        "lentera/_ingest/0/bound",
+        Some(r#"["back-1","dead-1","dead-2","moved-1"]"#),
+        WAIT,
+    )
+    .await;
+
+    let mut offline = HashSet::new();
+    while offline.len() < 2 {
+        let p = tokio::time::timeout(WAIT, live.rx.recv())
+            .await
+            .expect("the dead boards announced in time")
+            .unwrap();
+        if p.retain {
+            continue; // the staged copies, sent to the new subscription
+        }
+        let device = p.topic.split('/').nth(1).unwrap().to_owned();
+        match &p.payload[..] {
+            b"offline" => {
+                assert!(
+                    started.elapsed() >= Duration::from_secs(2),
+                    "not before the grace period ends"
+                );
+                assert!(device.starts_with("dead-"), "{device} announced offline");
+                offline.insert(device);
+            }
+            b"online" => assert_eq!(device, "back-1"),
+            other => panic!("{device}: {other:?}"),
+        }
+    }
+    wait_retained_payload(port, "lentera/_ingest/0/bound", Some(r#"["back-1"]"#), WAIT).await;
+    for (d, want) in [
+        ("dead-1", "offline"),
+        ("dead-2", "offline"),
+        ("back-1", "online"),
+        ("moved-1", "online"),
+    ] {
+        wait_retained(port, d, want, WAIT).await;
+    }
     app.shutdown().await;
 }

@@ -39,6 +39,8 @@ pub struct HttpState {
     pub max_batch: usize,
     pub seed_device: DeviceId,
     pub limits: std::sync::Arc<Limits>,
+    /// The process's one stamper, shared with the TCP entry.
+    pub stamps: crate::stamps::Stamps,
 }
 
 /// Builds the server on an already-bound listener; it runs once polled (spawned).

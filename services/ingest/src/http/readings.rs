@@ -5,10 +5,14 @@
 //! Both shapes end in the same checks: the reading syntax, then the `[limits]`
 //! (physical ranges, `ts` not too far ahead or too old). For SenML the batch size counts
 //! records and `detail.index` is the record's index.
+//!
+//! A reading without `ts` (a SenML record without time) gets its receive time from the
+//! one stamper of this process ([`crate::stamps`]): a microsecond unique per device, so
+//! 100 readings of one device in one request are 100 readings, not one.
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
-use lentera_protocol::{Limits, Reading, ReadingError, senml};
+use lentera_protocol::{Limits, Reading, ReadingError, Stamper, senml};
 use serde_json::{Value, json};
 
 use super::error::ApiError;
@@ -46,11 +50,21 @@ async fn accept(
 ) -> Result<usize, ApiError> {
     let (body, media) =
         read_json(req, payload, state.body_limit, &[JSON, senml::CONTENT_TYPE]).await?;
-    let now = Utc::now();
-    let readings = if media == senml::CONTENT_TYPE {
-        validate_senml(&body, state.max_batch, now, &state.limits)?
-    } else {
-        validate(body, state.max_batch, now, &state.limits)?
+    // One lock per request; released before the publish is awaited.
+    let readings = {
+        let mut receipt = state.stamps.receipt();
+        let now = receipt.now();
+        if media == senml::CONTENT_TYPE {
+            validate_senml(
+                &body,
+                state.max_batch,
+                now,
+                receipt.stamper(),
+                &state.limits,
+            )?
+        } else {
+            validate(body, state.max_batch, now, receipt.stamper(), &state.limits)?
+        }
     };
     state.publisher.readings(&readings).await?;
     tracing::debug!(count = readings.len(), "readings accepted over HTTP");
@@ -58,10 +72,12 @@ async fn accept(
 }
 
 /// Turns a parsed body into readings, refusing the whole body on the first bad element.
+/// `now` is the receive time; a reading without `ts` is stamped by `stamper` at `now`.
 pub fn validate(
     body: Value,
     max_batch: usize,
     now: DateTime<Utc>,
+    stamper: &mut Stamper,
     limits: &Limits,
 ) -> Result<Vec<Reading>, ApiError> {
     let items = match body {
@@ -84,18 +100,27 @@ pub fn validate(
         .enumerate()
         .map(|(index, item)| {
             let obj = item.as_object().ok_or(ReadingError::NotAnObject);
-            obj.and_then(|o| Reading::from_object(o, None, now))
-                .and_then(|r| limits.check(&r, now).map(|()| r))
-                .map_err(|error| ApiError::InvalidReading { index, error })
+            obj.and_then(|o| {
+                Reading::from_object_stamped(o, None, |d| stamper.stamp(d.as_str(), now))
+            })
+            .and_then(|r| limits.check(&r, now).map(|()| r))
+            .map_err(|error| ApiError::InvalidReading { index, error })
         })
         .collect()
 }
 
 /// A SenML pack into readings, with the same all-or-nothing rule as [`validate`].
+///
+/// A record without time (resolved time 0, "now" in RFC 8428) is stamped like a JSON
+/// reading without `ts`; records with a relative time stay at `now` plus their offset.
+/// To tell the two apart exactly, the pack is resolved against a `now` that is never
+/// on a whole millisecond, which no absolute SenML time (kept to the millisecond) and
+/// no non-zero relative offset (also whole milliseconds) can land on.
 pub fn validate_senml(
     pack: &Value,
     max_batch: usize,
     now: DateTime<Utc>,
+    stamper: &mut Stamper,
     limits: &Limits,
 ) -> Result<Vec<Reading>, ApiError> {
     match pack.as_array().map(Vec::len) {
@@ -108,10 +133,17 @@ pub fn validate_senml(
         }
         _ => {}
     }
+    let now = off_the_millisecond(now);
     let resolved = senml::parse(pack, now)
         .map_err(|(index, error)| ApiError::InvalidReading { index, error })?;
     resolved
         .into_iter()
+        .map(|mut r| {
+            if r.reading.ts == now {
+                r.reading.ts = stamper.stamp(r.reading.device.as_str(), now);
+            }
+            r
+        })
         .map(|r| match limits.check(&r.reading, now) {
             Ok(()) => Ok(r.reading),
             Err(error) => Err(ApiError::InvalidReading {
@@ -122,12 +154,91 @@ pub fn validate_senml(
         .collect()
 }
 
+/// `now`, moved on by a microsecond if it falls on a whole millisecond.
+fn off_the_millisecond(now: DateTime<Utc>) -> DateTime<Utc> {
+    if now.timestamp_subsec_nanos().is_multiple_of(1_000_000) {
+        now + chrono::Duration::microseconds(1)
+    } else {
+        now
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
+    use chrono::TimeZone;
+
     use super::*;
 
     fn check(body: Value) -> Result<Vec<Reading>, ApiError> {
-        validate(body, 3, Utc::now(), &Limits::default())
+        validate(
+            body,
+            3,
+            Utc::now(),
+            &mut Stamper::default(),
+            &Limits::default(),
+        )
+    }
+
+    fn senml(pack: &Value, now: DateTime<Utc>, stamper: &mut Stamper) -> Vec<Reading> {
+        validate_senml(pack, 100, now, stamper, &Limits::default()).unwrap()
+    }
+
+    #[test]
+    fn readings_without_ts_get_distinct_microseconds_and_given_ts_are_kept() {
+        let now = Utc::now();
+        let mut stamper = Stamper::default();
+        let body: Vec<Value> = (0..100)
+            .map(|i| json!({"device":"gh-1","temperature":20 + i % 10}))
+            .chain([json!({"device":"gh-1","lux":1,"ts":"2026-01-01T00:00:00Z"})])
+            .collect();
+        let r = validate(Value::Array(body), 101, now, &mut stamper, &Limits::none()).unwrap();
+        let stamps: HashSet<_> = r[..100].iter().map(|r| r.ts).collect();
+        assert_eq!(stamps.len(), 100, "one distinct receive time per reading");
+        assert!(
+            r[..100]
+                .iter()
+                .all(|r| r.ts >= now - chrono::Duration::microseconds(1))
+        );
+        assert_eq!(
+            r[100].ts,
+            Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
+        );
+        // A second request in the same microsecond continues after the first.
+        let again = validate(
+            json!({"device":"gh-1","temperature":1}),
+            3,
+            now,
+            &mut stamper,
+            &Limits::none(),
+        )
+        .unwrap();
+        assert!(stamps.iter().all(|t| again[0].ts > *t));
+    }
+
+    #[test]
+    fn senml_records_without_time_are_stamped_and_timed_ones_are_not() {
+        // A `now` on a whole millisecond, the case the exact detection must handle.
+        let now = Utc.timestamp_millis_opt(1_800_000_000_000).unwrap();
+        let mut stamper = Stamper::default();
+        let pack = json!([
+            {"bn":"gh-1/","n":"temperature","v":27.5},
+            {"n":"humidity","v":61},
+            {"n":"lux","v":3,"t":-60},
+            {"n":"gh-2/lux","v":4,"bn":"","t":1_800_000_000}
+        ]);
+        let a = senml(&pack, now, &mut stamper);
+        let b = senml(&pack, now, &mut stamper);
+        assert_eq!(a.len(), 3);
+        // The untimed records of gh-1: one reading, stamped, and a new stamp next time.
+        assert_eq!(a[0].metrics.len(), 2);
+        assert!(a[0].ts >= now && a[0].ts < now + chrono::Duration::milliseconds(1));
+        assert!(b[0].ts > a[0].ts);
+        // Relative and absolute times are the pack's own.
+        assert_eq!(a[1].ts.timestamp_millis(), now.timestamp_millis() - 60_000);
+        assert_eq!(a[2].ts, now);
+        assert_eq!(a[2].ts, b[2].ts);
     }
 
     fn reading_code(e: ApiError) -> (usize, &'static str) {
@@ -152,10 +263,12 @@ mod tests {
     fn senml_packs_are_sized_resolved_and_limited_by_record_index() {
         let l = Limits::default();
         let now = Utc::now();
+        let s = &mut Stamper::default();
         let ok = validate_senml(
             &json!([{"bn":"gh-1/","n":"temperature","v":27.5},{"n":"humidity","v":61}]),
             3,
             now,
+            s,
             &l,
         )
         .unwrap();
@@ -163,16 +276,18 @@ mod tests {
         assert_eq!(ok[0].metrics.len(), 2);
         let bad = json!([{"bn":"gh-1/","n":"lux","v":1,"t":-60},{"n":"temperature","v":-80}]);
         assert_eq!(
-            reading_code(validate_senml(&bad, 3, now, &l).unwrap_err()),
+            reading_code(validate_senml(&bad, 3, now, s, &l).unwrap_err()),
             (1, "out_of_range")
         );
         let four = json!([{"n":"a/t","v":1},{"n":"a/t","v":1},{"n":"a/t","v":1},{"n":"a/t","v":1}]);
         assert_eq!(
-            validate_senml(&four, 3, now, &l).unwrap_err().code(),
+            validate_senml(&four, 3, now, s, &l).unwrap_err().code(),
             "batch_too_large"
         );
         assert_eq!(
-            validate_senml(&json!([]), 3, now, &l).unwrap_err().code(),
+            validate_senml(&json!([]), 3, now, s, &l)
+                .unwrap_err()
+                .code(),
             "empty_batch"
         );
     }

@@ -7,7 +7,6 @@
 //! value is `400 invalid_reading` with `detail.code` `out_of_range`.
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use chrono::Utc;
 use lentera_protocol::Reading;
 use serde_json::{Number, Value, json};
 
@@ -43,18 +42,23 @@ async fn accept(
         _ => return Err(ApiError::InvalidSuhu),
     };
     let value = number.as_f64().ok_or(ApiError::InvalidSuhu)?;
-    let now = Utc::now();
-    let reading = Reading::new(
+    let mut reading = Reading::new(
         state.seed_device.clone(),
-        now,
+        chrono::DateTime::UNIX_EPOCH,
         [("temperature".to_owned(), value)],
     )
     .map_err(|_| ApiError::InvalidSuhu)?;
-    // Same plausibility rules as every other entry: a 500 °C "suhu" is a broken sensor.
-    state
-        .limits
-        .check(&reading, now)
-        .map_err(|error| ApiError::InvalidReading { index: 0, error })?;
+    // The seed's client sends no time: a receive time unique for the device (two posts in
+    // one millisecond are two readings), and the same plausibility rules as every other
+    // entry (a 500 °C "suhu" is a broken sensor).
+    {
+        let mut receipt = state.stamps.receipt();
+        reading.ts = receipt.stamp(&reading.device);
+        state
+            .limits
+            .check(&reading, receipt.now())
+            .map_err(|error| ApiError::InvalidReading { index: 0, error })?;
+    }
     state.publisher.readings(&[reading]).await?;
     Ok(python_str(&number))
 }

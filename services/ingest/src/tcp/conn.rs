@@ -1,14 +1,20 @@
 //! One TCP connection: framing, one reply per request line, HELLO binding and relay writes.
 //!
 //! Framing is done here by hand rather than with `LinesCodec` because two rules need the
-//! raw buffer: a partial line that sits still for `tcp_partial_line_ms` is treated as
-//! complete (the seed sketch never sends a newline), and a trailing line without a
-//! newline is still answered when the board half-closes.
+//! raw buffer: on a connection that has never sent a newline, a partial line that sits
+//! still for `tcp_partial_line_ms` is treated as complete (the seed sketch never sends a
+//! newline), and a trailing line without a newline is still answered when the board
+//! half-closes.
+//!
+//! Once a connection has sent a newline it is a newline-terminated board, and only a
+//! newline (or EOF) ends its lines: a line that arrives in two TCP segments, however far
+//! apart, is one line. Timing never splits it, because `gh-3 temperature=2` … `6.5`
+//! would otherwise be two wrong answers (an `OK` for 2 °C, an `ERR` for the rest). Its
+//! partial line waits up to the idle timeout and the line-length limit.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use chrono::Utc;
 use lentera_protocol::{DeviceId, DeviceStatus, LampCommand};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -43,6 +49,9 @@ pub struct Connection {
     shared: Shared,
     /// Bytes received but not yet ended by a newline.
     buf: Vec<u8>,
+    /// True once the peer has sent a newline: from then on its lines end at newlines
+    /// only, never after a pause (see the module docs).
+    sent_newline: bool,
     /// The device this connection said HELLO as; relay target and default device.
     bound: Option<DeviceId>,
     /// Cloned into the registry on HELLO; `commands` receives what the relay sends.
@@ -59,6 +68,7 @@ impl Connection {
             id,
             shared,
             buf: Vec::new(),
+            sent_newline: false,
             bound: None,
             commands_tx,
             commands,
@@ -115,12 +125,13 @@ impl Connection {
                         return End::Eof;
                     }
                     idle_deadline = Instant::now() + limits.idle_timeout;
+                    self.sent_newline |= chunk[..n].contains(&b'\n');
                     self.buf.extend_from_slice(&chunk[..n]);
                     if let Err(end) = self.handle_complete_lines(&shutdown).await {
                         return end;
                     }
                     partial_deadline = match (self.buf.is_empty(), limits.partial_line) {
-                        (false, Some(wait)) => Some(Instant::now() + wait),
+                        (false, Some(wait)) if !self.sent_newline => Some(Instant::now() + wait),
                         _ => None,
                     };
                 }
@@ -171,19 +182,24 @@ impl Connection {
     }
 
     async fn handle_line(&mut self, raw: &[u8]) -> Result<(), End> {
-        let now = Utc::now();
-        let parsed = match std::str::from_utf8(raw) {
-            Ok(text) => line::parse(text, self.bound.as_ref(), now),
-            Err(_) => Err(LineError::not_utf8()),
+        let parsed = {
+            // A reading without `ts` gets a receive time unique for its device, from the
+            // stamper every door of this process shares (released before any await).
+            let mut receipt = self.shared.stamps.receipt();
+            let now = receipt.now();
+            let parsed = match std::str::from_utf8(raw) {
+                Ok(text) => line::parse(text, self.bound.as_ref(), |d| receipt.stamp(d)),
+                Err(_) => Err(LineError::not_utf8()),
+            };
+            // The grammar stays pure; plausibility is configuration, checked here.
+            parsed.and_then(|req| match req {
+                Request::Reading(r) => match self.shared.reading_limits.check(&r, now) {
+                    Ok(()) => Ok(Request::Reading(r)),
+                    Err(e) => Err(e.into()),
+                },
+                other => Ok(other),
+            })
         };
-        // The grammar stays pure; plausibility is configuration, checked here.
-        let parsed = parsed.and_then(|req| match req {
-            Request::Reading(r) => match self.shared.reading_limits.check(&r, now) {
-                Ok(()) => Ok(Request::Reading(r)),
-                Err(e) => Err(e.into()),
-            },
-            other => Ok(other),
-        });
         let reply = match parsed {
             Ok(Request::Empty) => return Ok(()),
             Ok(Request::Ping) => Ok("PONG".to_owned()),

@@ -80,18 +80,19 @@ impl From<ReadingError> for LineError {
 }
 
 /// Parses one line. `bound` is the device this connection said HELLO as, used when a
-/// reading names no device; `now` stamps readings without `ts`.
+/// reading names no device; `stamp` gives a reading without `ts` its receive time, and
+/// is called only for a reading that is otherwise valid.
 pub fn parse(
     line: &str,
     bound: Option<&DeviceId>,
-    now: DateTime<Utc>,
+    stamp: impl FnOnce(&DeviceId) -> DateTime<Utc>,
 ) -> Result<Request, LineError> {
     let line = line.trim();
     if line.is_empty() {
         return Ok(Request::Empty);
     }
     if line.starts_with('{') {
-        return parse_json(line, bound, now);
+        return parse_json(line, bound, stamp);
     }
     let mut words = line.split_ascii_whitespace();
     let first = words.next().expect("a non-empty trimmed line has a word");
@@ -106,13 +107,13 @@ pub fn parse(
         // Pairs only: the device is the bound one.
         let device = bound.cloned().ok_or(ReadingError::MissingDevice)?;
         let pairs = std::iter::once(first).chain(rest);
-        return parse_pairs(device, pairs, now).map(Request::Reading);
+        return parse_pairs(device, pairs, stamp).map(Request::Reading);
     }
     if !rest.iter().any(|w| w.contains('=')) {
         return Err(LineError::unknown_command());
     }
     let device = DeviceId::parse(first).map_err(|_| ReadingError::InvalidDevice)?;
-    parse_pairs(device, rest.into_iter(), now).map(Request::Reading)
+    parse_pairs(device, rest.into_iter(), stamp).map(Request::Reading)
 }
 
 fn parse_hello(args: Vec<&str>) -> Result<Request, LineError> {
@@ -132,9 +133,9 @@ fn parse_hello(args: Vec<&str>) -> Result<Request, LineError> {
 fn parse_pairs<'a>(
     device: DeviceId,
     pairs: impl Iterator<Item = &'a str>,
-    now: DateTime<Utc>,
+    stamp: impl FnOnce(&DeviceId) -> DateTime<Utc>,
 ) -> Result<Reading, LineError> {
-    let mut ts = now;
+    let mut ts = None;
     let mut metrics = Vec::new();
     for pair in pairs {
         let (name, value) = pair.split_once('=').ok_or_else(|| {
@@ -144,11 +145,13 @@ fn parse_pairs<'a>(
             )
         })?;
         if name == "ts" {
-            ts = value
-                .parse::<i64>()
-                .ok()
-                .and_then(ts_from_unix_ms)
-                .ok_or(ReadingError::InvalidTimestamp)?;
+            ts = Some(
+                value
+                    .parse::<i64>()
+                    .ok()
+                    .and_then(ts_from_unix_ms)
+                    .ok_or(ReadingError::InvalidTimestamp)?,
+            );
             continue;
         }
         let value: f64 = value
@@ -156,13 +159,18 @@ fn parse_pairs<'a>(
             .map_err(|_| ReadingError::NonNumeric(name.to_owned()))?;
         metrics.push((name.to_owned(), value));
     }
-    Ok(Reading::new(device, ts, metrics)?)
+    let mut reading = Reading::new(device, DateTime::UNIX_EPOCH, metrics)?;
+    reading.ts = match ts {
+        Some(ts) => ts,
+        None => stamp(&reading.device),
+    };
+    Ok(reading)
 }
 
 fn parse_json(
     line: &str,
     bound: Option<&DeviceId>,
-    now: DateTime<Utc>,
+    stamp: impl FnOnce(&DeviceId) -> DateTime<Utc>,
 ) -> Result<Request, LineError> {
     let value: Value =
         serde_json::from_str(line).map_err(|e| ReadingError::MalformedJson(e.to_string()))?;
@@ -174,10 +182,10 @@ fn parse_json(
     } else {
         bound
     };
-    Ok(Request::Reading(Reading::from_object(
+    Ok(Request::Reading(Reading::from_object_stamped(
         obj,
         topic_device,
-        now,
+        stamp,
     )?))
 }
 
@@ -196,14 +204,14 @@ mod tests {
     }
 
     fn reading(line: &str) -> Reading {
-        match parse(line, None, now()) {
+        match parse(line, None, |_| now()) {
             Ok(Request::Reading(r)) => r,
             other => panic!("{line:?} gave {other:?}"),
         }
     }
 
     fn code(line: &str) -> &'static str {
-        parse(line, None, now()).unwrap_err().code
+        parse(line, None, |_| now()).unwrap_err().code
     }
 
     #[test]
@@ -213,6 +221,26 @@ mod tests {
         assert_eq!(r.ts, now());
         assert_eq!(r.metrics["temperature"], 27.3);
         assert_eq!(r.metrics["humidity"], 61.2);
+    }
+
+    #[test]
+    fn only_a_valid_reading_without_ts_is_stamped() {
+        let mut calls = Vec::new();
+        for line in [
+            "gh-1 t=1",
+            r#"{"device":"gh-2","t":1}"#,
+            "gh-1 t=1 ts=1700000000000",
+            r#"{"device":"gh-2","t":1,"ts":1700000000000}"#,
+            "gh-1 t=hot",
+            r#"{"device":"gh-2","t":"x"}"#,
+            "HELLO gh-3",
+        ] {
+            let _ = parse(line, None, |d| {
+                calls.push(d.to_string());
+                now()
+            });
+        }
+        assert_eq!(calls, ["gh-1", "gh-2"]);
     }
 
     #[test]
@@ -228,7 +256,7 @@ mod tests {
         let r = reading("gh-1  temperature=27.3\r");
         assert_eq!(r.metrics["temperature"], 27.3);
         assert_eq!(
-            parse("HELLO gh-1\r", None, now()).unwrap(),
+            parse("HELLO gh-1\r", None, |_| now()).unwrap(),
             Request::Hello {
                 device: dev("gh-1"),
                 token: None
@@ -249,15 +277,16 @@ mod tests {
     #[test]
     fn a_bound_connection_may_omit_the_device() {
         let b = dev("lamp-3");
-        let Ok(Request::Reading(r)) = parse("lux=2.5", Some(&b), now()) else {
+        let Ok(Request::Reading(r)) = parse("lux=2.5", Some(&b), |_| now()) else {
             panic!()
         };
         assert_eq!((r.device, r.metrics["lux"]), (b.clone(), 2.5));
-        let Ok(Request::Reading(r)) = parse(r#"{"lux":1}"#, Some(&b), now()) else {
+        let Ok(Request::Reading(r)) = parse(r#"{"lux":1}"#, Some(&b), |_| now()) else {
             panic!()
         };
         assert_eq!(r.device, b);
-        let Ok(Request::Reading(r)) = parse(r#"{"device":"gh-1","lux":1}"#, Some(&b), now()) else {
+        let Ok(Request::Reading(r)) = parse(r#"{"device":"gh-1","lux":1}"#, Some(&b), |_| now())
+        else {
             panic!()
         };
         assert_eq!(r.device, dev("gh-1"));
@@ -267,14 +296,14 @@ mod tests {
     #[test]
     fn hello_binds_with_an_optional_token() {
         assert_eq!(
-            parse("HELLO gh-1 s3cret", None, now()).unwrap(),
+            parse("HELLO gh-1 s3cret", None, |_| now()).unwrap(),
             Request::Hello {
                 device: dev("gh-1"),
                 token: Some("s3cret".into())
             }
         );
         assert!(matches!(
-            parse("hello gh-1", None, now()),
+            parse("hello gh-1", None, |_| now()),
             Ok(Request::Hello { .. })
         ));
         assert_eq!(code("HELLO"), "missing_device");
@@ -308,9 +337,9 @@ mod tests {
 
     #[test]
     fn empty_lines_and_ping() {
-        assert_eq!(parse("", None, now()).unwrap(), Request::Empty);
-        assert_eq!(parse(" \r", None, now()).unwrap(), Request::Empty);
-        assert_eq!(parse("PING", None, now()).unwrap(), Request::Ping);
+        assert_eq!(parse("", None, |_| now()).unwrap(), Request::Empty);
+        assert_eq!(parse(" \r", None, |_| now()).unwrap(), Request::Empty);
+        assert_eq!(parse("PING", None, |_| now()).unwrap(), Request::Ping);
     }
 
     #[test]

@@ -29,6 +29,8 @@ use relay::Registry;
 pub struct Limits {
     pub max_line_bytes: usize,
     pub idle_timeout: Duration,
+    /// The pause after which a partial line counts as complete, on connections that
+    /// have never sent a newline; `None` disables it.
     pub partial_line: Option<Duration>,
     pub max_connections: usize,
 }
@@ -42,6 +44,8 @@ pub struct Shared {
     pub limits: Arc<Limits>,
     /// `[limits]`: the same plausibility rules as HTTP (`ERR out_of_range …`).
     pub reading_limits: Arc<lentera_protocol::Limits>,
+    /// The process's one stamper, shared with the HTTP entry.
+    pub stamps: crate::stamps::Stamps,
 }
 
 /// Accepts until `shutdown` turns true, then waits up to `drain` for open connections.

@@ -16,6 +16,7 @@ use lentera_protocol::{DeviceId, LampCommand, TopicKind, Topics};
 use tokio::sync::mpsc;
 
 use crate::stats::Stats;
+use crate::status::{StatusBoard, bound_instance};
 
 /// Commands queued per connection before further ones are dropped; a board that cannot
 /// read a few lines is not keeping up anyway, and its next HELLO gets the latest state.
@@ -83,14 +84,20 @@ impl Registry {
     }
 }
 
-/// Consumes the MQTT deliveries of the `lamp/set` subscription until the client stops.
+/// Consumes ingest's MQTT deliveries until the client stops: `lamp/set` commands for
+/// the boards, and the instances' bound sets for the status board.
 pub async fn run(
     mut deliveries: mpsc::Receiver<Delivery>,
     topics: Topics,
     registry: Registry,
+    statuses: StatusBoard,
     stats: Stats,
 ) {
     while let Some(d) = deliveries.recv().await {
+        if let Some(instance) = bound_instance(&topics, &d.publish.topic) {
+            statuses.on_bound_message(instance, &d.publish.payload);
+            continue;
+        }
         let Some((device, TopicKind::LampSet)) = topics.parse(&d.publish.topic) else {
             continue;
         };
