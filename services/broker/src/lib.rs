@@ -38,6 +38,9 @@
 //! - [`transport_tls`]: the MQTT-over-TLS listener and its certificate.
 //! - [`auth`]: who may connect (CONNECT hook), and each connection's publish/subscribe
 //!   rights (`auth/acl.rs`), users from the auth file (`auth/file.rs`, `auth/password.rs`).
+//! - [`telemetry`]: the first hop of a board's own reading (`{prefix}/{device}/telemetry`):
+//!   checked against `[limits]`, stamped with a microsecond-unique receive time when it
+//!   has no `ts`, refusals reported on `{prefix}/{device}/error`.
 //! - [`sys`]: `$SYS/broker/…` statistics, published retained by the broker itself.
 //! - [`metrics`], [`settings`], [`error`].
 //!
@@ -59,6 +62,7 @@ pub mod settings;
 pub mod startup;
 pub mod store;
 pub mod sys;
+pub mod telemetry;
 pub mod topic_filter;
 pub mod transport_tls;
 pub mod transport_ws;

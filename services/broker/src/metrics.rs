@@ -1,6 +1,9 @@
 //! The broker's Prometheus series, registered once and shared by every worker thread.
 
+use std::sync::Arc;
+
 use lentera_bootstrap::{Counter, Gauge, Observability};
+use lentera_protocol::ReadingError;
 
 /// Cheap to clone (atomics behind `Arc`s), so every worker and task holds its own copy.
 #[derive(Clone)]
@@ -45,6 +48,21 @@ pub struct Metrics {
     /// PUBLISH payload bytes accepted from clients / written to subscribers.
     pub bytes_received: Counter,
     pub bytes_sent: Counter,
+    /// Telemetry without `ts` that the broker gave its receive time (`telemetry.rs`).
+    pub telemetry_stamped: Counter,
+    /// Telemetry refused (not routed, reported on `{prefix}/{device}/error`), one
+    /// counter per [`ReadingError::code`].
+    pub telemetry_rejected: Arc<[(&'static str, Counter)]>,
+}
+
+impl Metrics {
+    /// The refusal counter of `code` (a [`ReadingError::code`]).
+    pub fn telemetry_rejected(&self, code: &str) -> Option<&Counter> {
+        self.telemetry_rejected
+            .iter()
+            .find(|(c, _)| *c == code)
+            .map(|(_, counter)| counter)
+    }
 }
 
 impl Metrics {
@@ -126,6 +144,23 @@ impl Metrics {
                 "PUBLISH payload bytes sent to subscribers.",
                 &[],
             ),
+            telemetry_stamped: obs.counter(
+                "telemetry_stamped_total",
+                "Telemetry PUBLISHes without ts given the broker's receive time.",
+                &[],
+            ),
+            // Adjacent, as the exposition format wants (see `dropped` above).
+            telemetry_rejected: ReadingError::CODES
+                .iter()
+                .map(|code| {
+                    let c = obs.counter(
+                        "telemetry_rejected_total",
+                        "Telemetry PUBLISHes refused (not routed; reported on {prefix}/{device}/error), by reason.",
+                        &[("reason", code)],
+                    );
+                    (*code, c)
+                })
+                .collect(),
         }
     }
 }

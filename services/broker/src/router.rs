@@ -36,6 +36,7 @@ use crate::metrics::Metrics;
 use crate::outbox::{Counts, Outbox, Pressure, Refused};
 use crate::store::recover::Recovered;
 use crate::store::{Record, Store};
+use crate::telemetry::{RefusedReading, Telemetry};
 use crate::topic_filter::{Filter, matches};
 use ntex_bytes::{ByteString, Bytes};
 use ntex_mqtt::QoS;
@@ -190,6 +191,8 @@ pub struct Router {
     state: Arc<Mutex<State>>,
     /// Broker-wide delivery backlog; QoS ≥ 1 publishers wait on it when overloaded.
     pressure: Arc<Pressure>,
+    /// Checks and stamps `{prefix}/{device}/telemetry` before it is routed (`telemetry.rs`).
+    telemetry: Arc<Telemetry>,
     metrics: Metrics,
     store: Store,
     limits: Limits,
@@ -323,6 +326,39 @@ impl Router {
 
     pub fn limits(&self) -> Limits {
         self.limits
+    }
+
+    /// This router with `telemetry` checking and stamping readings (set once, before
+    /// the router is shared; the default checks nothing).
+    pub fn with_telemetry(mut self, telemetry: Telemetry) -> Self {
+        self.telemetry = Arc::new(telemetry);
+        self
+    }
+
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.telemetry
+    }
+
+    /// Routes the report of a refused telemetry PUBLISH (`{prefix}/{device}/error`) as
+    /// the broker's own message. Returns the store sequence number the refused
+    /// publisher's acknowledgement waits for, so an acknowledged refusal is as durable
+    /// for a persistent subscriber (the historian's dead letters) as a reading.
+    pub fn report_refused(&self, refused: RefusedReading) -> u64 {
+        self.route(None, refused.report)
+    }
+
+    /// Publishes a message the broker makes on a client's behalf (a will): checked
+    /// and stamped like a PUBLISH of the client's, or only its refusal reported.
+    pub fn publish_checked(&self, from: Option<ConnId>, mut msg: Message) -> u64 {
+        match self.telemetry.inspect(&msg.topic, &msg.payload, msg.retain) {
+            Ok(stamped) => {
+                if let Some(payload) = stamped {
+                    msg.payload = payload;
+                }
+                self.publish(from, msg)
+            }
+            Err(refused) => self.report_refused(*refused),
+        }
     }
 
     pub fn store(&self) -> &Store {

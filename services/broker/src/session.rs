@@ -704,7 +704,7 @@ impl Active {
         if let Some(will) = router.disconnect(self.id) {
             tracing::info!(client_id = %self.client_id, topic = %will.topic, "publishing last will");
             metrics.wills.inc();
-            router.publish(Some(self.id), will);
+            router.publish_checked(Some(self.id), will);
         }
         tracing::debug!(client_id = %self.client_id, reason = why.label(), "connection closed");
     }

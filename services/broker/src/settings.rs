@@ -1,11 +1,15 @@
-//! `lentera-broker` settings: `[broker]` plus the shared `[telemetry]` and `ready_file`.
+//! `lentera-broker` settings: `[broker]` plus the shared `[telemetry]`, `[limits]` and
+//! `ready_file`.
 //!
 //! There is no `[mqtt]` section: that one configures MQTT *clients*; the broker is the
 //! server they connect to. `LENTERA_BROKER__MQTT_ADDR=127.0.0.1:0` picks any free port.
+//! `[telemetry]` is logging and tracing (shared by every service); `[broker.telemetry]`
+//! is what the broker does with readings boards publish (`telemetry.rs`).
 
 use std::path::PathBuf;
 
 use lentera_bootstrap::TelemetrySettings;
+use lentera_protocol::Limits;
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -13,6 +17,10 @@ use serde::Deserialize;
 pub struct Settings {
     pub telemetry: TelemetrySettings,
     pub broker: BrokerSettings,
+    /// `[limits]`: the plausibility rules telemetry published straight to the broker
+    /// is checked against — the same section ingest and the historian read, so a
+    /// reading refused by one is refused by all (env `LENTERA_LIMITS__MAX_FUTURE_SECS`, …).
+    pub limits: Limits,
     /// Where to write `{"mqtt": …, "admin": …}` once both listeners are bound.
     pub ready_file: Option<PathBuf>,
 }
@@ -91,6 +99,62 @@ pub struct BrokerSettings {
     pub allow_anonymous: bool,
     /// Seconds between `$SYS/broker/…` statistics updates; 0 = no `$SYS` topics.
     pub sys_interval_secs: u64,
+    /// `[broker.telemetry]`: readings published on `{prefix}/{device}/telemetry`.
+    pub telemetry: TelemetryCheck,
+}
+
+/// `[broker.telemetry]`: the broker is the first hop of a reading a board publishes
+/// straight to MQTT, so it checks it (`[limits]`) and gives it its receive time
+/// (`telemetry.rs`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryCheck {
+    /// Topic prefix of the platform's topics (the services' `mqtt.topic_prefix`).
+    /// PUBLISHes on `{prefix}/{device}/telemetry` are checked and stamped; empty turns
+    /// both off (every payload is routed as it came).
+    pub prefix: String,
+    /// This broker hands out the receive-time microseconds ≡ `stamp_offset` (mod
+    /// `stamp_stride`): every process that stamps readings (ingest instances, the
+    /// broker) takes its own residue class with one common stride, so no two can give
+    /// one device the same microsecond (`lentera_protocol::Stamper`).
+    pub stamp_offset: u32,
+    pub stamp_stride: u32,
+}
+
+impl Default for TelemetryCheck {
+    fn default() -> Self {
+        Self {
+            prefix: lentera_protocol::topic::DEFAULT_PREFIX.to_owned(),
+            stamp_offset: 0,
+            stamp_stride: 1,
+        }
+    }
+}
+
+impl TelemetryCheck {
+    /// Start-up check: a usable prefix and residue class.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.stamp_stride == 0 || self.stamp_offset >= self.stamp_stride {
+            return Err(format!(
+                "broker.telemetry: stamp_offset ({}) must be below stamp_stride ({}), \
+                 and stamp_stride at least 1",
+                self.stamp_offset, self.stamp_stride
+            ));
+        }
+        let prefix = self.prefix.trim_end_matches('/');
+        if !self.prefix.is_empty()
+            && (prefix.is_empty()
+                || prefix.starts_with('$')
+                || crate::topic_filter::validate_name(prefix).is_err())
+        {
+            return Err(format!(
+                "broker.telemetry.prefix {:?} is not a topic prefix (no wildcards, no \
+                 leading `$`; empty turns checking off)",
+                self.prefix
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl BrokerSettings {
@@ -144,6 +208,7 @@ impl Default for BrokerSettings {
             auth_file: None,
             allow_anonymous: true,
             sys_interval_secs: 10,
+            telemetry: TelemetryCheck::default(),
         }
     }
 }
@@ -167,5 +232,27 @@ mod tests {
         assert_eq!(b.ws_listen_addr(), None, "empty turns it off");
         b.ws_addr = Some("[::]:9001".into());
         assert_eq!(b.ws_listen_addr().as_deref(), Some("[::]:9001"));
+    }
+
+    #[test]
+    fn telemetry_check_settings_are_validated() {
+        let ok = TelemetryCheck::default();
+        assert_eq!(
+            (ok.prefix.as_str(), ok.stamp_offset, ok.stamp_stride),
+            ("lentera", 0, 1)
+        );
+        assert!(ok.validate().is_ok());
+        let with = |prefix: &str, offset, stride| TelemetryCheck {
+            prefix: prefix.into(),
+            stamp_offset: offset,
+            stamp_stride: stride,
+        };
+        assert!(with("", 0, 1).validate().is_ok(), "empty = off");
+        assert!(with("village/lentera", 2, 3).validate().is_ok());
+        assert!(with("lentera", 0, 0).validate().is_err());
+        assert!(with("lentera", 3, 3).validate().is_err());
+        for bad in ["lentera/+", "#", "$SYS", "/"] {
+            assert!(with(bad, 0, 1).validate().is_err(), "{bad}");
+        }
     }
 }

@@ -17,6 +17,7 @@ use crate::router::{Limits, Router};
 use crate::session::Shared;
 use crate::settings::{BrokerSettings, Settings};
 use crate::store::{Store, recover};
+use crate::telemetry::Telemetry;
 use crate::transport_tls::TlsListener;
 
 /// A bound, running broker.
@@ -50,7 +51,20 @@ impl Application {
             session_queue_capacity: cfg.session_queue_capacity.max(1),
             max_session_expiry: cfg.max_session_expiry_secs,
         };
-        let router = open_store(cfg, Metrics::new(&obs), limits)?;
+        cfg.telemetry.validate().map_err(anyhow::Error::msg)?;
+        settings
+            .limits
+            .validate()
+            .map_err(anyhow::Error::msg)
+            .context("invalid [limits]")?;
+        let metrics = Metrics::new(&obs);
+        let telemetry = Telemetry::new(&cfg.telemetry, settings.limits.clone(), &metrics);
+        if cfg.telemetry.prefix.is_empty() {
+            tracing::info!(
+                "broker.telemetry.prefix is empty: telemetry is neither checked nor stamped"
+            );
+        }
+        let router = open_store(cfg, metrics, limits)?.with_telemetry(telemetry);
         tokio::spawn(router.clone().expire_sessions_periodically());
         let sys = tokio::spawn(crate::sys::run(router.clone(), cfg.sys_interval_secs));
 

@@ -276,6 +276,24 @@ fn publish(
         reply(a, out, cx, 0, Packet::PublishReceived { packet_id: id });
         return Ok(Flow::Continue);
     }
+    // A board's reading: checked, and stamped when it has no `ts` (`telemetry.rs`).
+    // MQTT 3.1.1 cannot refuse in a PUBACK: a refused one is acknowledged once its
+    // report is durable, and only the report is routed.
+    let payload = match cx
+        .shared
+        .router
+        .telemetry()
+        .inspect(&p.topic, &payload, p.retain)
+    {
+        Ok(stamped) => stamped.unwrap_or(payload),
+        Err(refused) => {
+            let lsn = cx.shared.router.report_refused(*refused);
+            if let Some(pkt) = ack(p.packet_id) {
+                reply(a, out, cx, lsn, pkt);
+            }
+            return Ok(Flow::Continue);
+        }
+    };
     let lsn = a.route(
         cx,
         Message {

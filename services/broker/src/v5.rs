@@ -539,6 +539,27 @@ fn publish(
         ack(a, out, cx, 0, &p, PublishAckReason::Success, None);
         return Ok(Flow::Continue);
     }
+    // A board's reading: checked, and stamped when it has no `ts` (`telemetry.rs`). A
+    // refused one gets 0x99 and only its report is routed.
+    let payload = match cx
+        .shared
+        .router
+        .telemetry()
+        .inspect(&p.topic, &payload, p.retain)
+    {
+        Ok(stamped) => stamped.unwrap_or(payload),
+        Err(refused) => {
+            if let (QoS::ExactlyOnce, Some(id)) = (p.qos, p.packet_id) {
+                // A negative PUBREC ends the flow: no PUBREL will free the id.
+                cx.shared.router.qos2_released(a.id, id.get());
+            }
+            let why = refused.reason();
+            let lsn = cx.shared.router.report_refused(*refused);
+            let code = PublishAckReason::PayloadFormatInvalid;
+            ack(a, out, cx, lsn, &p, code, Some(why));
+            return Ok(Flow::Continue);
+        }
+    };
     let properties = Properties {
         user_properties: props.user_properties.clone(),
         content_type: props.content_type.clone(),

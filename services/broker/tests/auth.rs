@@ -86,7 +86,9 @@ async fn anonymous_clients_are_refused_unless_allowed() {
     assert_eq!(anon.subscribe("lentera/#").await, 0x87);
     assert_eq!(anon.publish_qos1("public/hello", b"hi").await.0, 0x00);
     assert_eq!(
-        anon.publish_qos1("lentera/anon/telemetry", b"{}").await.0,
+        anon.publish_qos1("lentera/anon/telemetry", b"{\"lux\":1}")
+            .await
+            .0,
         0x87
     );
     b.stop().await;
@@ -118,7 +120,9 @@ async fn client_id_substitution_lets_a_board_publish_to_its_own_topics_only() {
 
     // MQTT 5: the refusal is a PUBACK 0x87 with a reason string.
     let mut gh1_v5 = V5::connect(v5_opts(&b, "gh-1", Some(("gh-1", GH1_PASSWORD)))).await;
-    let (code, why) = gh1_v5.publish_qos1("lentera/gh-2/telemetry", b"{}").await;
+    let (code, why) = gh1_v5
+        .publish_qos1("lentera/gh-2/telemetry", b"{\"lux\":1}")
+        .await;
     assert_eq!(code, 0x87);
     assert!(why.unwrap_or_default().contains("not authorized"));
     assert_eq!(
@@ -137,11 +141,17 @@ async fn client_id_substitution_lets_a_board_publish_to_its_own_topics_only() {
     // The same user under another client id gets that id's topics, not gh-1's.
     let mut other = V5::connect(v5_opts(&b, "gh-9", Some(("gh-1", GH1_PASSWORD)))).await;
     assert_eq!(
-        other.publish_qos1("lentera/gh-1/telemetry", b"{}").await.0,
+        other
+            .publish_qos1("lentera/gh-1/telemetry", b"{\"lux\":1}")
+            .await
+            .0,
         0x87
     );
     assert_eq!(
-        other.publish_qos1("lentera/gh-9/telemetry", b"{}").await.0,
+        other
+            .publish_qos1("lentera/gh-9/telemetry", b"{\"lux\":1}")
+            .await
+            .0,
         0x00
     );
     assert_eq!(lamp.next_publish().await.topic, "lentera/gh-9/telemetry");
@@ -164,7 +174,9 @@ async fn a_client_id_with_wildcards_gains_nothing_from_substitution() {
     let b = broker_with_auth(false).await;
     let mut evil = V5::connect(v5_opts(&b, "+", Some(("gh-1", GH1_PASSWORD)))).await;
     assert_eq!(
-        evil.publish_qos1("lentera/gh-2/telemetry", b"{}").await.0,
+        evil.publish_qos1("lentera/gh-2/telemetry", b"{\"lux\":1}")
+            .await
+            .0,
         0x87
     );
     assert_eq!(evil.subscribe("lentera/+/lamp/set").await, 0x87);
@@ -265,7 +277,12 @@ async fn nobody_publishes_into_sys_even_without_authentication() {
         c.publish_qos1("$SYS/broker/uptime", b"forged").await.0,
         0x87
     );
-    assert_eq!(c.publish_qos1("lentera/x/telemetry", b"{}").await.0, 0);
+    assert_eq!(
+        c.publish_qos1("lentera/x/telemetry", b"{\"lux\":1}")
+            .await
+            .0,
+        0
+    );
     // The retained value is the broker's (published at start), not the client's.
     assert_eq!(c.subscribe("$SYS/broker/uptime").await, 1);
     let (_, payload) = c.try_publish(WAIT).await.expect("the broker's uptime");

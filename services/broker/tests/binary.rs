@@ -84,6 +84,98 @@ async fn binary_writes_ready_file_serves_mqtt_and_exits_on_sigterm() {
     let _ = std::fs::remove_file(&ready);
 }
 
+/// `[limits]` and `[broker.telemetry]` are read like every setting: from the shared
+/// settings file (`LENTERA_CONFIG`, the same file the other services read, their
+/// sections ignored) and `LENTERA_…` variables over it; settings that cannot work stop
+/// the start with a message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_and_stamping_come_from_the_shared_file_and_the_environment() {
+    let dir = std::env::temp_dir().join(format!("lentera-broker-cfg-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("lentera.toml");
+    std::fs::write(
+        &config,
+        r#"
+[mqtt]
+topic_prefix = "lentera"
+
+[ingest]
+max_batch = 10
+
+[broker.telemetry]
+stamp_offset = 3
+stamp_stride = 4
+
+[limits]
+ranges = { lux = { min = 0, max = 10 } }
+"#,
+    )
+    .unwrap();
+    let ready = dir.join("ready.json");
+    let child = Command::new(env!("CARGO_BIN_EXE_lentera-broker"))
+        .env("LENTERA_CONFIG", &config)
+        .env("LENTERA_BROKER__MQTT_ADDR", "127.0.0.1:0")
+        .env("LENTERA_BROKER__ADMIN_ADDR", "127.0.0.1:0")
+        .env("LENTERA_BROKER__DATA_DIR", "")
+        .env("LENTERA_LIMITS__DEFAULT_RANGE__MAX", "100")
+        .env("LENTERA_READY_FILE", &ready)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _running = Running(child);
+    let addrs = wait_for_ready_file(&ready);
+    let mqtt: std::net::SocketAddr = addrs["mqtt"].as_str().unwrap().parse().unwrap();
+    let opts = |id: &str| {
+        let mut o = rumqttc::MqttOptions::new(id, "127.0.0.1", mqtt.port());
+        o.set_keep_alive(Duration::from_secs(10));
+        o
+    };
+    let mut sub = Client::connect_v3(opts("sub")).await;
+    sub.subscribe("lentera/#", 1).await;
+    let mut board = Client::connect_v3(opts("gh-1")).await;
+    for (payload, refused) in [
+        (&br#"{"lux":11}"#[..], true), // the file's range
+        (br#"{"co2":101}"#, true),     // the environment's default range
+        (br#"{"co2":99}"#, false),
+    ] {
+        board
+            .publish("lentera/gh-1/telemetry", payload, 1, false)
+            .await;
+        board.expect_puback().await;
+        let m = sub.next_publish().await;
+        if refused {
+            assert_eq!(m.topic, "lentera/gh-1/error");
+            let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+            assert_eq!(v["reason"], "out_of_range", "{v}");
+        } else {
+            assert_eq!(m.topic, "lentera/gh-1/telemetry");
+            let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+            let ts = chrono::DateTime::parse_from_rfc3339(v["ts"].as_str().unwrap()).unwrap();
+            assert_eq!(
+                ts.timestamp_micros() % 4,
+                3,
+                "the file's residue class: {v}"
+            );
+        }
+    }
+    drop(_running);
+
+    let out = Command::new(env!("CARGO_BIN_EXE_lentera-broker"))
+        .env("LENTERA_CONFIG", &config)
+        .env("LENTERA_BROKER__MQTT_ADDR", "127.0.0.1:0")
+        .env("LENTERA_BROKER__ADMIN_ADDR", "127.0.0.1:0")
+        .env("LENTERA_BROKER__DATA_DIR", "")
+        .env("LENTERA_BROKER__TELEMETRY__STAMP_STRIDE", "3")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "offset 3 of stride 3 must not start");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("stamp_offset"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn hash_password_prints_a_hash_the_broker_accepts() {
     use std::io::Write;

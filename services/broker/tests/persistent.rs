@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Broker, Client, Ev};
+use common::{Broker, Client, Ev, reading};
 
 fn v3_persistent(broker: &Broker, id: &str) -> rumqttc::MqttOptions {
     let mut o = Client::v3_options(broker, id);
@@ -79,28 +79,25 @@ async fn persistent_session_queues_while_offline_and_resumes_with_session_presen
     let mut p = Client::v5(&broker, "ingest").await;
     for i in 0..5 {
         let qos = if i == 2 { 2 } else { 1 };
-        p.publish(
-            "lentera/gh-1/telemetry",
-            format!("{i}").as_bytes(),
-            qos,
-            false,
-        )
-        .await;
+        p.publish("lentera/gh-1/telemetry", &reading(i), qos, false)
+            .await;
     }
-    p.publish("lentera/gh-1/telemetry", b"qos0", 0, false).await;
+    p.publish("lentera/gh-1/telemetry", &reading(99), 0, false)
+        .await;
     p.expect("PUBCOMP", |e| matches!(e, Ev::PubComp)).await;
 
     let mut h = Client::connect_v3(v3_persistent(&broker, "historian")).await;
     assert!(h.session_present, "resumed session not reported present");
     for i in 0..5 {
         let m = h.next_publish().await;
-        assert_eq!(m.payload, format!("{i}").into_bytes(), "out of order");
+        assert_eq!(m.payload, reading(i), "out of order");
         assert_eq!(m.qos, if i == 2 { 2 } else { 1 });
     }
     assert_eq!(h.try_next_publish(Duration::from_millis(300)).await, None);
     // No re-SUBSCRIBE: the subscription survived.
-    p.publish("lentera/gh-2/telemetry", b"live", 1, false).await;
-    assert_eq!(h.next_publish().await.payload, b"live");
+    p.publish("lentera/gh-2/telemetry", &reading(100), 1, false)
+        .await;
+    assert_eq!(h.next_publish().await.payload, reading(100));
     broker.stop().await;
 }
 

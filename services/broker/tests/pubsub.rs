@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Broker, Client};
+use common::{Broker, Client, reading};
 
 const QUIET: Duration = Duration::from_millis(400);
 
@@ -16,23 +16,20 @@ async fn v3_qos0_and_qos1_reach_subscriber_and_qos1_publisher_gets_puback() {
     let mut publisher = Client::v3(&broker, "pub").await;
 
     publisher
-        .publish("lentera/gh-1/telemetry", b"{\"lux\":1}", 0, false)
+        .publish("lentera/gh-1/telemetry", &reading(1), 0, false)
         .await;
     let m = sub.next_publish().await;
     assert_eq!(
-        (m.topic.as_str(), &m.payload[..], m.qos),
-        ("lentera/gh-1/telemetry", &b"{\"lux\":1}"[..], 0)
+        (m.topic.as_str(), m.payload, m.qos),
+        ("lentera/gh-1/telemetry", reading(1), 0)
     );
 
     publisher
-        .publish("lentera/gh-1/telemetry", b"{\"lux\":2}", 1, false)
+        .publish("lentera/gh-1/telemetry", &reading(2), 1, false)
         .await;
     publisher.expect_puback().await;
     let m = sub.next_publish().await;
-    assert_eq!(
-        (&m.payload[..], m.qos, m.retain),
-        (&b"{\"lux\":2}"[..], 1, false)
-    );
+    assert_eq!((m.payload, m.qos, m.retain), (reading(2), 1, false));
     broker.stop().await;
 }
 
@@ -45,12 +42,12 @@ async fn v5_qos0_and_qos1_reach_subscriber_with_user_properties() {
     let mut publisher = Client::v5(&broker, "pub5").await;
 
     publisher
-        .publish("lentera/gh-2/telemetry", b"a", 0, false)
+        .publish("lentera/gh-2/telemetry", &reading(1), 0, false)
         .await;
     let m = sub.next_publish().await;
     assert_eq!(
-        (m.topic.as_str(), &m.payload[..], m.qos),
-        ("lentera/gh-2/telemetry", &b"a"[..], 0)
+        (m.topic.as_str(), m.payload, m.qos),
+        ("lentera/gh-2/telemetry", reading(1), 0)
     );
 
     // Trace context travels in MQTT 5 user properties; the broker must forward them.
@@ -64,14 +61,14 @@ async fn v5_qos0_and_qos1_reach_subscriber_with_user_properties() {
             "lentera/gh-2/telemetry",
             QoS::AtLeastOnce,
             false,
-            b"b".to_vec(),
+            reading(2),
             props,
         )
         .await
         .unwrap();
     publisher.expect_puback().await;
     let m = sub.next_publish().await;
-    assert_eq!((&m.payload[..], m.qos), (&b"b"[..], 1));
+    assert_eq!((m.payload, m.qos), (reading(2), 1));
     assert_eq!(
         m.user_properties,
         vec![("traceparent".to_string(), "00-abc-def-01".to_string())]

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use common::{Broker, Client, Ev};
+use common::{Broker, Client, Ev, reading};
 
 struct Running(Child);
 
@@ -103,16 +103,12 @@ async fn sigkill_loses_nothing_acknowledged_retained_or_queued_for_a_persistent_
     p.publish("lentera/gh-1/status", b"online", 1, true).await;
     p.expect_puback().await;
     for i in 0..50 {
-        p.publish(
-            "lentera/gh-1/telemetry",
-            format!("{i}").as_bytes(),
-            1,
-            false,
-        )
-        .await;
+        p.publish("lentera/gh-1/telemetry", &reading(i), 1, false)
+            .await;
         p.expect_puback().await;
     }
-    p.publish("lentera/gh-1/telemetry", b"q2", 2, false).await;
+    p.publish("lentera/gh-1/telemetry", &reading(1000), 2, false)
+        .await;
     p.expect("PUBCOMP", |e| matches!(e, Ev::PubComp)).await;
     // Acknowledged: kill at once, no grace.
     sigkill(&mut broker);
@@ -130,10 +126,10 @@ async fn sigkill_loses_nothing_acknowledged_retained_or_queued_for_a_persistent_
     assert!(m.dup);
     for i in 0..50 {
         let m = h.next_publish().await;
-        assert_eq!(m.payload, format!("{i}").into_bytes(), "lost or reordered");
+        assert_eq!(m.payload, reading(i), "lost or reordered");
     }
     let m = h.next_publish().await;
-    assert_eq!((&m.payload[..], m.qos), (&b"q2"[..], 2));
+    assert_eq!((m.payload, m.qos), (reading(1000), 2));
 
     let mut dash = Client::connect_v5(v5o(port)).await;
     assert!(dash.session_present);
@@ -153,6 +149,47 @@ async fn sigkill_loses_nothing_acknowledged_retained_or_queued_for_a_persistent_
     let mut h = Client::connect_v3(v3(port, "historian", false)).await;
     assert!(h.session_present);
     assert_eq!(h.try_next_publish(Duration::from_millis(500)).await, None);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue #12: the broker stamps a reading without `ts` before it logs it, so a reading
+/// queued for an offline persistent session (the historian) comes back after a SIGKILL
+/// with the `ts` a live subscriber saw before the crash, and is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stamped_reading_queued_across_sigkill_is_redelivered_with_the_same_ts() {
+    let dir = temp_dir("stamp");
+    let data = dir.join("data");
+    let (mut broker, port) = spawn(&dir, &data);
+    let mut h = Client::connect_v3(v3(port, "historian", false)).await;
+    h.subscribe("lentera/+/telemetry", 1).await;
+    h.disconnect().await;
+    let mut live = Client::connect_v3(v3(port, "web", true)).await;
+    live.subscribe("lentera/+/telemetry", 1).await;
+    let mut board = Client::connect_v3(v3(port, "gh-1", true)).await;
+    board
+        .publish("lentera/gh-1/telemetry", br#"{"lux":3.5}"#, 1, false)
+        .await;
+    board.expect_puback().await;
+    let seen = live.next_publish().await.payload;
+    let text = String::from_utf8(seen.clone()).unwrap();
+    assert!(
+        text.starts_with(r#"{"ts":""#) && text.ends_with(r#"Z","lux":3.5}"#),
+        "stamped by the broker: {text}"
+    );
+    sigkill(&mut broker);
+    board.kill();
+    live.kill();
+
+    let (_broker, port) = spawn(&dir, &data);
+    let mut h = Client::connect_v3(v3(port, "historian", false)).await;
+    assert!(h.session_present, "session lost in the crash");
+    let m = h.next_publish().await;
+    assert_eq!(
+        String::from_utf8(m.payload).unwrap(),
+        text,
+        "the same bytes, so the same ts"
+    );
+    assert_eq!(h.try_next_publish(Duration::from_millis(300)).await, None);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Broker, Client};
+use common::{Broker, Client, reading};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const QUIET: Duration = Duration::from_millis(400);
@@ -137,19 +137,11 @@ async fn clean_session_false_client_connects_and_receives() {
     historian.subscribe("lentera/+/telemetry", 1).await;
     let p = Client::v5(&broker, "ingest").await;
     for i in 0..3 {
-        p.publish(
-            "lentera/gh-1/telemetry",
-            format!("{i}").as_bytes(),
-            1,
-            false,
-        )
-        .await;
+        p.publish("lentera/gh-1/telemetry", &reading(i), 1, false)
+            .await;
     }
     for i in 0..3 {
-        assert_eq!(
-            historian.next_publish().await.payload,
-            format!("{i}").as_bytes()
-        );
+        assert_eq!(historian.next_publish().await.payload, reading(i));
     }
     broker.stop().await;
 }

@@ -224,3 +224,33 @@ async fn a_refused_connect_carries_a_reason_string() {
     assert_eq!(closed.unwrap(), None, "closed after the refusal");
     broker.stop().await;
 }
+
+/// Issue #12: a refused reading at QoS 2 gets PUBREC 0x99 with a reason string, which
+/// ends the flow (MQTT 5 §4.3.3): its packet id is free at once, so the next QoS 2
+/// PUBLISH with that id is a new message and is routed, not taken for a resend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_qos2_reading_gets_pubrec_0x99_and_frees_its_packet_id() {
+    let broker = Broker::start_with(settings()).await;
+    let mut sub = common::Client::v3(&broker, "historian").await;
+    sub.subscribe("lentera/+/telemetry", 2).await;
+    let mut c = connect(&broker, "gh-1").await;
+    c.write_all(&publish_qos2("lentera/gh-1/telemetry", 7, b"{\"lux\":-5}"))
+        .await
+        .unwrap();
+    let (h, body) = read_packet(&mut c).await.unwrap();
+    assert_eq!((h, &body[..3]), (0x50, &[0, 7, 0x99][..]), "{body:?}");
+    assert!(
+        body.windows(12).any(|w| w == b"out_of_range"),
+        "reason string: {body:?}"
+    );
+    c.write_all(&publish_qos2("lentera/gh-1/telemetry", 7, b"{\"lux\":5}"))
+        .await
+        .unwrap();
+    let (h, body) = read_packet(&mut c).await.unwrap();
+    assert_eq!((h, &body[..2]), (0x50, &[0, 7][..]), "PUBREC {body:?}");
+    assert!(body.len() == 2 || body[2] == 0, "success: {body:?}");
+    let m = sub.next_publish().await;
+    assert!(m.payload.ends_with(b"\"lux\":5}"), "{:?}", m.payload);
+    assert_eq!(sub.try_next_publish(Duration::from_millis(300)).await, None);
+    broker.stop().await;
+}

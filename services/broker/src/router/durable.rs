@@ -12,6 +12,7 @@ use crate::metrics::Metrics;
 use crate::outbox::Pressure;
 use crate::store::recover::Recovered;
 use crate::store::{Record, Store, record};
+use crate::telemetry::Telemetry;
 
 impl Router {
     /// A router starting from recovered state, writing changes to `store`.
@@ -52,6 +53,7 @@ impl Router {
             // Publishers are held back before one subscriber that keeps up with its
             // client but not with the publishers reaches its own bound and drops.
             pressure: Arc::new(Pressure::new(limits.session_queue_capacity / 2)),
+            telemetry: Arc::new(Telemetry::disabled(&metrics)),
             metrics,
             store,
             limits,

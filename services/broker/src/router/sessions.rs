@@ -156,7 +156,7 @@ impl Router {
     fn publish_will(&self, (will, _, expiry): PendingWill) {
         tracing::info!(topic = %will.topic, "publishing delayed last will");
         self.metrics.wills.inc();
-        self.publish(None, with_expiry(will, expiry, Instant::now()));
+        self.publish_checked(None, with_expiry(will, expiry, Instant::now()));
     }
 
     /// Removes a session and everything it owns.

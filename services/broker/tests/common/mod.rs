@@ -13,6 +13,16 @@ use tokio::task::JoinHandle;
 
 pub const WAIT: Duration = Duration::from_secs(5);
 
+/// A telemetry payload with its own `ts`, which the broker routes byte for byte: for
+/// tests about MQTT rather than readings that still use the platform's topics.
+/// `{"seq":N,"ts":"…"}`, the `ts` fixed for the whole test process.
+pub fn reading(seq: u64) -> Vec<u8> {
+    static TS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let ts =
+        TS.get_or_init(|| chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
+    format!(r#"{{"seq":{seq},"ts":"{ts}"}}"#).into_bytes()
+}
+
 pub struct Broker {
     pub mqtt: SocketAddr,
     pub admin: SocketAddr,
