@@ -13,6 +13,7 @@
 
 mod broker;
 mod db;
+mod mqtt_board;
 mod pg;
 mod process;
 pub mod readings;

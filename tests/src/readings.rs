@@ -1,10 +1,13 @@
 //! Counting readings in and out: a paced stream of readings sent to ingest the way a board
 //! sends them, and what PostgreSQL holds afterwards.
 //!
-//! Every reading carries its sequence number twice — as the metric `seq` and in its
-//! timestamp (`ts` = stream start + `seq` ms) — so a stored row names the reading it came
-//! from, and no two readings share the `(device, metric, ts)` key that makes redelivery
-//! idempotent (which would hide a loss behind a "duplicate").
+//! Every reading carries its sequence number as the metric `seq`, so a stored row names
+//! the reading it came from. A board with a clock also puts it in its timestamp (`ts` =
+//! stream start + `seq` ms), so no two readings share the `(device, metric, ts)` key that
+//! makes redelivery idempotent; a board without one ([`Ts::Receiver`]) sends no `ts` and
+//! the platform's first hop must give each reading a receive time of its own — two
+//! readings stamped alike would hide a loss behind a "duplicate", a redelivery stamped
+//! anew would show as a second row of the same `seq`.
 //!
 //! The sender behaves like a well-written board: a `503`/`429` is retried after its
 //! `Retry-After`, a failed connection after 100 ms, until the reading gets its `202`.
@@ -67,12 +70,12 @@ pub struct Log {
 pub struct Stream {
     pub device: String,
     pub count: u64,
-    accepted: Arc<AtomicUsize>,
+    pub(crate) accepted: Arc<AtomicUsize>,
     /// TCP: 1 while the board's current line has been sent and awaits its reply.
-    waiting: Arc<AtomicUsize>,
-    log: Arc<Mutex<Log>>,
-    url: Arc<Mutex<String>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    pub(crate) waiting: Arc<AtomicUsize>,
+    pub(crate) log: Arc<Mutex<Log>>,
+    pub(crate) url: Arc<Mutex<String>>,
+    pub(crate) tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// The stream's result once every sender has finished.
@@ -83,6 +86,15 @@ pub struct Report {
     /// Sequence numbers that got a `202`.
     pub accepted: BTreeSet<u64>,
     pub log: Log,
+}
+
+/// Who gives a reading its time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ts {
+    /// The board sends `ts`.
+    Board,
+    /// The board sends none: the first hop stamps its receive time.
+    Receiver,
 }
 
 /// How the HTTP senders use connections.
@@ -109,6 +121,37 @@ impl Stream {
         rate: f64,
         workers: usize,
         connections: Connections,
+    ) -> Stream {
+        Self::start_http(url, device, count, rate, workers, connections, Ts::Board)
+    }
+
+    /// [`Stream::start`] by a board without a clock: no `ts` in any reading.
+    pub fn start_without_ts(
+        url: String,
+        device: &str,
+        count: u64,
+        rate: f64,
+        workers: usize,
+    ) -> Stream {
+        Self::start_http(
+            url,
+            device,
+            count,
+            rate,
+            workers,
+            Connections::KeepAlive,
+            Ts::Receiver,
+        )
+    }
+
+    fn start_http(
+        url: String,
+        device: &str,
+        count: u64,
+        rate: f64,
+        workers: usize,
+        connections: Connections,
+        stamp: Ts,
     ) -> Stream {
         let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
         if connections == Connections::PerRequest {
@@ -140,8 +183,12 @@ impl Stream {
                         // A steady pace: reading `seq` is due `seq / rate` after the start.
                         tokio::time::sleep_until(t0 + Duration::from_secs_f64(seq as f64 / rate))
                             .await;
-                        let body =
-                            json!({"device": device, "seq": seq, "ts": base_ms + seq as i64});
+                        let body = match stamp {
+                            Ts::Board => {
+                                json!({"device": device, "seq": seq, "ts": base_ms + seq as i64})
+                            }
+                            Ts::Receiver => json!({"device": device, "seq": seq}),
+                        };
                         let give_up = Instant::now() + GIVE_UP;
                         while Instant::now() < give_up {
                             let target = url.lock().unwrap().clone();
@@ -192,6 +239,11 @@ impl Stream {
     /// connection at a time to `addr` (`host:port` of ingest's TCP listener; see the
     /// module docs for the board's rules).
     pub fn start_tcp(addr: String, device: &str, count: u64, rate: f64) -> Stream {
+        Self::start_tcp_with(addr, device, count, rate, Ts::Board)
+    }
+
+    /// [`Stream::start_tcp`] with a choice of who stamps the readings.
+    pub fn start_tcp_with(addr: String, device: &str, count: u64, rate: f64, stamp: Ts) -> Stream {
         let accepted = Arc::new(AtomicUsize::new(0));
         let waiting = Arc::new(AtomicUsize::new(0));
         let log = Arc::new(Mutex::new(Log::default()));
@@ -208,10 +260,11 @@ impl Stream {
                     tokio::time::sleep_until(t0 + Duration::from_secs_f64(seq as f64 / rate)).await;
                     let ts = base_ms + seq as i64;
                     // Both line forms a board may use, each bound to the HELLO device.
-                    let line = if seq % 2 == 0 {
-                        format!("seq={seq} ts={ts}")
-                    } else {
-                        json!({"seq": seq, "ts": ts}).to_string()
+                    let line = match (seq % 2 == 0, stamp) {
+                        (true, Ts::Board) => format!("seq={seq} ts={ts}"),
+                        (false, Ts::Board) => json!({"seq": seq, "ts": ts}).to_string(),
+                        (true, Ts::Receiver) => format!("seq={seq}"),
+                        (false, Ts::Receiver) => json!({"seq": seq}).to_string(),
                     };
                     let give_up = Instant::now() + GIVE_UP;
                     while Instant::now() < give_up {
