@@ -7,14 +7,22 @@
 //! connection dropped), and gives a reading up on any other `ERR`. One part of the path is
 //! broken and mended mid-stream; at the end PostgreSQL must hold exactly the readings that
 //! got `OK`, each once (see `lentera_tests::readings`).
+//!
+//! And the retained `status` of TCP boards is true after ingest itself is SIGKILLed: the
+//! restarted ingest announces `offline` the boards of its dead run that do not come
+//! back, from the bound set that run kept retained.
 
 use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lentera_tests::Stack;
 use lentera_tests::readings::{
     Attempt, Report, Stream, assert_stored_exactly_once, is_retryable, stored, wait_rows,
 };
+use lentera_tests::{Stack, TestBroker};
+use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// Longest wait for anything the tests wait on.
@@ -276,4 +284,251 @@ async fn ingest_terminated_mid_tcp_stream_every_ok_it_gave_is_stored_once() {
         assert_stored_exactly_once(&pool, report, WAIT).await;
     }
     stack.terminate_all().unwrap();
+}
+
+/// A board on the TCP line protocol that said `HELLO <device>` and now only listens.
+struct Board {
+    device: String,
+    /// Kept open: the binding lasts as long as the connection.
+    _conn: BufReader<TcpStream>,
+}
+
+impl Board {
+    /// Connects and binds, retrying while ingest is not listening yet.
+    async fn hello(addr: std::net::SocketAddr, device: &str) -> Board {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(stream) = TcpStream::connect(addr).await {
+                let mut conn = BufReader::new(stream);
+                let mut reply = String::new();
+                let sent = conn
+                    .get_mut()
+                    .write_all(format!("HELLO {device}\n").as_bytes())
+                    .await;
+                if sent.is_ok()
+                    && tokio::time::timeout(Duration::from_secs(2), conn.read_line(&mut reply))
+                        .await
+                        .is_ok_and(|r| r.is_ok())
+                    && reply.trim_end() == "OK"
+                {
+                    return Board {
+                        device: device.to_owned(),
+                        _conn: conn,
+                    };
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{device}: HELLO never answered OK"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// One status message received: (device, payload, retain flag, when).
+type Seen = (String, String, bool, Instant);
+
+/// An MQTT client on `lentera/+/status` recording every status it is sent after its
+/// subscription.
+struct StatusWatch {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    _client: AsyncClient,
+}
+
+impl StatusWatch {
+    async fn start(port: u16, tag: &str) -> StatusWatch {
+        let mut opts = MqttOptions::new(
+            format!("status-watch-{tag}-{}", lentera_tests::unique()),
+            "127.0.0.1",
+            port,
+        );
+        opts.set_keep_alive(Duration::from_secs(5));
+        let (client, mut eventloop) = AsyncClient::new(opts, 64);
+        client
+            .subscribe("lentera/+/status", QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
+        let log = seen.clone();
+        tokio::spawn(async move {
+            let mut subscribed_tx = Some(subscribed_tx);
+            while let Ok(event) = eventloop.poll().await {
+                match event {
+                    Event::Incoming(Incoming::SubAck(_)) => {
+                        if let Some(t) = subscribed_tx.take() {
+                            let _ = t.send(());
+                        }
+                    }
+                    Event::Incoming(Incoming::Publish(p)) => {
+                        let device = p.topic.split('/').nth(1).unwrap_or_default().to_owned();
+                        let payload = String::from_utf8_lossy(&p.payload).into_owned();
+                        log.lock()
+                            .unwrap()
+                            .push((device, payload, p.retain, Instant::now()));
+                    }
+                    _ => {}
+                }
+            }
+        });
+        tokio::time::timeout(WAIT, subscribed)
+            .await
+            .expect("SUBACK in time")
+            .unwrap();
+        StatusWatch {
+            seen,
+            _client: client,
+        }
+    }
+
+    /// The newest status of `device` this client knows (retained copy or live).
+    fn latest(&self, device: &str) -> Option<String> {
+        let seen = self.seen.lock().unwrap();
+        seen.iter()
+            .rev()
+            .find(|(d, ..)| d == device)
+            .map(|(_, p, ..)| p.clone())
+    }
+
+    /// Live (not retained) statuses of `device` sent at or after `since`.
+    fn live_since(&self, device: &str, since: Instant) -> Vec<String> {
+        let seen = self.seen.lock().unwrap();
+        seen.iter()
+            .filter(|(d, _, retain, at)| d == device && !retain && *at >= since)
+            .map(|(_, p, ..)| p.clone())
+            .collect()
+    }
+}
+
+/// What a client subscribing now is sent retained on `lentera/{device}/status`.
+async fn retained_status(port: u16, device: &str) -> Option<String> {
+    let watch = StatusWatch::start(port, "late").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let seen = watch.seen.lock().unwrap();
+    seen.iter()
+        .find(|(d, _, retain, _)| d == device && *retain)
+        .map(|(_, p, ..)| p.clone())
+}
+
+/// Ingest SIGKILLed with three boards bound over TCP: nothing can say `offline` for
+/// them, so their retained status stays `online`. Ingest is started again; one board
+/// reconnects within the grace period (`ingest.rebind_grace_secs`, default 10 s), the
+/// other two never do. Within 60 s of the restart the two are retained `offline`, and
+/// the one that came back stays `online` throughout — no `offline` was ever published
+/// for it. A graceful stop afterwards announces it offline and clears ingest's set.
+async fn ingest_killed_with_tcp_boards_bound(stack: Stack, tag: &str) {
+    let mut stack = stack;
+    let port = stack.mqtt_addr().port();
+    let addr = stack.ingest.addr("tcp").expect("ingest's TCP address");
+    let gone = [format!("{tag}-gone-1"), format!("{tag}-gone-2")];
+    let back = format!("{tag}-back");
+    let mut boards = Vec::new();
+    for device in gone.iter().chain([&back]) {
+        boards.push(Board::hello(addr, device).await);
+    }
+    let watch = StatusWatch::start(port, tag).await;
+    let deadline = Instant::now() + WAIT;
+    while !boards
+        .iter()
+        .all(|b| watch.latest(&b.device).as_deref() == Some("online"))
+    {
+        assert!(Instant::now() < deadline, "the boards were never online");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    stack.ingest.kill().unwrap();
+    drop(boards); // their connections died with ingest
+    for device in gone.iter().chain([&back]) {
+        assert_eq!(
+            retained_status(port, device).await.as_deref(),
+            Some("online"),
+            "a killed ingest leaves {device} online"
+        );
+    }
+
+    let restarted_at = Instant::now();
+    stack.restart_ingest().unwrap();
+    let returned = Board::hello(addr, &back).await;
+    assert!(
+        restarted_at.elapsed() < Duration::from_secs(5),
+        "{back} came back well within the grace period"
+    );
+
+    let limit = Duration::from_secs(60);
+    while !gone
+        .iter()
+        .all(|d| watch.latest(d).as_deref() == Some("offline"))
+    {
+        assert!(
+            restarted_at.elapsed() < limit,
+            "boards that never came back are not offline {limit:?} after the restart: {:?}\n{}",
+            gone.iter().map(|d| watch.latest(d)).collect::<Vec<_>>(),
+            stack.ingest.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "boards of the killed ingest offline {:?} after its restart",
+        restarted_at.elapsed()
+    );
+    for device in &gone {
+        assert_eq!(
+            retained_status(port, device).await.as_deref(),
+            Some("offline"),
+            "{device} retained offline"
+        );
+    }
+    assert_eq!(
+        retained_status(port, &back).await.as_deref(),
+        Some("online"),
+        "{back}, back within the grace period, stays online"
+    );
+    assert!(
+        !watch
+            .live_since(&back, restarted_at)
+            .contains(&"offline".to_owned()),
+        "no offline was published for {back}: {:?}",
+        watch.live_since(&back, restarted_at)
+    );
+
+    // A graceful stop: the bound board goes offline, and nothing is left to correct.
+    let status = stack.ingest.terminate().unwrap();
+    assert!(status.success(), "{}", stack.ingest.log_text());
+    drop(returned);
+    assert_eq!(
+        retained_status(port, &back).await.as_deref(),
+        Some("offline"),
+        "a graceful stop announces {back} offline"
+    );
+    for h in &mut stack.historians {
+        assert!(h.terminate().unwrap().success(), "{}", h.log_text());
+    }
+    assert!(stack.broker.terminate().unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_killed_its_tcp_boards_that_do_not_come_back_go_offline() {
+    let stack = Stack::builder()
+        .readings_only()
+        .start()
+        .await
+        .expect("stack starts");
+    ingest_killed_with_tcp_boards_bound(stack, "tcp-crash").await;
+}
+
+/// The same on Mosquitto: the bound set is nothing but retained messages and an
+/// ordinary subscription.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_killed_on_mosquitto_its_tcp_boards_that_do_not_come_back_go_offline() {
+    let Some(broker) = TestBroker::mosquitto() else {
+        return;
+    };
+    let stack = Stack::builder()
+        .broker(broker)
+        .readings_only()
+        .start()
+        .await
+        .expect("stack starts");
+    ingest_killed_with_tcp_boards_bound(stack, "tcp-crash-mq").await;
 }
