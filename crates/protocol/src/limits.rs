@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Duration, Utc};
 use serde::Deserialize;
 
-use crate::reading::{Reading, ReadingError};
+use crate::reading::{Reading, ReadingError, num};
 
 /// The largest magnitude any stored value may have. An hour of one series holds at most
 /// 3.6e9 readings (one per microsecond), so its rollup sum stays below 3.6e24, far from
@@ -69,7 +69,7 @@ impl Range {
 impl std::fmt::Display for Range {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (min, max) = self.bounds();
-        write!(f, "[{min}, {max}]")
+        write!(f, "[{}, {}]", num(min), num(max))
     }
 }
 
@@ -249,7 +249,7 @@ mod tests {
         assert!(err.to_string().contains("[0, 200000]"), "{err}");
         assert_eq!(
             Range::new(None, Some(5.0)).to_string(),
-            "[-1000000000000000, 5]"
+            "[-1e15, 5]"
         );
     }
 

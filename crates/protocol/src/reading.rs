@@ -55,7 +55,7 @@ pub enum ReadingError {
     NoMetrics,
     #[error("a reading may carry at most {MAX_METRICS} metrics")]
     TooManyMetrics,
-    #[error("metric {metric:?} = {value} is outside its physical range {range}")]
+    #[error("metric {metric:?} = {} is outside its physical range {range}", num(*.value))]
     OutOfRange {
         metric: String,
         value: f64,
@@ -112,6 +112,16 @@ impl ReadingError {
             ReadingError::InvalidSenml(_) => "invalid_senml",
             ReadingError::UnsupportedSenmlField(_) => "unsupported_senml_field",
         }
+    }
+}
+
+/// A number as people read it in an error message: `27.5`, but `1e308` rather than 309
+/// digits.
+pub fn num(v: f64) -> String {
+    if v != 0.0 && !(1e-4..1e9).contains(&v.abs()) {
+        format!("{v:e}")
+    } else {
+        v.to_string()
     }
 }
 
