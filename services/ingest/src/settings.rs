@@ -60,7 +60,7 @@ pub struct IngestSettings {
     pub tcp_partial_line_ms: u64,
     /// This process's number among the ingest instances behind one load balancer, from 0.
     /// It picks the receive-time residue class (`lentera_protocol::Stamper`) and the
-    /// topic of this instance's bound-board set (`{prefix}/_ingest/{instance}/bound`).
+    /// topic of this instance's bound-board set (`{prefix}/.ingest/{instance}/bound`).
     pub instance: u32,
     /// How many ingest instances share the work; every instance gets the same value.
     pub instances: u32,

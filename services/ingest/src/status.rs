@@ -13,7 +13,7 @@
 //! # The bound set: statuses after a crash
 //! A SIGKILLed ingest cannot say `offline` for its boards, and MQTT has one Last Will per
 //! client connection, not one per board. So each instance keeps, retained on
-//! `{prefix}/_ingest/{instance}/bound` ([`bound_topic`]), a JSON array of every device it
+//! `{prefix}/.ingest/{instance}/bound` ([`bound_topic`]), a JSON array of every device it
 //! may have left `online`: the devices bound to it, those whose status is not yet
 //! acknowledged, and (until they are dealt with) its predecessor's. The rule that makes
 //! it enough: **an `online` is published only after a set holding the device has been
@@ -37,9 +37,10 @@
 //! which case the set stays for the next run. Only retained messages and an ordinary
 //! subscription are used, so this works on any MQTT 3.1.1/5 broker.
 //!
-//! `_ingest` is a valid device id, but `{prefix}/_ingest/{n}/bound` has a suffix that is
-//! no platform topic kind, so `Topics::parse` never takes it for a device's topic (see
-//! the tests).
+//! `.ingest` is not a device id (`[A-Za-z0-9_-]`), so `Topics::parse` never takes
+//! `{prefix}/.ingest/…` for a device's topic, and no device authenticated as itself can
+//! publish there under the usual `lentera/%c/#` rule (`_ingest` would have been both a
+//! valid device id and a board's client id). See the tests.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -59,21 +60,21 @@ const PROBE_ATTEMPTS: u32 = 5;
 /// Pause between probes while no echo has arrived.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
-/// `{prefix}/_ingest/{instance}/bound`: the retained set of one instance's devices.
+/// `{prefix}/.ingest/{instance}/bound`: the retained set of one instance's devices.
 pub fn bound_topic(topics: &Topics, instance: u32) -> String {
-    format!("{}/_ingest/{instance}/bound", topics.prefix())
+    format!("{}/.ingest/{instance}/bound", topics.prefix())
 }
 
 /// The filter matching every instance's [`bound_topic`].
 pub fn bound_filter(topics: &Topics) -> String {
-    format!("{}/_ingest/+/bound", topics.prefix())
+    format!("{}/.ingest/+/bound", topics.prefix())
 }
 
 /// The instance whose [`bound_topic`] `topic` is, if it is one.
 pub fn bound_instance(topics: &Topics, topic: &str) -> Option<u32> {
     topic
         .strip_prefix(topics.prefix())?
-        .strip_prefix("/_ingest/")?
+        .strip_prefix("/.ingest/")?
         .strip_suffix("/bound")?
         .parse()
         .ok()
@@ -475,15 +476,18 @@ mod tests {
     fn the_bound_topic_is_never_a_device_topic() {
         let topics = Topics::default();
         let topic = bound_topic(&topics, 3);
-        assert_eq!(topic, "lentera/_ingest/3/bound");
+        assert_eq!(topic, "lentera/.ingest/3/bound");
         assert_eq!(topics.parse(&topic), None);
         assert_eq!(bound_instance(&topics, &topic), Some(3));
-        assert_eq!(bound_filter(&topics), "lentera/_ingest/+/bound");
-        // `_ingest`'s own status would be a device topic, but that is not ours.
-        assert!(topics.parse("lentera/_ingest/status").is_some());
-        assert_eq!(bound_instance(&topics, "lentera/_ingest/status"), None);
-        assert_eq!(bound_instance(&topics, "lentera/_ingest/x/bound"), None);
-        assert_eq!(bound_instance(&topics, "other/_ingest/0/bound"), None);
+        assert_eq!(bound_filter(&topics), "lentera/.ingest/+/bound");
+        // Not a device id, so not a device topic whatever follows it.
+        assert!(DeviceId::parse(".ingest").is_err());
+        assert_eq!(topics.parse("lentera/.ingest/status"), None);
+        assert_eq!(topics.parse("lentera/.ingest/telemetry"), None);
+        assert_eq!(bound_instance(&topics, "lentera/.ingest/status"), None);
+        assert_eq!(bound_instance(&topics, "lentera/_ingest/0/bound"), None);
+        assert_eq!(bound_instance(&topics, "lentera/.ingest/x/bound"), None);
+        assert_eq!(bound_instance(&topics, "other/.ingest/0/bound"), None);
         let village = Topics::new("village/lentera");
         assert_eq!(bound_instance(&village, &bound_topic(&village, 0)), Some(0));
     }

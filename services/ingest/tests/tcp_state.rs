@@ -292,7 +292,7 @@ async fn publish_retained(port: u16, topic: &str, payload: &str) {
 async fn the_bound_set_follows_the_boards_and_shutdown_clears_it() {
     let broker = TestBroker::start();
     let port = broker.port();
-    let bound = "lentera/_ingest/0/bound";
+    let bound = "lentera/.ingest/0/bound";
     let app = TestApp::spawn(settings(port)).await;
     app.wait_ready().await;
     wait_retained_payload(port, bound, Some("[]"), WAIT).await;
@@ -327,11 +327,11 @@ async fn boards_of_a_dead_run_that_do_not_come_back_are_announced_offline() {
     }
     publish_retained(
         port,
-        "lentera/_ingest/0/bound",
+        "lentera/.ingest/0/bound",
         r#"["back-1","dead-1","dead-2","moved-1"]"#,
     )
     .await;
-    publish_retained(port, "lentera/_ingest/1/bound", r#"["moved-1"]"#).await;
+    publish_retained(port, "lentera/.ingest/1/bound", r#"["moved-1"]"#).await;
     let mut live = Mqtt::connect(port, "lentera/+/status").await;
 
     let mut s = settings(port);
@@ -345,7 +345,7 @@ async fn boards_of_a_dead_run_that_do_not_come_back_are_announced_offline() {
     // During the grace period the set still holds the previous run's boards.
     wait_retained_payload(
         port,
-        "lentera/_ingest/0/bound",
+        "lentera/.ingest/0/bound",
         Some(r#"["back-1","dead-1","dead-2","moved-1"]"#),
         WAIT,
     )
@@ -374,7 +374,7 @@ async fn boards_of_a_dead_run_that_do_not_come_back_are_announced_offline() {
             other => panic!("{device}: {other:?}"),
         }
     }
-    wait_retained_payload(port, "lentera/_ingest/0/bound", Some(r#"["back-1"]"#), WAIT).await;
+    wait_retained_payload(port, "lentera/.ingest/0/bound", Some(r#"["back-1"]"#), WAIT).await;
     for (d, want) in [
         ("dead-1", "offline"),
         ("dead-2", "offline"),
