@@ -96,7 +96,6 @@ impl Topics {
         self.topic(device, TopicKind::Status)
     }
 
-    /// The subscription filter matching `kind` for every device: `{prefix}/+/{suffix}`.
     /// `{prefix}/{device}/error`: a refusal of something the device sent, published
     /// after the device was answered (see [`crate::rejection`]). Not a [`TopicKind`]:
     /// the platform only ever publishes it.
@@ -115,6 +114,7 @@ impl Topics {
         DeviceId::parse(rest.strip_suffix("/error")?).ok()
     }
 
+    /// The subscription filter matching `kind` for every device: `{prefix}/+/{suffix}`.
     pub fn filter(&self, kind: TopicKind) -> String {
         format!("{}/+/{}", self.prefix, kind.suffix())
     }
