@@ -392,7 +392,9 @@ async fn poison_is_refused_or_kept_as_a_dead_letter_and_holds_back_nobody() {
         .await
         .unwrap();
     assert!(
-        metrics.lines().any(|l| l == "lentera_historian_storage_refused_total 1"),
+        metrics
+            .lines()
+            .any(|l| l == "lentera_historian_storage_refused_total 1"),
         "{metrics}"
     );
     assert_eq!(

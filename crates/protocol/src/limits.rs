@@ -247,10 +247,7 @@ mod tests {
             .check(&reading(now(), "lux", -1.0), now())
             .unwrap_err();
         assert!(err.to_string().contains("[0, 200000]"), "{err}");
-        assert_eq!(
-            Range::new(None, Some(5.0)).to_string(),
-            "[-1e15, 5]"
-        );
+        assert_eq!(Range::new(None, Some(5.0)).to_string(), "[-1e15, 5]");
     }
 
     #[test]
