@@ -12,6 +12,8 @@
 //! - [`startup`]: builds the app on bound listeners, runs it, drains it on shutdown.
 //! - [`publish`]: readings → acknowledged MQTT messages.
 //! - [`stamps`]: the one stamper giving readings without `ts` unique receive times.
+//! - [`in_doubt`]: receive times of readings answered with a retryable error while the
+//!   broker may have them, given again to the board's retry (pure, unit-tested).
 //! - [`status`]: retained `online`/`offline` of TCP boards, published until acknowledged,
 //!   and the retained bound set that corrects them after a crash.
 //! - [`stats`]: Prometheus counters (accepted readings, rejections by code).
@@ -20,6 +22,7 @@
 //!   connection, [`tcp::relay`] the lamp-command registry.
 
 pub mod http;
+pub mod in_doubt;
 pub mod publish;
 pub mod settings;
 pub mod stamps;

@@ -39,8 +39,9 @@ impl Publisher {
     /// most actionable error is returned — `Overloaded` only when nothing worse happened,
     /// because "broker gone" needs a different client reaction than "slow down". Some
     /// readings may have been delivered; a retry re-sends them, which the historian's
-    /// (device, metric, ts) key makes harmless when the board sent `ts` (a retry of a
-    /// reading without `ts` gets a new receive time: it is a new reading).
+    /// (device, metric, ts) key makes harmless when the board sent `ts`, and for a
+    /// reading without `ts` when the door kept its receive time for the retry
+    /// (`Stamps::failed`, see [`crate::in_doubt`]).
     pub async fn readings(&self, readings: &[Reading]) -> Result<(), PublishError> {
         let items = readings
             .iter()

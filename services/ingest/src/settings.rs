@@ -67,6 +67,14 @@ pub struct IngestSettings {
     /// After a start, how long boards of this instance's previous run (read from its
     /// retained bound set) have to say HELLO again before they are announced `offline`.
     pub rebind_grace_secs: u64,
+    /// How long the receive time of a reading without `ts` that was answered with a
+    /// retryable error (`503`, `ERR broker_unavailable`) after its publish was sent is
+    /// kept for the board's retry with the same values; 0 = never (every retry is stamped
+    /// anew). See `in_doubt`.
+    pub in_doubt_secs: u64,
+    /// Most such receive times kept, all devices together (the oldest go first); a device
+    /// keeps at most `max_batch` of them.
+    pub in_doubt_max: usize,
 }
 
 impl Default for IngestSettings {
@@ -86,6 +94,8 @@ impl Default for IngestSettings {
             instance: 0,
             instances: 1,
             rebind_grace_secs: 10,
+            in_doubt_secs: 120,
+            in_doubt_max: 100_000,
         }
     }
 }
@@ -128,6 +138,15 @@ impl IngestSettings {
 
     pub fn rebind_grace(&self) -> Duration {
         Duration::from_secs(self.rebind_grace_secs)
+    }
+
+    /// The in-doubt receive times' bounds.
+    pub fn in_doubt(&self) -> crate::stamps::InDoubtLimits {
+        crate::stamps::InDoubtLimits {
+            ttl: Duration::from_secs(self.in_doubt_secs),
+            per_device: self.max_batch.max(1),
+            capacity: self.in_doubt_max,
+        }
     }
 
     pub fn shutdown_timeout(&self) -> Duration {

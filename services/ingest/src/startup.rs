@@ -84,7 +84,8 @@ impl Application {
             statuses.clone(),
             stats.clone(),
         ));
-        let stamps = Stamps::new(cfg.instance, cfg.instances);
+        let stamps = Stamps::with_limits(cfg.instance, cfg.instances, cfg.in_doubt())
+            .counting(stats.stamps_reused.clone(), stats.stamps_in_doubt.clone());
 
         let http_listener = std::net::TcpListener::bind(&cfg.http_addr)
             .with_context(|| format!("binding HTTP to {}", cfg.http_addr))?;

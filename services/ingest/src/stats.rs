@@ -20,6 +20,12 @@ pub struct Stats {
     pub tcp_connections: Gauge,
     /// Lamp commands written to bound TCP connections.
     pub relayed: Counter,
+    /// Readings without `ts` that got the receive time of an earlier, in-doubt attempt
+    /// (a board's retry after a retryable error; see `in_doubt`).
+    pub stamps_reused: Counter,
+    /// Receive times kept in doubt: readings answered with a retryable error while the
+    /// broker may have them.
+    pub stamps_in_doubt: Counter,
     rejections: Arc<Mutex<HashMap<&'static str, Counter>>>,
 }
 
@@ -39,6 +45,16 @@ impl Stats {
             relayed: obs.counter(
                 "lamp_commands_relayed_total",
                 "Lamp commands written to TCP-bound boards.",
+                &[],
+            ),
+            stamps_reused: obs.counter(
+                "stamps_reused_total",
+                "Readings without ts given the receive time of an in-doubt earlier attempt.",
+                &[],
+            ),
+            stamps_in_doubt: obs.counter(
+                "stamps_in_doubt_total",
+                "Receive times kept after a retryable error while the broker may have the reading.",
                 &[],
             ),
             rejections: Arc::default(),

@@ -8,8 +8,12 @@
 //!
 //! A reading without `ts` (a SenML record without time) gets its receive time from the
 //! one stamper of this process ([`crate::stamps`]): a microsecond unique per device, so
-//! 100 readings of one device in one request are 100 readings, not one.
+//! 100 readings of one device in one request are 100 readings, not one. A request
+//! answered `503`/`429` after its publishes may have reached the broker leaves its
+//! receive times in doubt, and its retry (same device, same values) gets them again
+//! ([`crate::in_doubt`]), so the board's retry is stored once.
 
+use crate::stamps::{Origin, Received};
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
 use lentera_protocol::{Limits, Reading, ReadingError, Stamper, senml};
@@ -51,10 +55,10 @@ async fn accept(
     let (body, media) =
         read_json(req, payload, state.body_limit, &[JSON, senml::CONTENT_TYPE]).await?;
     // One lock per request; released before the publish is awaited.
-    let readings = {
+    let received = {
         let mut receipt = state.stamps.receipt();
         let now = receipt.now();
-        if media == senml::CONTENT_TYPE {
+        let mut received = if media == senml::CONTENT_TYPE {
             validate_senml(
                 &body,
                 state.max_batch,
@@ -64,22 +68,28 @@ async fn accept(
             )?
         } else {
             validate(body, state.max_batch, now, receipt.stamper(), &state.limits)?
-        }
+        };
+        receipt.settle(&mut received);
+        received
     };
-    state.publisher.readings(&readings).await?;
-    tracing::debug!(count = readings.len(), "readings accepted over HTTP");
-    Ok(readings.len())
+    if let Err(e) = state.publisher.readings(&received.readings).await {
+        state.stamps.failed(&received, &e);
+        return Err(e.into());
+    }
+    tracing::debug!(count = received.len(), "readings accepted over HTTP");
+    Ok(received.len())
 }
 
 /// Turns a parsed body into readings, refusing the whole body on the first bad element.
-/// `now` is the receive time; a reading without `ts` is stamped by `stamper` at `now`.
+/// `now` is the receive time; a reading without `ts` is stamped by `stamper` at `now`
+/// (its origin [`Origin::Fresh`]).
 pub fn validate(
     body: Value,
     max_batch: usize,
     now: DateTime<Utc>,
     stamper: &mut Stamper,
     limits: &Limits,
-) -> Result<Vec<Reading>, ApiError> {
+) -> Result<Received, ApiError> {
     let items = match body {
         Value::Array(items) => {
             if items.is_empty() {
@@ -95,18 +105,22 @@ pub fn validate(
         }
         single => vec![single],
     };
-    items
-        .iter()
-        .enumerate()
-        .map(|(index, item)| {
-            let obj = item.as_object().ok_or(ReadingError::NotAnObject);
-            obj.and_then(|o| {
-                Reading::from_object_stamped(o, None, |d| stamper.stamp(d.as_str(), now))
+    let mut received = Received::default();
+    for (index, item) in items.iter().enumerate() {
+        let mut origin = Origin::Board;
+        let obj = item.as_object().ok_or(ReadingError::NotAnObject);
+        let reading = obj
+            .and_then(|o| {
+                Reading::from_object_stamped(o, None, |d| {
+                    origin = Origin::Fresh;
+                    stamper.stamp(d.as_str(), now)
+                })
             })
             .and_then(|r| limits.check(&r, now).map(|()| r))
-            .map_err(|error| ApiError::InvalidReading { index, error })
-        })
-        .collect()
+            .map_err(|error| ApiError::InvalidReading { index, error })?;
+        received.push(reading, origin);
+    }
+    Ok(received)
 }
 
 /// A SenML pack into readings, with the same all-or-nothing rule as [`validate`].
@@ -122,7 +136,7 @@ pub fn validate_senml(
     now: DateTime<Utc>,
     stamper: &mut Stamper,
     limits: &Limits,
-) -> Result<Vec<Reading>, ApiError> {
+) -> Result<Received, ApiError> {
     match pack.as_array().map(Vec::len) {
         Some(0) => return Err(ApiError::EmptyBatch),
         Some(n) if n > max_batch => {
@@ -136,22 +150,23 @@ pub fn validate_senml(
     let now = off_the_millisecond(now);
     let resolved = senml::parse(pack, now)
         .map_err(|(index, error)| ApiError::InvalidReading { index, error })?;
-    resolved
-        .into_iter()
-        .map(|mut r| {
-            if r.reading.ts == now {
-                r.reading.ts = stamper.stamp(r.reading.device.as_str(), now);
-            }
-            r
-        })
-        .map(|r| match limits.check(&r.reading, now) {
-            Ok(()) => Ok(r.reading),
-            Err(error) => Err(ApiError::InvalidReading {
+    let mut received = Received::default();
+    for mut r in resolved {
+        let origin = if r.reading.ts == now {
+            r.reading.ts = stamper.stamp(r.reading.device.as_str(), now);
+            Origin::Fresh
+        } else {
+            Origin::Board
+        };
+        if let Err(error) = limits.check(&r.reading, now) {
+            return Err(ApiError::InvalidReading {
                 index: r.index_for(&error),
                 error,
-            }),
-        })
-        .collect()
+            });
+        }
+        received.push(r.reading, origin);
+    }
+    Ok(received)
 }
 
 /// `now`, moved on by a microsecond if it falls on a whole millisecond.
@@ -179,9 +194,10 @@ mod tests {
             &mut Stamper::default(),
             &Limits::default(),
         )
+        .map(|r| r.readings)
     }
 
-    fn senml(pack: &Value, now: DateTime<Utc>, stamper: &mut Stamper) -> Vec<Reading> {
+    fn senml(pack: &Value, now: DateTime<Utc>, stamper: &mut Stamper) -> Received {
         validate_senml(pack, 100, now, stamper, &Limits::default()).unwrap()
     }
 
@@ -193,7 +209,11 @@ mod tests {
             .map(|i| json!({"device":"gh-1","temperature":20 + i % 10}))
             .chain([json!({"device":"gh-1","lux":1,"ts":"2026-01-01T00:00:00Z"})])
             .collect();
-        let r = validate(Value::Array(body), 101, now, &mut stamper, &Limits::none()).unwrap();
+        let received =
+            validate(Value::Array(body), 101, now, &mut stamper, &Limits::none()).unwrap();
+        assert!(received.origins[..100].iter().all(|o| *o == Origin::Fresh));
+        assert_eq!(received.origins[100], Origin::Board);
+        let r = received.readings;
         let stamps: HashSet<_> = r[..100].iter().map(|r| r.ts).collect();
         assert_eq!(stamps.len(), 100, "one distinct receive time per reading");
         assert!(
@@ -213,7 +233,8 @@ mod tests {
             &mut stamper,
             &Limits::none(),
         )
-        .unwrap();
+        .unwrap()
+        .readings;
         assert!(stamps.iter().all(|t| again[0].ts > *t));
     }
 
@@ -229,7 +250,9 @@ mod tests {
             {"n":"gh-2/lux","v":4,"bn":"","t":1_800_000_000}
         ]);
         let a = senml(&pack, now, &mut stamper);
-        let b = senml(&pack, now, &mut stamper);
+        // Stamped exactly where the pack gave no time.
+        assert_eq!(a.origins, [Origin::Fresh, Origin::Board, Origin::Board]);
+        let (a, b) = (a.readings, senml(&pack, now, &mut stamper).readings);
         assert_eq!(a.len(), 3);
         // The untimed records of gh-1: one reading, stamped, and a new stamp next time.
         assert_eq!(a[0].metrics.len(), 2);
@@ -273,7 +296,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok.len(), 1);
-        assert_eq!(ok[0].metrics.len(), 2);
+        assert_eq!(ok.readings[0].metrics.len(), 2);
         let bad = json!([{"bn":"gh-1/","n":"lux","v":1,"t":-60},{"n":"temperature","v":-80}]);
         assert_eq!(
             reading_code(validate_senml(&bad, 3, now, s, &l).unwrap_err()),

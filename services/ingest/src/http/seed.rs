@@ -12,6 +12,7 @@ use serde_json::{Number, Value, json};
 
 use super::error::ApiError;
 use super::{HttpState, JSON, read_json};
+use crate::stamps::{Origin, Received};
 
 pub async fn post(
     req: HttpRequest,
@@ -51,15 +52,23 @@ async fn accept(
     // The seed's client sends no time: a receive time unique for the device (two posts in
     // one millisecond are two readings), and the same plausibility rules as every other
     // entry (a 500 °C "suhu" is a broken sensor).
-    {
+    // A retry of a post answered 503 while the broker may have it gets its first
+    // receive time again (`crate::in_doubt`).
+    let received = {
         let mut receipt = state.stamps.receipt();
         reading.ts = receipt.stamp(&reading.device);
         state
             .limits
             .check(&reading, receipt.now())
             .map_err(|error| ApiError::InvalidReading { index: 0, error })?;
+        let mut received = Received::one(reading, Origin::Fresh);
+        receipt.settle(&mut received);
+        received
+    };
+    if let Err(e) = state.publisher.readings(&received.readings).await {
+        state.stamps.failed(&received, &e);
+        return Err(e.into());
     }
-    state.publisher.readings(&[reading]).await?;
     Ok(python_str(&number))
 }
 

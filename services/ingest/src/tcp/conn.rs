@@ -25,6 +25,7 @@ use super::Shared;
 use super::line::{self, LineError, Request};
 use super::relay::{CONNECTION_QUEUE, ConnId};
 use crate::publish::Publisher;
+use crate::stamps::{Origin, Received};
 
 /// Why the connection ended; only logged.
 #[derive(Debug)]
@@ -182,41 +183,40 @@ impl Connection {
     }
 
     async fn handle_line(&mut self, raw: &[u8]) -> Result<(), End> {
-        let parsed = {
+        let (parsed, stamped) = {
             // A reading without `ts` gets a receive time unique for its device, from the
             // stamper every door of this process shares (released before any await).
             let mut receipt = self.shared.stamps.receipt();
             let now = receipt.now();
+            let mut stamped = false;
             let parsed = match std::str::from_utf8(raw) {
-                Ok(text) => line::parse(text, self.bound.as_ref(), |d| receipt.stamp(d)),
+                Ok(text) => line::parse(text, self.bound.as_ref(), |d| {
+                    stamped = true;
+                    receipt.stamp(d)
+                }),
                 Err(_) => Err(LineError::not_utf8()),
             };
             // The grammar stays pure; plausibility is configuration, checked here.
-            parsed.and_then(|req| match req {
+            let parsed = parsed.and_then(|req| match req {
                 Request::Reading(r) => match self.shared.reading_limits.check(&r, now) {
                     Ok(()) => Ok(Request::Reading(r)),
                     Err(e) => Err(e.into()),
                 },
                 other => Ok(other),
-            })
+            });
+            (parsed, stamped)
         };
         let reply = match parsed {
             Ok(Request::Empty) => return Ok(()),
             Ok(Request::Ping) => Ok("PONG".to_owned()),
             Ok(Request::Hello { device, token: _ }) => return self.hello(device).await,
             Ok(Request::Reading(reading)) => {
-                match self
-                    .shared
-                    .publisher
-                    .readings(std::slice::from_ref(&reading))
-                    .await
-                {
-                    Ok(()) => {
-                        self.shared.stats.accepted_tcp.inc();
-                        Ok("OK".to_owned())
-                    }
-                    Err(e) => Err(LineError::new(Publisher::error_code(&e), e.to_string())),
-                }
+                let origin = if stamped {
+                    Origin::Fresh
+                } else {
+                    Origin::Board
+                };
+                self.reading(Received::one(reading, origin)).await
             }
             Err(e) => Err(e),
         };
@@ -225,6 +225,24 @@ impl Connection {
             e.reply()
         });
         self.write_line(&reply).await
+    }
+
+    /// Publishes one line's reading; `OK` once the broker has it. A line repeating one
+    /// answered `ERR broker_unavailable` while the broker may have it (the board's retry,
+    /// on this connection or a new one) gets that line's receive time again, so it is
+    /// stored once (`crate::in_doubt`).
+    async fn reading(&self, mut received: Received) -> Result<String, LineError> {
+        self.shared.stamps.settle(&mut received);
+        match self.shared.publisher.readings(&received.readings).await {
+            Ok(()) => {
+                self.shared.stats.accepted_tcp.inc();
+                Ok("OK".to_owned())
+            }
+            Err(e) => {
+                self.shared.stamps.failed(&received, &e);
+                Err(LineError::new(Publisher::error_code(&e), e.to_string()))
+            }
+        }
     }
 
     /// Binds this connection to `device` (replacing any other connection's binding),
