@@ -327,8 +327,11 @@ async fn mosquitto_clients_authenticate_and_are_held_to_the_acl() {
             ),
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
+        // A reading with its own ts: the broker's telemetry check passes it byte for byte.
+        let reading = |device: &str| format!(r#"{{"{device}":1,"ts":"2026-11-22T01:00:00Z"}}"#);
         for device in ["gh-2", "gh-1"] {
             let topic = format!("lentera/{device}/telemetry");
+            let payload = reading(device);
             let out = run_tool(
                 &publ,
                 args(
@@ -347,7 +350,7 @@ async fn mosquitto_clients_authenticate_and_are_held_to_the_acl() {
                         "-t",
                         &topic,
                         "-m",
-                        device,
+                        &payload,
                     ],
                 ),
             )
@@ -358,7 +361,7 @@ async fn mosquitto_clients_authenticate_and_are_held_to_the_acl() {
         let out = listen.await.unwrap();
         assert_eq!(
             String::from_utf8_lossy(&out.stdout).trim(),
-            "lentera/gh-1/telemetry gh-1",
+            format!("lentera/gh-1/telemetry {}", reading("gh-1")),
             "{version}: only gh-1's own topic passes; stderr {}",
             String::from_utf8_lossy(&out.stderr)
         );
