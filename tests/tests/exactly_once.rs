@@ -38,6 +38,25 @@ async fn eventually_count(pool: &PgPool, sql: &str, want: i64, limit: Duration) 
     }
 }
 
+/// Fails unless the historian's `/metrics` shows the line `line` within a few seconds
+/// (its counters move just after the commit that a test sees in PostgreSQL).
+async fn assert_historian_metric(stack: &Stack, line: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let metrics = reqwest::get(format!("{}/metrics", stack.url(stack.historian(), "admin")))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.lines().any(|l| l == line) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no {line:?} in {metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn post(http: &reqwest::Client, url: &str, body: &Value) -> (u16, Value) {
     let r = http.post(url).json(body).send().await.unwrap();
     let status = r.status().as_u16();
@@ -228,18 +247,7 @@ async fn the_same_key_twice_is_a_retry_then_a_correction() {
     .await
     .unwrap();
     assert_eq!(rollup, (1, 21.5, 21.5, 21.5, 21.5));
-    let metrics = reqwest::get(format!("{}/metrics", stack.url(stack.historian(), "admin")))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l == "lentera_historian_readings_replaced_total 1"),
-        "{metrics}"
-    );
+    assert_historian_metric(&stack, "lentera_historian_readings_replaced_total 1").await;
     stack.terminate_all().unwrap();
 }
 
@@ -385,18 +393,7 @@ async fn poison_is_refused_or_kept_as_a_dead_letter_and_holds_back_nobody() {
         .await
         .unwrap();
     assert_eq!(readyz.status(), 200);
-    let metrics = reqwest::get(format!("{}/metrics", stack.url(stack.historian(), "admin")))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l == "lentera_historian_storage_refused_total 1"),
-        "{metrics}"
-    );
+    assert_historian_metric(&stack, "lentera_historian_storage_refused_total 1").await;
     assert_eq!(
         count(
             &pool,

@@ -41,6 +41,12 @@ async fn run(door: Door, fault: Fault) {
         .await
         .expect("stack starts");
     let pool = stack.db.connect().await.unwrap();
+    // The schema is the historian's to migrate: count rows only once it is ready.
+    stack
+        .historian()
+        .wait_readyz("admin", 200, WAIT)
+        .await
+        .unwrap();
     let stream = match door {
         Door::Http => Stream::start_without_ts(stack.readings_url(), &device, COUNT, RATE, 4),
         Door::Tcp => {
