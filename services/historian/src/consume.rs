@@ -242,7 +242,8 @@ impl Consumer {
             &p.payload,
             p.retain,
             now,
-            &mut self.stamper.lock().unwrap(),
+            // Locked only for a reading that has no `ts` (rare behind our broker).
+            &mut |device| self.stamper.lock().unwrap().stamp(device, now),
         );
         let expired = |r: &Record| match (r, retention_cutoff(self.retention_days, now)) {
             (Record::Reading(reading), Some(cutoff)) => reading.ts < cutoff,

@@ -9,14 +9,14 @@
 //!
 //! Telemetry without `ts` is normally stamped by the first hop (ingest, or the Lentera
 //! broker for boards publishing to MQTT). On another broker it arrives without one and is
-//! stamped here with the same [`Stamper`] rule; a redelivery of such a message then gets a
+//! stamped here with the same [`lentera_protocol::Stamper`] rule; a redelivery of such a message then gets a
 //! new time, which is the one thing that degrades there (see docs/architecture.md).
 
 use chrono::{DateTime, Utc};
 use lentera_db::write::{Record, Rejected};
 use lentera_protocol::{
-    DeviceStatus, LampCommand, LampMode, Limits, Reading, ReadingError, Rejection, Stamper,
-    TopicKind, Topics,
+    DeviceStatus, LampCommand, LampMode, Limits, Reading, ReadingError, Rejection, TopicKind,
+    Topics,
 };
 
 /// Error codes counted in `lentera_historian_invalid_payloads_total{code=…}`: the
@@ -68,7 +68,7 @@ pub fn classify(
     payload: &[u8],
     retained: bool,
     now: DateTime<Utc>,
-    stamper: &mut Stamper,
+    stamp: &mut dyn FnMut(&str) -> DateTime<Utc>,
 ) -> Outcome {
     if let Some(device) = topics.parse_error(topic) {
         return match Rejection::from_payload(payload) {
@@ -90,10 +90,8 @@ pub fn classify(
     let text = || String::from_utf8_lossy(payload).into_owned();
     match kind {
         TopicKind::Telemetry => {
-            match Reading::from_payload_stamped(payload, &device, |d| {
-                stamper.stamp(d.as_str(), now)
-            })
-            .and_then(|r| limits.check(&r, now).map(|()| r))
+            match Reading::from_payload_stamped(payload, &device, |d| stamp(d.as_str()))
+                .and_then(|r| limits.check(&r, now).map(|()| r))
             {
                 Ok(r) => Outcome::Store(Record::Reading(r)),
                 Err(e) => Outcome::Invalid(e.code(), e.to_string()),
@@ -143,6 +141,7 @@ pub fn classify(
 mod tests {
     use super::*;
     use chrono::TimeZone;
+    use lentera_protocol::Stamper;
 
     fn now() -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 11, 22, 1, 0, 0).unwrap()
@@ -156,7 +155,7 @@ mod tests {
             payload,
             retained,
             now(),
-            &mut Stamper::default(),
+            &mut |d| Stamper::default().stamp(d, now()),
         )
     }
 
