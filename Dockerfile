@@ -12,7 +12,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
  && mkdir -p /out \
  && cp target/release/lentera-broker target/release/lentera-ingest \
        target/release/lentera-historian target/release/lentera-web \
-       target/release/lentera-lamp target/release/lentera-simulator /out/
+       target/release/lentera-lamp target/release/lentera-simulator \
+       target/release/lentera /out/
 
 FROM debian:bookworm-slim AS runtime
 # curl serves the compose healthchecks; ca-certificates lets services reach TLS endpoints.
@@ -23,6 +24,8 @@ RUN apt-get update \
  && mkdir -p /data/broker && chown lentera /data/broker
 ARG SERVICE
 COPY --from=build /out/lentera-${SERVICE} /usr/local/bin/lentera-service
+# The provisioning CLI in every image: `docker compose run --rm web lentera devices add …`.
+COPY --from=build /out/lentera /usr/local/bin/lentera
 USER lentera
 # The broker keeps retained messages and persistent sessions here (a volume in compose).
 ENV LENTERA_TELEMETRY__LOG_FORMAT=json \
