@@ -21,6 +21,8 @@ pub enum Close {
     },
     /// Nothing from the client for 1.5× its keep-alive [MQTT-3.1.2-22].
     KeepAlive,
+    /// A packet begun and not finished within `packet_timeout_secs` (seconds).
+    PacketTimeout(u16),
     /// Another connection took over the client id [MQTT-3.1.4-2].
     TakenOver,
     /// The broker is stopping.
@@ -44,6 +46,12 @@ impl Close {
                 DisconnectReasonCode::KeepAliveTimeout,
                 "Keep Alive timeout: no packet within 1.5 times the keep-alive".into(),
             ),
+            // MQTT 5 has no code of its own for this; Keep Alive timeout is the
+            // nearest ("nothing usable received in time"), the string says which.
+            Close::PacketTimeout(secs) => (
+                DisconnectReasonCode::KeepAliveTimeout,
+                format!("packet not complete within {secs} s (packet_timeout_secs)"),
+            ),
             Close::TakenOver => (
                 DisconnectReasonCode::SessionTakenOver,
                 "another connection took over this client id".into(),
@@ -63,6 +71,7 @@ impl Close {
             Close::Refused => "refused",
             Close::Protocol { .. } => "protocol_error",
             Close::KeepAlive => "keep_alive_timeout",
+            Close::PacketTimeout(_) => "packet_timeout",
             Close::TakenOver => "taken_over",
             Close::Shutdown => "shutdown",
         }

@@ -42,6 +42,8 @@
 //!   checked against `[limits]`, stamped with a microsecond-unique receive time when it
 //!   has no `ts`, refusals reported on `{prefix}/{device}/error`.
 //! - [`sys`]: `$SYS/broker/…` statistics, published retained by the broker itself.
+//! - [`quota`]: broker-wide bounds — bytes queued for all sessions, connections per
+//!   source address.
 //! - [`metrics`], [`settings`], [`error`].
 //!
 //! Not yet: persisting inbound QoS 2 packet ids and delayed (not yet due) wills across a
@@ -56,6 +58,7 @@ pub mod error;
 pub mod metrics;
 pub mod net;
 pub mod outbox;
+pub mod quota;
 pub mod router;
 pub mod session;
 pub mod settings;

@@ -25,6 +25,20 @@ pub struct Metrics {
     pub dropped_disconnected: Counter,
     /// The connection refused the packet (e.g. larger than the client's maximum).
     pub dropped_send_error: Counter,
+    /// Refused for one session: its queue held `session_queue_bytes` already.
+    pub dropped_queue_bytes: Counter,
+    /// Refused for one session: all queues together held `queued_bytes_total`.
+    pub dropped_queued_bytes_total: Counter,
+    /// An oldest QoS 0 message that gave way to a newer one of its queue.
+    pub dropped_qos0_evicted: Counter,
+    /// Bytes (topic + payload) queued for all sessions (`quota.rs`).
+    pub queued_bytes: Gauge,
+    /// Connections closed at accept: their address had `max_connections_per_ip` open.
+    pub refused_per_ip: Counter,
+    /// CONNECTs refused for their client id (NUL, longer than `max_client_id_bytes`).
+    pub refused_client_id: Counter,
+    /// Connections closed because a packet was not complete in `packet_timeout_secs`.
+    pub closed_packet_timeout: Counter,
     /// Topics that currently hold a retained message.
     pub retained: Gauge,
     /// Connections closed because the same client id connected again.
@@ -93,6 +107,13 @@ impl Metrics {
             // Series of one name must be adjacent: the exposition format allows one
             // HELP/TYPE block per name, and `render` writes one per run of equal names.
             dropped_not_authorized: dropped("not_authorized"),
+            dropped_queue_bytes: dropped("queue_bytes"),
+            dropped_queued_bytes_total: dropped("queued_bytes_total"),
+            dropped_qos0_evicted: dropped("qos0_evicted"),
+            queued_bytes: obs.gauge(
+                "queued_bytes",
+                "Bytes (topic + payload) queued for all sessions, online or away.",
+            ),
             sessions: obs.gauge(
                 "sessions",
                 "Sessions held: connected, and persistent ones whose client is away.",
@@ -122,6 +143,21 @@ impl Metrics {
                 "connections_refused_total",
                 "CONNECTs refused, by reason.",
                 &[("reason", "connection_limit")],
+            ),
+            refused_per_ip: obs.counter(
+                "connections_refused_total",
+                "CONNECTs refused, by reason.",
+                &[("reason", "per_ip_limit")],
+            ),
+            refused_client_id: obs.counter(
+                "connections_refused_total",
+                "CONNECTs refused, by reason.",
+                &[("reason", "client_id")],
+            ),
+            closed_packet_timeout: obs.counter(
+                "connections_closed_total",
+                "Connections the broker closed, by reason.",
+                &[("reason", "packet_timeout")],
             ),
             publishes_held: obs.counter(
                 "publishes_held_total",

@@ -13,6 +13,13 @@
 //! - **QoS ≥ 1 of a persistent session**: bounded by the session's owed queue in the
 //!   router (the same `session_queue_capacity`), so the queue takes them unconditionally.
 //!
+//! - **Bytes**: topic + payload of the QoS 0 and untracked messages waiting here count
+//!   against `session_queue_bytes` for this queue and `queued_bytes_total` for the
+//!   broker ([`Budget`]). At either bound the oldest QoS 0 message waiting here gives
+//!   way first (`reason="qos0_evicted"`); a message that still does not fit is refused
+//!   (`reason="queue_bytes"` / `"queued_bytes_total"`). Owed messages are counted by
+//!   the router, which keeps them.
+//!
 //! So the router never blocks and never waits for a subscriber: a stalled one costs at
 //! most its two bounds in memory, and publishers and the other subscribers go on.
 //!
@@ -43,6 +50,7 @@ use std::time::Duration;
 
 use ntex_mqtt::QoS;
 
+use crate::quota::{Budget, Overflow};
 use crate::router::Outgoing;
 
 /// Per-connection queue limits (from the settings).
@@ -52,6 +60,8 @@ pub struct Bounds {
     pub qos0: usize,
     /// QoS ≥ 1 messages of a clean session queued or unacknowledged.
     pub untracked: usize,
+    /// Bytes of QoS 0 and untracked messages waiting (`session_queue_bytes`).
+    pub bytes: usize,
 }
 
 /// The backlog watermarks shared by every queue, and how held publishers are woken.
@@ -216,6 +226,8 @@ pub enum Refused {
     Qos0Full,
     /// QoS ≥ 1 and `session_queue_capacity` already outstanding.
     SessionFull,
+    /// Did not fit under a byte bound, even after the oldest QoS 0 gave way.
+    Bytes(Overflow),
     /// The connection is gone.
     Closed,
 }
@@ -233,11 +245,35 @@ struct Queue {
     closed: AtomicBool,
     /// Tells the connection's worker thread that this queue has messages.
     notify: Box<dyn Fn() + Send + Sync>,
+    /// Bytes of the waiting messages that are not owed (those the router counts).
+    bytes: AtomicUsize,
+    budget: Arc<Budget>,
+}
+
+impl Drop for Queue {
+    fn drop(&mut self) {
+        // Whatever was still waiting gives its bytes back.
+        let left = self.bytes.swap(0, Ordering::Relaxed);
+        self.budget.give(left);
+    }
 }
 
 impl Queue {
     fn lock(&self) -> parking_lot::MutexGuard<'_, VecDeque<Outgoing>> {
         self.items.lock()
+    }
+
+    /// A message not owed left the queue: its bytes are free again.
+    fn release(&self, o: &Outgoing) {
+        if o.seq.is_none() {
+            let n = o.msg.cost();
+            let _ = self
+                .bytes
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                    Some(b.saturating_sub(n))
+                });
+            self.budget.give(n);
+        }
     }
 
     fn push(&self, out: Outgoing) -> bool {
@@ -273,7 +309,12 @@ impl Inbox {
     pub fn pop_if(&self, allowed: impl FnOnce(&Outgoing) -> bool) -> Option<Outgoing> {
         let mut items = self.q.lock();
         if items.front().is_some_and(allowed) {
-            items.pop_front()
+            let o = items.pop_front();
+            drop(items);
+            if let Some(o) = &o {
+                self.q.release(o);
+            }
+            o
         } else {
             None
         }
@@ -302,7 +343,11 @@ impl Inbox {
 
     /// Takes everything left (the connection is closing).
     pub fn drain(&self) -> VecDeque<Outgoing> {
-        std::mem::take(&mut *self.q.lock())
+        let items = std::mem::take(&mut *self.q.lock());
+        for o in &items {
+            self.q.release(o);
+        }
+        items
     }
 }
 
@@ -318,6 +363,7 @@ impl Drop for Inbox {
 pub fn channel(
     bounds: Bounds,
     pressure: Arc<Pressure>,
+    budget: Arc<Budget>,
     notify: impl Fn() + Send + Sync + 'static,
 ) -> (Outbox, Inbox) {
     let q = Arc::new(Queue {
@@ -325,6 +371,8 @@ pub fn channel(
         scheduled: AtomicBool::new(false),
         closed: AtomicBool::new(false),
         notify: Box::new(notify),
+        bytes: AtomicUsize::new(0),
+        budget,
     });
     let counts = Arc::new(Counts::new(pressure, bounds.qos0));
     let outbox = Outbox {
@@ -361,6 +409,10 @@ impl Outbox {
         if count.load(Ordering::Relaxed) >= bound {
             return Err(full);
         }
+        if self.q.closed.load(Ordering::Acquire) {
+            return Err(Refused::Closed);
+        }
+        self.take_bytes(out.msg.cost())?;
         let qos = out.msg.qos;
         count.fetch_add(1, Ordering::Relaxed);
         if !self.q.push(out) {
@@ -371,6 +423,49 @@ impl Outbox {
             self.counts.queued();
         }
         Ok(())
+    }
+
+    /// Takes `n` bytes under this queue's and the broker's byte bounds, letting the
+    /// oldest waiting QoS 0 messages of this queue give way while they do not fit.
+    fn take_bytes(&self, n: usize) -> Result<(), Refused> {
+        let budget = &self.q.budget;
+        if n > self.bounds.bytes {
+            // Evicting would not make room.
+            return Err(Refused::Bytes(Overflow::Session));
+        }
+        loop {
+            let queued = self.q.bytes.load(Ordering::Relaxed);
+            let why = if queued.saturating_add(n) > self.bounds.bytes {
+                Overflow::Session
+            } else if budget.try_take(n) {
+                self.q.bytes.fetch_add(n, Ordering::Relaxed);
+                return Ok(());
+            } else {
+                Overflow::Total
+            };
+            if !self.evict_oldest_qos0() {
+                return Err(Refused::Bytes(why));
+            }
+        }
+    }
+
+    /// Drops the oldest QoS 0 message waiting here; false when there is none.
+    fn evict_oldest_qos0(&self) -> bool {
+        let mut items = self.q.lock();
+        let Some(i) = items
+            .iter()
+            .position(|o| o.msg.qos == QoS::AtMostOnce && o.seq.is_none())
+        else {
+            return false;
+        };
+        let Some(o) = items.remove(i) else {
+            return false;
+        };
+        drop(items);
+        self.q.release(&o);
+        self.counts.qos0.fetch_sub(1, Ordering::Relaxed);
+        self.q.budget.evicted();
+        true
     }
 
     /// Queues a message of a persistent session's owed queue (bounded there). Returns
@@ -419,8 +514,10 @@ mod tests {
             Bounds {
                 qos0: 2,
                 untracked: 3,
+                bytes: usize::MAX,
             },
             Arc::new(Pressure::new(100)),
+            Budget::unbounded(),
             move || {
                 n.fetch_add(1, Ordering::Relaxed);
             },
@@ -464,6 +561,69 @@ mod tests {
 }
 
 #[cfg(test)]
+mod byte_tests {
+    use super::*;
+    use crate::router::Message;
+
+    fn sized(qos: QoS, n: usize) -> Outgoing {
+        Outgoing {
+            msg: Message {
+                topic: "t".into(),
+                payload: vec![0u8; n - 1].into(),
+                qos,
+                retain: false,
+                properties: None,
+            },
+            seq: None,
+            dup: false,
+            released: false,
+        }
+    }
+
+    #[test]
+    fn at_a_byte_bound_the_oldest_qos0_gives_way_and_qos1_is_refused_not_dropped_silently() {
+        let obs = lentera_bootstrap::Observability::new("broker-test");
+        let metrics = crate::metrics::Metrics::new(&obs);
+        let budget = Budget::new(100, 150, &metrics);
+        let bounds = Bounds {
+            qos0: 100,
+            untracked: 100,
+            bytes: 100,
+        };
+        let p = Arc::new(Pressure::new(100));
+        let (a, a_in) = channel(bounds, p.clone(), budget.clone(), || {});
+        let (b, b_in) = channel(bounds, p, budget.clone(), || {});
+        for _ in 0..4 {
+            a.offer(sized(QoS::AtMostOnce, 25)).unwrap();
+        }
+        // The fifth QoS 0 takes the place of the oldest.
+        a.offer(sized(QoS::AtMostOnce, 25)).unwrap();
+        assert_eq!(metrics.dropped_qos0_evicted.get(), 1);
+        // A QoS 1 message makes room by evicting QoS 0 too.
+        a.offer(sized(QoS::AtLeastOnce, 50)).unwrap();
+        assert_eq!(metrics.dropped_qos0_evicted.get(), 3);
+        // Larger than the bound itself: refused, nothing evicted for it.
+        assert_eq!(
+            a.offer(sized(QoS::AtLeastOnce, 120)),
+            Err(Refused::Bytes(Overflow::Session))
+        );
+        assert_eq!(budget.used(), 100);
+        // The other queue meets the broker-wide bound (150) first.
+        b.offer(sized(QoS::AtLeastOnce, 50)).unwrap();
+        assert_eq!(
+            b.offer(sized(QoS::AtLeastOnce, 10)),
+            Err(Refused::Bytes(Overflow::Total))
+        );
+        // Taking messages off gives their bytes back; a closed queue gives back the rest.
+        b_in.try_recv().unwrap();
+        assert_eq!(budget.used(), 100);
+        drop((a, a_in));
+        assert_eq!(budget.used(), 0);
+        assert_eq!(metrics.queued_bytes.get(), 0);
+    }
+}
+
+#[cfg(test)]
 mod pressure_tests {
     use super::*;
     use crate::router::Message;
@@ -494,9 +654,10 @@ mod pressure_tests {
         let bounds = Bounds {
             qos0: 10,
             untracked: 10,
+            bytes: usize::MAX,
         };
-        let (busy, busy_in) = channel(bounds, p.clone(), || {});
-        let (slow, slow_in) = channel(bounds, p.clone(), || {});
+        let (busy, busy_in) = channel(bounds, p.clone(), Budget::unbounded(), || {});
+        let (slow, slow_in) = channel(bounds, p.clone(), Budget::unbounded(), || {});
         for _ in 0..5 {
             busy.offer(q1()).unwrap();
         }

@@ -34,6 +34,7 @@ use std::time::Instant;
 
 use crate::metrics::Metrics;
 use crate::outbox::{Counts, Outbox, Pressure, Refused};
+use crate::quota::{Budget, Overflow};
 use crate::store::recover::Recovered;
 use crate::store::{Record, Store};
 use crate::telemetry::{RefusedReading, Telemetry};
@@ -90,6 +91,11 @@ impl Properties {
 }
 
 impl Message {
+    /// What the message costs in a queue, as the byte bounds count it: topic + payload.
+    pub fn cost(&self) -> usize {
+        self.topic.len() + self.payload.len()
+    }
+
     /// Whether the message has a Message Expiry Interval at all.
     pub fn expires(&self) -> bool {
         self.properties
@@ -175,6 +181,10 @@ pub struct Limits {
     pub session_queue_capacity: usize,
     /// Upper bound on any session's expiry interval (seconds; [`NEVER`] = none).
     pub max_session_expiry: u32,
+    /// Bytes queued per session (`broker.session_queue_bytes`).
+    pub session_queue_bytes: usize,
+    /// Bytes queued for all sessions (`broker.queued_bytes_total`).
+    pub queued_bytes_total: usize,
 }
 
 impl Default for Limits {
@@ -182,8 +192,22 @@ impl Default for Limits {
         Self {
             session_queue_capacity: 10_000,
             max_session_expiry: NEVER,
+            session_queue_bytes: usize::MAX,
+            queued_bytes_total: usize::MAX,
         }
     }
+}
+
+/// What routing one message did, for its publisher.
+#[derive(Default)]
+pub struct Routed {
+    /// The store sequence number the acknowledgement waits for (0: none).
+    pub lsn: u64,
+    /// The most backed-up subscriber queue it landed in (`outbox.rs`).
+    pub backed: Option<Arc<Counts>>,
+    /// Some session did not get it because `queued_bytes_total` was reached: an MQTT 5
+    /// publisher of a QoS ≥ 1 message hears 0x97 Quota exceeded.
+    pub over_budget: bool,
 }
 
 #[derive(Clone)]
@@ -191,6 +215,8 @@ pub struct Router {
     state: Arc<Mutex<State>>,
     /// Broker-wide delivery backlog; QoS ≥ 1 publishers wait on it when overloaded.
     pressure: Arc<Pressure>,
+    /// Bytes queued for all sessions (`quota.rs`).
+    budget: Arc<Budget>,
     /// Checks and stamps `{prefix}/{device}/telemetry` before it is routed (`telemetry.rs`).
     telemetry: Arc<Telemetry>,
     metrics: Metrics,
@@ -259,6 +285,8 @@ struct Session {
     expires_at: Option<Instant>,
     /// Only persistent sessions track what they are owed.
     owed: VecDeque<Owed>,
+    /// [`Message::cost`] of `owed`, taken from the router's [`Budget`].
+    owed_bytes: usize,
     /// The store holds this session (a `Session` record not yet followed by `EndSession`).
     stored: bool,
     next_seq: u64,
@@ -284,6 +312,7 @@ impl Session {
             expiry,
             expires_at: None,
             owed: VecDeque::new(),
+            owed_bytes: 0,
             stored: false,
             next_seq: 1,
             qos2_in: None,
@@ -326,6 +355,11 @@ impl Router {
 
     pub fn limits(&self) -> Limits {
         self.limits
+    }
+
+    /// The byte budget every queue takes from (`quota.rs`).
+    pub fn budget(&self) -> &Arc<Budget> {
+        &self.budget
     }
 
     /// This router with `telemetry` checking and stamping readings (set once, before
@@ -415,7 +449,7 @@ impl Router {
                         ..msg.clone()
                     };
                     let m = m.for_subscriber(sub.id.into_iter().collect());
-                    self.deliver(client, s, m, &mut None);
+                    self.deliver(client, s, m, &mut Routed::default());
                 }
             }
         }
@@ -443,13 +477,13 @@ impl Router {
     /// group. Returns the store sequence number the publisher's acknowledgement must wait
     /// for (see [`Store::durable_seq`]); 0 when nothing durable was written.
     pub fn publish(&self, from: Option<ConnId>, msg: Message) -> u64 {
-        self.publish_held(from, msg).0
+        self.publish_held(from, msg).lsn
     }
 
     /// [`Router::publish`], also returning the most backed-up subscriber queue the
     /// message went to, if any is above the high watermark: the publisher is to wait on
     /// it before its next QoS ≥ 1 message (`outbox.rs`).
-    pub fn publish_held(&self, from: Option<ConnId>, msg: Message) -> (u64, Option<Arc<Counts>>) {
+    pub fn publish_held(&self, from: Option<ConnId>, msg: Message) -> Routed {
         self.metrics.received.inc();
         self.metrics.bytes_received.add(msg.payload.len() as u64);
         self.route_held(from, msg)
@@ -458,11 +492,11 @@ impl Router {
     /// [`Router::publish`] without counting the message as received: the broker's own
     /// `$SYS` statistics (`sys.rs`).
     pub fn route(&self, from: Option<ConnId>, msg: Message) -> u64 {
-        self.route_held(from, msg).0
+        self.route_held(from, msg).lsn
     }
 
-    fn route_held(&self, from: Option<ConnId>, msg: Message) -> (u64, Option<Arc<Counts>>) {
-        let mut backed = None;
+    fn route_held(&self, from: Option<ConnId>, msg: Message) -> Routed {
+        let mut routed = Routed::default();
         let mut guard = self.lock();
         let st = &mut *guard;
         let mut lsn = 0;
@@ -528,7 +562,7 @@ impl Router {
                     retain,
                     ..msg.clone()
                 };
-                lsn = lsn.max(self.deliver(client, s, m.for_subscriber(ids), &mut backed));
+                lsn = lsn.max(self.deliver(client, s, m.for_subscriber(ids), &mut routed));
             }
         }
         // One member per group; connected members first, so an offline persistent member
@@ -549,30 +583,24 @@ impl Router {
                     ..msg.clone()
                 };
                 let m = m.for_subscriber(id.iter().copied().collect());
-                lsn = lsn.max(self.deliver(client, s, m, &mut backed));
+                lsn = lsn.max(self.deliver(client, s, m, &mut routed));
             }
         }
         if self.store.wants_compaction() {
             self.compact(st);
         }
-        if msg.qos == QoS::AtMostOnce {
-            (0, backed)
-        } else {
-            (lsn, backed)
+        if msg.qos != QoS::AtMostOnce {
+            routed.lsn = lsn;
         }
+        routed
     }
 
     /// Hands one message to a session: to its connection's [`Outbox`], and for
     /// persistent sessions at QoS ≥ 1 also to its `owed` queue and the store. Returns the
     /// store sequence number written (0 if none). A queue left above its high
     /// watermark is noted in `backed` (the most backed-up one).
-    fn deliver(
-        &self,
-        client: &str,
-        s: &mut Session,
-        msg: Message,
-        backed: &mut Option<Arc<Counts>>,
-    ) -> u64 {
+    fn deliver(&self, client: &str, s: &mut Session, msg: Message, routed: &mut Routed) -> u64 {
+        let backed = &mut routed.backed;
         let outbox = s.live.as_ref().and_then(|l| l.outbox.as_ref());
         if msg.qos != QoS::AtMostOnce
             && let Some(c) = outbox.and_then(Outbox::backed_up)
@@ -585,6 +613,19 @@ impl Router {
                 self.metrics.dropped_session_queue_full.inc();
                 return 0;
             }
+            // The byte bounds: this session's, then everybody's. Refused, counted and
+            // logged (never silently): the newest goes, as for the count above.
+            let cost = msg.cost();
+            if s.owed_bytes.saturating_add(cost) > self.limits.session_queue_bytes {
+                self.budget.refused(Overflow::Session, client);
+                return 0;
+            }
+            if !self.budget.try_take(cost) {
+                self.budget.refused(Overflow::Total, client);
+                routed.over_budget = true;
+                return 0;
+            }
+            s.owed_bytes += cost;
             let seq = s.next_seq;
             // Not sent when the connection is gone (or has no queue yet): it stays owed.
             let dispatched = outbox.is_some_and(|o| {
@@ -615,6 +656,7 @@ impl Router {
         // persistent session does not queue QoS 0 (MQTT 5 §3.1.2.5 leaves it to the
         // server; it is not durable).
         if let Some(o) = outbox {
+            let out_qos = msg.qos;
             let out = Outgoing {
                 msg,
                 seq: None,
@@ -633,6 +675,12 @@ impl Router {
                     }
                 }
                 Err(Refused::SessionFull) => self.metrics.dropped_session_queue_full.inc(),
+                Err(Refused::Bytes(why)) => {
+                    self.budget.refused(why, client);
+                    if why == Overflow::Total && out_qos != QoS::AtMostOnce {
+                        routed.over_budget = true;
+                    }
+                }
                 Err(Refused::Closed) => self.metrics.dropped_disconnected.inc(),
             }
         } else if s.live.is_some() {

@@ -28,6 +28,7 @@ impl Kicked {
 const BOUNDS: crate::outbox::Bounds = crate::outbox::Bounds {
     qos0: 8,
     untracked: 8,
+    bytes: usize::MAX,
 };
 
 fn register(r: &Router, client: &str) -> (ConnId, Rx, Kicked) {
@@ -35,7 +36,7 @@ fn register(r: &Router, client: &str) -> (ConnId, Rx, Kicked) {
 }
 
 fn register_with(r: &Router, client: &str, clean_start: bool, expiry: u32) -> (ConnId, Rx, Kicked) {
-    let (tx, rx) = crate::outbox::channel(BOUNDS, r.pressure().clone(), || {});
+    let (tx, rx) = crate::outbox::channel(BOUNDS, r.pressure().clone(), r.budget().clone(), || {});
     let kick = Kicked::default();
     let reg = Registration {
         client_id: client.into(),
@@ -257,4 +258,44 @@ fn clean_start_discards_the_session_and_expiry_ends_it() {
     r.publish(None, msg("t", "2", QoS::AtLeastOnce, false));
     assert!(rx.try_recv().is_none(), "clean start kept subscriptions");
     r.disconnect(id);
+}
+
+#[test]
+fn offline_sessions_are_bounded_in_bytes_each_and_together_and_acks_give_bytes_back() {
+    // Each "t" message of 9 payload bytes costs 10 (topic + payload).
+    let limits = Limits {
+        session_queue_bytes: 30,
+        queued_bytes_total: 40,
+        ..Limits::default()
+    };
+    let m = Metrics::new(&Observability::new("broker_test"));
+    let r = Router::with_store(m, Store::disabled(), Recovered::default(), limits);
+    let (a, _rx_a, _) = register_with(&r, "a", false, NEVER);
+    r.subscribe(a, "t", sub("t", QoS::AtLeastOnce), SendRetained::Always);
+    assert!(r.disconnect(a).is_none());
+    let m9 = || msg("t", "123456789", QoS::AtLeastOnce, false);
+    for _ in 0..3 {
+        assert!(!r.publish_held(None, m9()).over_budget);
+    }
+    assert_eq!(r.budget().used(), 30, "a is at its own bound");
+    let (b, rx_b, _) = register_with(&r, "b", false, NEVER);
+    r.subscribe(b, "t", sub("t", QoS::AtLeastOnce), SendRetained::Always);
+    // a's own bound refuses it for a; b (owed until acknowledged) takes it: total 40.
+    assert!(!r.publish_held(None, m9()).over_budget);
+    assert_eq!(r.metrics().dropped_queue_bytes.get(), 1);
+    assert_eq!(r.budget().used(), 40);
+    // Now the total refuses it for b, and the publisher hears of it.
+    assert!(r.publish_held(None, m9()).over_budget);
+    assert_eq!(r.metrics().dropped_queued_bytes_total.get(), 1);
+    assert_eq!(r.metrics().queued_bytes.get(), 40);
+    // b acknowledges what it got: the bytes come back and b queues again.
+    let got: Vec<_> = std::iter::from_fn(|| rx_b.try_recv()).collect();
+    assert_eq!(got.len(), 1);
+    r.ack(b, got[0].seq.unwrap());
+    assert_eq!(r.budget().used(), 30, "only a's owed messages are left");
+    assert!(!r.publish_held(None, m9()).over_budget);
+    // a's session ends (clean start): everything it held is given back.
+    let (a2, _rx, _) = register_with(&r, "a", true, 0);
+    assert!(r.disconnect(a2).is_none());
+    assert_eq!(r.budget().used(), 10);
 }

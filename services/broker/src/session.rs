@@ -54,6 +54,12 @@ pub struct Shared {
     pub max_inflight: u16,
     pub connect_timeout: Duration,
     pub shutdown_timeout: Duration,
+    /// A packet begun must be complete within this (`packet_timeout_secs`).
+    pub packet_timeout: Duration,
+    /// `max_client_id_bytes`.
+    pub max_client_id_bytes: usize,
+    /// Open connections per source address (`quota.max_connections_per_ip`).
+    pub per_ip: Arc<crate::quota::PerIp>,
     /// Where authentications that cannot answer at once are awaited.
     pub runtime: tokio::runtime::Handle,
 }
@@ -66,6 +72,9 @@ pub struct Limits {
     pub max_inflight: u16,
     pub connect_timeout: Duration,
     pub shutdown_timeout: Duration,
+    pub packet_timeout: Duration,
+    pub max_client_id_bytes: usize,
+    pub per_ip: Arc<crate::quota::PerIp>,
 }
 
 impl Shared {
@@ -82,6 +91,7 @@ impl Shared {
             bounds: Bounds {
                 qos0: queue_capacity.max(1),
                 untracked: r.session_queue_capacity.max(1),
+                bytes: r.session_queue_bytes.max(1),
             },
             router,
             auto_ids: AtomicU64::new(0),
@@ -92,6 +102,9 @@ impl Shared {
             max_inflight: limits.max_inflight.max(1),
             connect_timeout: limits.connect_timeout,
             shutdown_timeout: limits.shutdown_timeout,
+            packet_timeout: limits.packet_timeout.max(Duration::from_secs(1)),
+            max_client_id_bytes: limits.max_client_id_bytes,
+            per_ip: limits.per_ip,
             runtime,
         }
     }
@@ -102,12 +115,37 @@ impl Shared {
             && self.router.metrics().connections.get() >= self.max_connections as i64
     }
 
+    /// A client id the broker accepts: UTF-8 (the codec checked that) without U+0000
+    /// [MQTT-1.5.3-2], at most `max_client_id_bytes` long. Refused ones are counted.
+    pub fn client_id_ok(&self, id: &str) -> bool {
+        let ok = id.len() <= self.max_client_id_bytes && !id.contains('\0');
+        if !ok {
+            tracing::debug!(
+                client_id = ?crate::session::excerpt(id),
+                bytes = id.len(),
+                "client id refused"
+            );
+            self.router.metrics().refused_client_id.inc();
+        }
+        ok
+    }
+
     pub fn generated_client_id(&self) -> String {
         format!(
             "lentera-auto-{}",
             self.auto_ids.fetch_add(1, Ordering::Relaxed) + 1
         )
     }
+}
+
+/// At most the first 64 bytes of a client-supplied string, for a log line (logged with
+/// `?`, so control characters come out escaped).
+pub fn excerpt(s: &str) -> &str {
+    let mut end = s.len().min(64);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// What a packet handler tells the read loop.
@@ -279,6 +317,7 @@ pub fn register(conn: Connection, cx: &Cx<'_>) -> (ConnId, bool, Option<Inbox>) 
             let (o, i) = outbox::channel(
                 cx.shared.bounds,
                 router.pressure().clone(),
+                router.budget().clone(),
                 cx.ready_notifier(),
             );
             inbox = Some(i);
@@ -406,11 +445,12 @@ impl Active {
     }
 
     /// Routes a message this connection published; remembers a backed-up subscriber
-    /// queue it landed in. Returns the store sequence number the reply must wait for.
-    pub fn route(&mut self, cx: &Cx<'_>, msg: Message) -> u64 {
-        let (lsn, backed) = cx.shared.router.publish_held(Some(self.id), msg);
-        self.hold_on = backed;
-        lsn
+    /// queue it landed in. Returns the store sequence number the reply must wait for,
+    /// and whether `queued_bytes_total` kept it from some session (MQTT 5: 0x97).
+    pub fn route(&mut self, cx: &Cx<'_>, msg: Message) -> (u64, bool) {
+        let routed = cx.shared.router.publish_held(Some(self.id), msg);
+        self.hold_on = routed.backed;
+        (routed.lsn, routed.over_budget)
     }
 
     /// Queues a reply: written now if nothing waits before it and its record (if any)
@@ -477,6 +517,7 @@ impl Active {
             let (o, i) = outbox::channel(
                 cx.shared.bounds,
                 router.pressure().clone(),
+                router.budget().clone(),
                 cx.ready_notifier(),
             );
             inbox = Some(i);
@@ -796,7 +837,9 @@ mod size_tests {
     fn per_connection_state_stays_small() {
         use std::mem::size_of;
         assert!(
-            size_of::<crate::net::conn::Conn>() <= 96,
+            // 96 before the source address (per-address cap) and the packet
+            // deadline: 16 bytes more per connection, bought knowingly (issue 13).
+            size_of::<crate::net::conn::Conn>() <= 112,
             "Conn {}",
             size_of::<crate::net::conn::Conn>()
         );

@@ -17,12 +17,35 @@ use serde::Deserialize;
 pub struct Settings {
     pub telemetry: TelemetrySettings,
     pub broker: BrokerSettings,
+    /// `[quota]`, shared with ingest: per-device rates, connections per address.
+    pub quota: QuotaSettings,
     /// `[limits]`: the plausibility rules telemetry published straight to the broker
     /// is checked against — the same section ingest and the historian read, so a
     /// reading refused by one is refused by all (env `LENTERA_LIMITS__MAX_FUTURE_SECS`, …).
     pub limits: Limits,
     /// Where to write `{"mqtt": …, "admin": …}` once both listeners are bound.
     pub ready_file: Option<PathBuf>,
+}
+
+/// `[quota]` (until `lentera_auth::QuotaSettings` replaces it: the same keys).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct QuotaSettings {
+    pub device_rate_per_sec: f64,
+    pub device_burst: u32,
+    /// Open connections per source address, counted from accept; beyond it new ones
+    /// are closed at once. 0 = no limit.
+    pub max_connections_per_ip: usize,
+}
+
+impl Default for QuotaSettings {
+    fn default() -> Self {
+        Self {
+            device_rate_per_sec: 5.0,
+            device_burst: 50,
+            max_connections_per_ip: 256,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -49,8 +72,23 @@ pub struct BrokerSettings {
     pub session_queue_capacity: usize,
     /// Upper bound, in seconds, on a session's expiry interval: what an MQTT 3.1.1
     /// clean_session=0 session gets, and the cap on what MQTT 5 clients ask for.
-    /// `4294967295` (the default) means never.
+    /// Default 7 days: a board or service away for a long weekend (or a week of
+    /// holidays without power) resumes with what it was owed, while a client id used
+    /// once and abandoned stops holding queue and store space after a week.
+    /// `4294967295` means never (not recommended: abandoned sessions then live forever).
     pub max_session_expiry_secs: u32,
+    /// Bytes (topic + payload) queued for one session at most: a persistent session's
+    /// owed QoS ≥ 1 messages (online or away), or a connection's queue of QoS 0 and
+    /// clean-session QoS ≥ 1 messages. Beyond it the oldest QoS 0 message of that
+    /// queue gives way first; a QoS ≥ 1 message that still does not fit is refused
+    /// for that session and counted (`messages_dropped_total{reason="queue_bytes"}`).
+    pub session_queue_bytes: usize,
+    /// Bytes queued for all sessions together (the same messages as
+    /// `session_queue_bytes`, counted once per session). Beyond it new messages are
+    /// refused for the sessions that would queue them
+    /// (`messages_dropped_total{reason="queued_bytes_total"}`), and an MQTT 5
+    /// publisher whose QoS ≥ 1 message was refused so gets PUBACK/PUBREC 0x97.
+    pub queued_bytes_total: usize,
     /// Directory of the on-disk store (retained messages, persistent sessions and their
     /// queued messages), relative to the working directory. Empty = keep everything in
     /// memory only (nothing survives a restart).
@@ -70,11 +108,22 @@ pub struct BrokerSettings {
     /// Largest packet accepted from a client, in bytes.
     pub max_packet_bytes: u32,
     /// Open MQTT connections (all listeners) beyond which CONNECT is refused: MQTT 5
-    /// CONNACK 0x97 Quota exceeded, MQTT 3.1.1 CONNACK 3 Server unavailable. 0 = no limit
-    /// (the open-files limit still applies).
+    /// CONNACK 0x97 Quota exceeded, MQTT 3.1.1 CONNACK 3 Server unavailable. Default
+    /// 20,000: below the 65,536 open files the container images and systemd units
+    /// allow (each connection is one file descriptor; the store, listeners and the
+    /// admin server need a few more), so the broker answers "quota exceeded" instead
+    /// of failing `accept`. 0 = no limit (the open-files limit still applies).
     pub max_connections: usize,
     /// A client must send CONNECT within this many seconds of opening the socket.
     pub connect_timeout_secs: u16,
+    /// A packet whose first bytes arrived must be complete within this many seconds,
+    /// whatever the keep-alive (0 included): a client cannot hold a half-sent packet
+    /// — and the buffer for it — open forever. Closed connections are counted as
+    /// `connections_closed_total{reason="packet_timeout"}`.
+    pub packet_timeout_secs: u16,
+    /// Longest client id accepted, in bytes (UTF-8 without U+0000 in any case,
+    /// [MQTT-1.5.3-2]): longer ones get CONNACK 2 (MQTT 3.1.1) / 0x85 (MQTT 5).
+    pub max_client_id_bytes: usize,
     /// On SIGTERM, how long connections may take to finish what they are doing before
     /// they are dropped. MQTT connections are long-lived and do not end on their own,
     /// so this bounds shutdown rather than waiting for clients to leave.
@@ -192,14 +241,18 @@ impl Default for BrokerSettings {
             workers: 1,
             queue_capacity: 1024,
             session_queue_capacity: 10_000,
-            max_session_expiry_secs: u32::MAX,
+            max_session_expiry_secs: 7 * 24 * 3600,
+            session_queue_bytes: 8 * 1024 * 1024,
+            queued_bytes_total: 256 * 1024 * 1024,
             data_dir: PathBuf::from("./data/broker"),
             store_compact_bytes: 64 * 1024 * 1024,
             max_inflight: 64,
             receive_maximum: 1024,
             max_packet_bytes: 1024 * 1024,
-            max_connections: 0,
+            max_connections: 20_000,
             connect_timeout_secs: 10,
+            packet_timeout_secs: 30,
+            max_client_id_bytes: 128,
             shutdown_timeout_ms: 2_000,
             ws_addr: None,
             tls_addr: None,
@@ -232,6 +285,16 @@ mod tests {
         assert_eq!(b.ws_listen_addr(), None, "empty turns it off");
         b.ws_addr = Some("[::]:9001".into());
         assert_eq!(b.ws_listen_addr().as_deref(), Some("[::]:9001"));
+    }
+
+    #[test]
+    fn the_defaults_are_finite() {
+        let b = BrokerSettings::default();
+        assert_eq!(b.max_session_expiry_secs, 7 * 24 * 3600);
+        assert_eq!(b.max_connections, 20_000);
+        assert_eq!((b.packet_timeout_secs, b.max_client_id_bytes), (30, 128));
+        assert!(b.session_queue_bytes < b.queued_bytes_total);
+        assert_eq!(QuotaSettings::default().max_connections_per_ip, 256);
     }
 
     #[test]

@@ -50,6 +50,8 @@ impl Application {
         let limits = Limits {
             session_queue_capacity: cfg.session_queue_capacity.max(1),
             max_session_expiry: cfg.max_session_expiry_secs,
+            session_queue_bytes: cfg.session_queue_bytes.max(1),
+            queued_bytes_total: cfg.queued_bytes_total.max(1),
         };
         cfg.telemetry.validate().map_err(anyhow::Error::msg)?;
         settings
@@ -74,6 +76,10 @@ impl Application {
         let auth = crate::auth::from_settings(cfg)?;
         let auth_reload = tokio::spawn(crate::auth::reload_on_sighup(auth.clone()));
         let shared_auth = auth.clone();
+        let per_ip = crate::quota::PerIp::new(
+            settings.quota.max_connections_per_ip,
+            router.metrics().refused_per_ip.clone(),
+        );
         let shared = Shared::new(
             router.clone(),
             cfg.queue_capacity,
@@ -85,6 +91,9 @@ impl Application {
                 max_inflight: cfg.max_inflight,
                 connect_timeout: Duration::from_secs(cfg.connect_timeout_secs.into()),
                 shutdown_timeout: Duration::from_millis(cfg.shutdown_timeout_ms),
+                packet_timeout: Duration::from_secs(cfg.packet_timeout_secs.into()),
+                max_client_id_bytes: cfg.max_client_id_bytes,
+                per_ip: per_ip.clone(),
             },
             tokio::runtime::Handle::current(),
         );
@@ -108,7 +117,7 @@ impl Application {
             .context("starting the network workers")?;
         mqtt_check.set(true);
         let ws = match cfg.ws_listen_addr() {
-            Some(addr) => Some(crate::transport_ws::start(&addr, mqtt_addr).await?),
+            Some(addr) => Some(crate::transport_ws::start(&addr, mqtt_addr, per_ip).await?),
             None => None,
         };
 

@@ -10,14 +10,19 @@
 //! `ntex-bytes` ≥ 1.11, which breaks the ntex-mqtt 9.0 we are pinned to on Rust 1.95;
 //! and the broker's connections are served by its own workers (`net/`), not ntex.
 //! The cost is one loopback hop per WebSocket message and the broker seeing
-//! `127.0.0.1` as the peer address; browsers are a small share of the traffic.
+//! `127.0.0.1` as the peer address; browsers are a small share of the traffic. The
+//! per-address connection cap is applied here on the browser's own address, and the
+//! bridge's loopback connections are not counted again (`quota.rs`).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use crate::quota::PerIp;
 
 use anyhow::Context;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
@@ -37,6 +42,7 @@ const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10
 pub async fn start(
     addr: &str,
     mqtt_addr: SocketAddr,
+    per_ip: Arc<PerIp>,
 ) -> anyhow::Result<(SocketAddr, JoinHandle<()>)> {
     let listener = TcpListener::bind(addr)
         .await
@@ -47,10 +53,17 @@ pub async fn start(
         loop {
             match listener.accept().await {
                 Ok((stream, peer)) => {
+                    // The same per-address cap as the MQTT listener, on the real peer.
+                    let Some(Some(ip)) = per_ip.admit(peer) else {
+                        tracing::debug!(%peer, "connection limit per address reached");
+                        continue;
+                    };
+                    let per_ip = per_ip.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = bridge(stream, target).await {
+                        if let Err(e) = bridge(stream, target, &per_ip).await {
                             tracing::debug!(%peer, error = %e, "WebSocket connection ended");
                         }
+                        per_ip.release(ip);
                     });
                 }
                 // Out of file descriptors and the like: keep serving the others.
@@ -106,7 +119,7 @@ fn negotiate(req: &Request, mut res: Response) -> Result<Response, ErrorResponse
     Ok(res)
 }
 
-async fn bridge(stream: TcpStream, mqtt: SocketAddr) -> anyhow::Result<()> {
+async fn bridge(stream: TcpStream, mqtt: SocketAddr, per_ip: &PerIp) -> anyhow::Result<()> {
     stream.set_nodelay(true)?;
     let config = WebSocketConfig::default().max_message_size(Some(16 << 20));
     let handshake =
@@ -115,9 +128,23 @@ async fn bridge(stream: TcpStream, mqtt: SocketAddr) -> anyhow::Result<()> {
         .await
         .context("WebSocket handshake timed out")?
         .context("WebSocket handshake")?;
-    let mut tcp = TcpStream::connect(mqtt)
-        .await
-        .context("connecting to the MQTT listener")?;
+    // Bound first, so the listener knows this loopback peer is the bridge (counted
+    // above under the client's own address, not under loopback).
+    let socket = if mqtt.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(mqtt.ip(), 0))?;
+    let local = socket.local_addr()?;
+    per_ip.bridge_from(local);
+    let mut tcp = match socket.connect(mqtt).await {
+        Ok(tcp) => tcp,
+        Err(e) => {
+            per_ip.bridge_failed(local);
+            return Err(anyhow::Error::new(e).context("connecting to the MQTT listener"));
+        }
+    };
     tcp.set_nodelay(true)?;
     let mut buf = vec![0u8; 16 * 1024];
     loop {

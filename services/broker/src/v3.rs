@@ -69,6 +69,11 @@ pub fn connect(mut frame: BytesMut, out: &mut Output, cx: &mut Cx<'_>) -> Result
         connack(out, ConnectAckReason::ServiceUnavailable, false);
         return Err(Close::Refused);
     }
+    if !cx.shared.client_id_ok(&c.client_id) {
+        // CONNACK 2 Identifier rejected (MQTT 3.1.1 §3.2.2.3).
+        connack(out, ConnectAckReason::IdentifierRejected, false);
+        return Err(Close::Refused);
+    }
     let client_id = if c.client_id.is_empty() {
         // A client without an id asked for a clean session (the codec checks it); it
         // gets one we make up [MQTT-3.1.3-6].
@@ -294,7 +299,9 @@ fn publish(
             return Ok(Flow::Continue);
         }
     };
-    let lsn = a.route(
+    // MQTT 3.1.1 cannot say "quota exceeded" in a PUBACK: a message the byte budget
+    // kept from some session is counted and logged there (`quota.rs`).
+    let (lsn, _) = a.route(
         cx,
         Message {
             topic: p.topic,

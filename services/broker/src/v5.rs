@@ -113,6 +113,14 @@ pub fn connect(mut frame: BytesMut, out: &mut Output, cx: &mut Cx<'_>) -> Result
         connack_fail(out, ConnectAckReason::QuotaExceeded, "too many connections");
         return Err(Close::Refused);
     }
+    if !cx.shared.client_id_ok(&c.client_id) {
+        let why = format!(
+            "client id must be UTF-8 without U+0000, at most {} bytes",
+            cx.shared.max_client_id_bytes
+        );
+        connack_fail(out, ConnectAckReason::ClientIdentifierNotValid, why);
+        return Err(Close::Refused);
+    }
     let mut assigned = None;
     let client_id = if c.client_id.is_empty() {
         // MQTT 5 lets the server assign an id and tell the client [MQTT-3.1.3-7].
@@ -579,7 +587,27 @@ fn publish(
         retain: p.retain,
         properties: Some(Arc::new(properties)),
     };
-    let lsn = a.route(cx, msg);
+    let (lsn, over_budget) = a.route(cx, msg);
+    if over_budget && p.qos != QoS::AtMostOnce {
+        // `queued_bytes_total`: some session could not queue it. Said so rather than
+        // silently acknowledged; a refused QoS 2 id is released at once, as for 0x99.
+        if let (QoS::ExactlyOnce, Some(id)) = (p.qos, p.packet_id) {
+            cx.shared.router.qos2_released(a.id, id.get());
+        }
+        let why = "quota exceeded: the broker's queues are full (queued_bytes_total); \
+                   not every subscriber got this message"
+            .to_owned();
+        ack(
+            a,
+            out,
+            cx,
+            lsn,
+            &p,
+            PublishAckReason::QuotaExceeded,
+            Some(why),
+        );
+        return Ok(Flow::Continue);
+    }
     if p.qos == QoS::ExactlyOnce {
         state_mut(a).qos2_open += 1;
     }

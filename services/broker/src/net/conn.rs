@@ -29,6 +29,12 @@ pub struct Conn {
     pub more_to_read: bool,
     /// Waiting in the worker's list of connections to flush.
     pub dirty: bool,
+    /// When the packet in `partial` started, in seconds of the worker's clock
+    /// (`packet_timeout_secs` counts from it).
+    pub partial_since: u32,
+    /// The source address counted against `max_connections_per_ip` (`None`: not
+    /// counted, e.g. the WebSocket bridge, which counts its own clients).
+    pub ip: Option<std::net::IpAddr>,
 }
 
 pub enum Phase {
@@ -42,7 +48,12 @@ pub enum Phase {
 }
 
 impl Conn {
-    pub fn new(io: Transport, generation: u32, deadline: Instant) -> Self {
+    pub fn new(
+        io: Transport,
+        generation: u32,
+        deadline: Instant,
+        ip: Option<std::net::IpAddr>,
+    ) -> Self {
         Self {
             io,
             generation,
@@ -52,6 +63,8 @@ impl Conn {
             phase: Phase::Handshake,
             more_to_read: true,
             dirty: false,
+            partial_since: 0,
+            ip,
         }
     }
 
@@ -108,6 +121,26 @@ impl Output {
             self.pages = None;
         }
         io.flush()
+    }
+}
+
+/// Seconds since the first call in this process: a 4-byte timestamp for [`Conn`]
+/// (wraps after 136 years).
+pub fn clock_secs(now: Instant) -> u32 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(|| now);
+    now.saturating_duration_since(epoch).as_secs() as u32
+}
+
+impl Conn {
+    /// A packet started arriving and is not complete after `timeout`.
+    pub fn packet_overdue(&self, now: Instant, timeout: std::time::Duration) -> bool {
+        let Some(p) = &self.partial else {
+            return false;
+        };
+        // Complete packets waiting for paused input are not late.
+        matches!(frame_len(p, usize::MAX), Ok(None))
+            && u64::from(clock_secs(now).saturating_sub(self.partial_since)) >= timeout.as_secs()
     }
 }
 

@@ -23,8 +23,9 @@ pub struct ConnKey {
 
 /// What another thread asks a worker to do.
 pub enum Cmd {
-    /// Serve this newly accepted connection.
-    Accept(Transport),
+    /// Serve this newly accepted connection (from this address, counted against
+    /// `max_connections_per_ip`).
+    Accept(Transport, Option<std::net::IpAddr>),
     /// The connection's outbox has messages (`outbox.rs`).
     Ready(ConnKey),
     /// Another connection took over the client id: close this one.

@@ -16,7 +16,7 @@ use ntex_bytes::{Buf, BytesMut};
 use slab::Slab;
 
 use crate::error::Close;
-use crate::net::conn::{Conn, FrameError, Phase, frame_len};
+use crate::net::conn::{Conn, FrameError, Phase, clock_secs, frame_len};
 use crate::net::mailbox::{Cmd, ConnKey, Mailbox};
 use crate::net::transport::Transport;
 use crate::net::{Cx, Listener, Lists};
@@ -260,6 +260,17 @@ impl Worker {
             };
             match listener.accept() {
                 Ok((sock, peer)) => {
+                    // Per source address, counted from accept: a socket that never
+                    // sends CONNECT holds a file descriptor too. Over the cap it is
+                    // closed at once — cheaper than reading a CONNECT to refuse it.
+                    let ip = match self.shared.per_ip.admit(peer) {
+                        Some(ip) => ip,
+                        None => {
+                            tracing::debug!(%peer, "connection limit per address reached");
+                            drop(sock);
+                            continue;
+                        }
+                    };
                     // Replies and deliveries are written once per turn already: Nagle
                     // would only add latency.
                     let _ = sock.set_nodelay(true);
@@ -268,6 +279,9 @@ impl Worker {
                             Ok(t) => t,
                             Err(e) => {
                                 tracing::warn!(%peer, error = %e, "TLS session not created");
+                                if let Some(ip) = ip {
+                                    self.shared.per_ip.release(ip);
+                                }
                                 continue;
                             }
                         },
@@ -276,9 +290,9 @@ impl Worker {
                     let to = self.turn % self.peers.len().max(1);
                     self.turn = self.turn.wrapping_add(1);
                     if to == 0 || self.peers.len() <= 1 {
-                        self.add(transport);
+                        self.add(transport, ip);
                     } else {
-                        self.peers[to].post(Cmd::Accept(transport));
+                        self.peers[to].post(Cmd::Accept(transport, ip));
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -301,7 +315,7 @@ impl Worker {
         // `tick` calls `accept` for every listener once the pause is over.
     }
 
-    fn add(&mut self, mut io: Transport) {
+    fn add(&mut self, mut io: Transport, ip: Option<std::net::IpAddr>) {
         let entry = self.conns.vacant_entry();
         let idx = entry.key();
         if let Err(e) = self.poll.registry().register(
@@ -310,11 +324,14 @@ impl Worker {
             Interest::READABLE | Interest::WRITABLE,
         ) {
             tracing::warn!(error = %e, "cannot register a connection");
+            if let Some(ip) = ip {
+                self.shared.per_ip.release(ip);
+            }
             return;
         }
         self.next_gen = self.next_gen.wrapping_add(1);
         let deadline = self.now + self.shared.connect_timeout;
-        entry.insert(Conn::new(io, self.next_gen, deadline));
+        entry.insert(Conn::new(io, self.next_gen, deadline, ip));
     }
 
     // ---- reading ----
@@ -416,6 +433,7 @@ impl Worker {
             }
             if at < data.len() && result.is_ok() {
                 conn.partial = Some(BytesMut::copy_from_slice(&data[at..]));
+                conn.partial_since = clock_secs(*now);
             }
             result
         };
@@ -513,9 +531,11 @@ impl Worker {
 
     fn command(&mut self, cmd: Cmd) {
         match cmd {
-            Cmd::Accept(io) => {
+            Cmd::Accept(io, ip) => {
                 if self.stopping.is_none() {
-                    self.add(io);
+                    self.add(io, ip);
+                } else if let Some(ip) = ip {
+                    self.shared.per_ip.release(ip);
                 }
             }
             Cmd::Ready(key) => {
@@ -639,16 +659,26 @@ impl Worker {
         }
     }
 
-    /// Closes connections whose deadline passed: CONNECT never came, or keep-alive.
+    /// Closes connections whose deadline passed: CONNECT never came, keep-alive, or a
+    /// packet begun more than `packet_timeout` ago is still not complete.
     fn sweep(&mut self) {
         let now = self.now;
+        let timeout = self.shared.packet_timeout;
         let due: Vec<usize> = self
             .conns
             .iter()
-            .filter(|(_, c)| c.deadline <= now)
+            .filter(|(_, c)| c.deadline <= now || c.packet_overdue(now, timeout))
             .map(|(i, _)| i)
             .collect();
         for idx in due {
+            let conn = &self.conns[idx];
+            if conn.deadline > now && !matches!(conn.phase, Phase::Closing) {
+                tracing::debug!("packet not complete in time");
+                self.shared.router.metrics().closed_packet_timeout.inc();
+                let secs = timeout.as_secs().min(u16::MAX.into()) as u16;
+                self.close(idx, Close::PacketTimeout(secs));
+                continue;
+            }
             let why = match self.conns[idx].phase {
                 Phase::Active(_) => Close::KeepAlive,
                 Phase::Closing => {
@@ -709,6 +739,9 @@ impl Worker {
             }
             let _ = self.poll.registry().deregister(conn.io.socket());
             conn.io.shutdown();
+            if let Some(ip) = conn.ip {
+                self.shared.per_ip.release(ip);
+            }
         }
     }
 }
@@ -734,6 +767,9 @@ fn process_partial(conn: &mut Conn, cx: &mut Cx<'_>, max: usize) -> Result<(), C
                             p.advance(len);
                             if p.is_empty() {
                                 conn.partial = None;
+                            } else {
+                                // The next packet's clock starts now.
+                                conn.partial_since = clock_secs(cx.now);
                             }
                         }
                     }

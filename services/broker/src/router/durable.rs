@@ -10,6 +10,7 @@ use super::sessions::expiry_deadline;
 use super::{Limits, Message, Owed, Router, Session, State};
 use crate::metrics::Metrics;
 use crate::outbox::Pressure;
+use crate::quota::Budget;
 use crate::store::recover::Recovered;
 use crate::store::{Record, Store, record};
 use crate::telemetry::Telemetry;
@@ -25,6 +26,11 @@ impl Router {
         // The restart resets the expiry clock of offline sessions: the downtime is the
         // broker's, not the client's.
         let now = Instant::now();
+        let budget = Budget::new(
+            limits.session_queue_bytes,
+            limits.queued_bytes_total,
+            &metrics,
+        );
         for (client, r) in rec.sessions {
             let mut s = Session::new(r.expiry.min(limits.max_session_expiry));
             s.stored = true;
@@ -44,6 +50,9 @@ impl Router {
                 })
                 .collect();
             s.owed_may_expire = s.owed.iter().any(|o| o.msg.expires());
+            // Accepted before the restart: owed whatever the bounds say now.
+            s.owed_bytes = s.owed.iter().map(|o| o.msg.cost()).sum();
+            budget.force_take(s.owed_bytes);
             st.sessions.insert(client, Box::new(s));
         }
         metrics.retained.set(st.retained.len() as i64);
@@ -53,6 +62,7 @@ impl Router {
             // Publishers are held back before one subscriber that keeps up with its
             // client but not with the publishers reaches its own bound and drops.
             pressure: Arc::new(Pressure::new(limits.session_queue_capacity / 2)),
+            budget,
             telemetry: Arc::new(Telemetry::disabled(&metrics)),
             metrics,
             store,

@@ -75,6 +75,7 @@ impl Router {
         }
         if !s.persistent() {
             s.owed.clear();
+            self.budget.give(std::mem::take(&mut s.owed_bytes));
         }
         s.live = Some(Live {
             id,
@@ -163,6 +164,7 @@ impl Router {
     fn end_session(&self, st: &mut State, client: &str) {
         if let Some(s) = st.sessions.remove(client) {
             self.metrics.sessions.dec();
+            self.budget.give(s.owed_bytes);
             if s.stored {
                 self.store.append(&Record::EndSession { client });
             }
@@ -269,14 +271,18 @@ impl Router {
                 continue;
             }
             let store = &self.store;
+            let mut freed = 0;
             s.owed.retain(|o| {
                 // Only those whose delivery never started [MQTT-3.3.2-5].
                 let expired = !o.dispatched && o.msg.expired(now);
                 if expired {
                     store.append(&Record::Ack { client, seq: o.seq });
+                    freed += o.msg.cost();
                 }
                 !expired
             });
+            s.owed_bytes -= freed;
+            self.budget.give(freed);
             s.owed_may_expire = s.owed.iter().any(|o| !o.dispatched && o.msg.expires());
         }
         // Expired retained messages are never sent again: forget them (and log it).
@@ -323,11 +329,15 @@ impl Router {
     /// client id: a late acknowledgement from a connection that was just taken over
     /// must not complete a message of the session that replaced it.
     pub fn ack(&self, conn: ConnId, seq: u64) {
-        let store = &self.store;
+        let (store, budget) = (&self.store, &self.budget);
         self.with_live(conn, |client, s| {
             // Acknowledgements mostly arrive in order, so this is nearly always the front.
             if let Ok(i) = s.owed.binary_search_by_key(&seq, |o| o.seq) {
-                s.owed.remove(i);
+                if let Some(o) = s.owed.remove(i) {
+                    let cost = o.msg.cost();
+                    s.owed_bytes -= cost;
+                    budget.give(cost);
+                }
                 if s.persistent() {
                     store.append(&Record::Ack { client, seq });
                 }
