@@ -18,14 +18,15 @@ pub struct Device {
     pub kind: String,
     pub status: Option<String>,
     pub first_seen: DateTime<Utc>,
-    pub last_seen: DateTime<Utc>,
+    /// `None` for a device provisioned (`lentera devices add`) but never heard from.
+    pub last_seen: Option<DateTime<Utc>>,
     pub latest: BTreeMap<String, Latest>,
 }
 
-/// Every known device, newest activity first.
+/// Every known device, newest activity first (never-seen devices last).
 pub async fn list(pool: &PgPool) -> Result<Vec<Device>, sqlx::Error> {
     let mut devices: Vec<Device> = sqlx::query(
-        "SELECT id, kind, status, first_seen, last_seen FROM devices ORDER BY last_seen DESC, id",
+        "SELECT id, kind, status, first_seen, last_seen FROM devices ORDER BY last_seen DESC NULLS LAST, id",
     )
     .fetch_all(pool)
     .await?

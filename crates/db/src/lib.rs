@@ -1,7 +1,8 @@
 //! PostgreSQL access for Lentera: the pool, the migrations, and every query.
 //!
 //! The historian writes ([`write`]); web reads ([`history`], [`devices`], [`lamps`],
-//! [`rejected`]).
+//! [`rejected`]); the device registry and operator accounts ([`registry`], [`operators`])
+//! serve the doors' authentication (`lentera-auth`), the `lentera` CLI and web.
 //! Keeping all SQL here means the schema in `migrations/` and the code that relies on it
 //! change together. Queries are built at run time with `sqlx::query`, so building the
 //! workspace needs no database.
@@ -9,6 +10,8 @@
 pub mod devices;
 pub mod history;
 pub mod lamps;
+pub mod operators;
+pub mod registry;
 pub mod rejected;
 pub mod write;
 
