@@ -25,6 +25,8 @@ pub struct TestBroker {
     port: u16,
     kind: Kind,
     dir: PathBuf,
+    /// How our broker decides who may connect (kept across restarts).
+    identity: Vec<(String, String)>,
     process: Option<Process>,
 }
 
@@ -51,14 +53,34 @@ impl Process {
 impl TestBroker {
     /// Our `lentera-broker` on port 0, returned once its ready file is written. Panics
     /// (with the broker's log) if it cannot start, e.g. when the binaries are not built.
+    ///
+    /// It runs open, explicitly: the services' own tests are about MQTT, not identity.
+    /// The end-to-end stack uses [`TestBroker::start_closed`].
     pub fn start() -> TestBroker {
+        Self::start_ours(vec![("LENTERA_AUTH__OPEN".into(), "true".into())])
+    }
+
+    /// Our broker as a deployment runs it: closed, services from `auth_file`, devices
+    /// from the registry in `database_url`.
+    pub fn start_closed(database_url: &str, auth_file: &Path) -> TestBroker {
+        Self::start_ours(vec![
+            ("LENTERA_DATABASE__URL".into(), database_url.to_owned()),
+            (
+                "LENTERA_BROKER__AUTH_FILE".into(),
+                auth_file.display().to_string(),
+            ),
+        ])
+    }
+
+    fn start_ours(identity: Vec<(String, String)>) -> TestBroker {
         let dir = tempdir("broker").expect("a temporary directory for the broker");
-        let service = spawn_ours(&dir, 0).unwrap_or_else(|e| panic!("{e:#}"));
+        let service = spawn_ours(&dir, 0, &identity).unwrap_or_else(|e| panic!("{e:#}"));
         let port = service.addr("mqtt").expect("mqtt in ready file").port();
         TestBroker {
             port,
             kind: Kind::Ours,
             dir,
+            identity,
             process: Some(Process::Ours(service)),
         }
     }
@@ -91,6 +113,7 @@ impl TestBroker {
             port: m.port,
             kind: Kind::Mosquitto,
             dir,
+            identity: Vec::new(),
             process: Some(Process::Mosquitto(m)),
         })
     }
@@ -155,7 +178,7 @@ impl TestBroker {
     pub fn start_again(&mut self) {
         self.process = None;
         let process = match self.kind {
-            Kind::Ours => spawn_ours(&self.dir, self.port).map(Process::Ours),
+            Kind::Ours => spawn_ours(&self.dir, self.port, &self.identity).map(Process::Ours),
             Kind::Mosquitto => mosquitto_binary()
                 .context("mosquitto disappeared")
                 .and_then(|bin| Mosquitto::spawn(&bin, &self.dir, Some(self.port)))
@@ -178,7 +201,11 @@ impl Drop for TestBroker {
     }
 }
 
-fn spawn_ours(dir: &Path, mqtt_port: u16) -> anyhow::Result<Service> {
+fn spawn_ours(
+    dir: &Path,
+    mqtt_port: u16,
+    identity: &[(String, String)],
+) -> anyhow::Result<Service> {
     let env = [
         (
             "LENTERA_BROKER__MQTT_ADDR",
@@ -195,12 +222,10 @@ fn spawn_ours(dir: &Path, mqtt_port: u16) -> anyhow::Result<Service> {
             dir.join("data").display().to_string(),
         ),
         ("LENTERA_TELEMETRY__LOG", "info".to_owned()),
-        // The services' own tests are about MQTT, not identity: this broker lets every
-        // client in, explicitly. The stack of the end-to-end tests runs closed
-        // (`Stack`), with devices from the registry and services from an auth file.
-        ("LENTERA_AUTH__OPEN", "true".to_owned()),
     ]
     .map(|(k, v)| (k.to_owned(), v));
+    let mut env = env.to_vec();
+    env.extend_from_slice(identity);
     Service::spawn("broker", dir, &env)
 }
 

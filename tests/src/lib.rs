@@ -13,6 +13,7 @@
 
 mod broker;
 mod db;
+pub mod identity;
 mod mqtt_board;
 mod pg;
 mod process;
@@ -23,8 +24,10 @@ pub use db::TestDb;
 pub use pg::{PrivatePostgres, REQUIRE_PG_CTL};
 pub use process::{Service, bin_path};
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Mutex;
 
 /// The services, wired together on OS-chosen ports, with one fresh database.
 pub struct Stack {
@@ -37,6 +40,12 @@ pub struct Stack {
     pub ingest: Service,
     web: Option<Service>,
     lamp: Option<Service>,
+    /// Tokens of the devices provisioned so far ([`Stack::provision`]).
+    tokens: Mutex<HashMap<String, String>>,
+    /// Bearer API token of the stack's operator account.
+    operator_token: String,
+    /// The read-only broker user's name and password.
+    observer: (String, String),
 }
 
 /// How to build a [`Stack`]; [`Stack::start`] is `Stack::builder().start()`.
@@ -105,9 +114,57 @@ impl Stack {
         )
     }
 
-    /// `http://…/api/v1/readings` on ingest.
+    /// `http://…/api/v1/readings` on ingest (it needs `Authorization: Bearer <token>`).
     pub fn readings_url(&self) -> String {
         format!("{}/api/v1/readings", self.url(&self.ingest, "http"))
+    }
+
+    /// Provisions `device` of `kind` (`greenhouse`, `lamp`, `sensor`) with the `lentera`
+    /// CLI, as an operator would, and returns its token (also kept for
+    /// [`Stack::board_url`] and [`Stack::token`]). Provisioning it again returns the same.
+    pub async fn provision(&self, device: &str, kind: &str) -> anyhow::Result<String> {
+        if let Some(token) = self.token(device) {
+            return Ok(token);
+        }
+        let out = identity::cli(
+            &self.db.url,
+            &["devices", "add", device, "--kind", kind],
+            "",
+        )
+        .await?;
+        let token = identity::last_word(&out)?;
+        self.tokens
+            .lock()
+            .unwrap()
+            .insert(device.to_owned(), token.clone());
+        Ok(token)
+    }
+
+    /// The token of a device provisioned on this stack.
+    pub fn token(&self, device: &str) -> Option<String> {
+        self.tokens.lock().unwrap().get(device).cloned()
+    }
+
+    /// `http://…/api/v1/devices/{token}/readings` on ingest, for the board `device`
+    /// (provisioned as a greenhouse if it was not yet): the door for boards that cannot
+    /// set a header, so the harness's HTTP streams need nothing but a URL.
+    pub async fn board_url(&self, device: &str) -> anyhow::Result<String> {
+        let token = self.provision(device, "greenhouse").await?;
+        Ok(format!(
+            "{}/api/v1/devices/{token}/readings",
+            self.url(&self.ingest, "http")
+        ))
+    }
+
+    /// The bearer API token of the stack's operator (may switch lamps, add devices).
+    pub fn operator_token(&self) -> &str {
+        &self.operator_token
+    }
+
+    /// User name and password of a broker user that may subscribe to `lentera/#` and
+    /// publish nothing (works on Mosquitto too, which runs without authentication).
+    pub fn observer(&self) -> (String, String) {
+        self.observer.clone()
     }
 
     /// SIGTERM to every service, the broker last; fails on the first that does not exit 0.
@@ -190,9 +247,19 @@ impl StackBuilder {
         };
         let dir = tempdir("stack")?;
         eprintln!("stack logs in {}", dir.display());
+        // Migrated before anything starts, so the registry the broker and ingest load
+        // exists, and devices can be provisioned as soon as `start` returns.
+        identity::cli(&db.url, &["migrate"], "").await?;
+        let users = identity::ServiceUsers::generate();
+        let auth_file = dir.join("broker-auth.toml");
+        users.write_auth_file(&auth_file)?;
         let broker = match self.broker {
             Some(b) => b,
-            None => tokio::task::spawn_blocking(TestBroker::start).await?,
+            None => {
+                let url = db.url.clone();
+                tokio::task::spawn_blocking(move || TestBroker::start_closed(&url, &auth_file))
+                    .await?
+            }
         };
         let mqtt_port = broker.port().to_string();
         let extra = &self.env;
@@ -202,7 +269,13 @@ impl StackBuilder {
                 ("LENTERA_TELEMETRY__LOG".into(), "info".into()),
                 ("LENTERA_MQTT__HOST".into(), "127.0.0.1".into()),
                 ("LENTERA_MQTT__PORT".into(), mqtt_port.clone()),
+                // The fault tests stream one board at 25-200 readings a second, far
+                // above a real board and the default quota (5/s); the quota has its
+                // own tests, at its defaults, in services/ingest and services/broker.
+                ("LENTERA_QUOTA__DEVICE_RATE_PER_SEC".into(), "100000".into()),
+                ("LENTERA_QUOTA__DEVICE_BURST".into(), "100000".into()),
             ];
+            env.extend(users.env(service));
             env.extend(own.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
             env.extend(
                 extra
@@ -262,6 +335,20 @@ impl StackBuilder {
             (Some(web), Some(lamp))
         };
         ingest.wait_ready("http").await?;
+        identity::cli(
+            &db.url,
+            &["operators", "add", "tester", "--role", "operator"],
+            "tester's password\n",
+        )
+        .await?;
+        let operator_token = identity::last_word(
+            &identity::cli(
+                &db.url,
+                &["tokens", "add", "tester", "--label", "tests"],
+                "",
+            )
+            .await?,
+        )?;
         Ok(Stack {
             db,
             dir,
@@ -270,6 +357,9 @@ impl StackBuilder {
             ingest,
             web,
             lamp,
+            tokens: Mutex::default(),
+            operator_token,
+            observer: users.credentials(identity::OBSERVER),
         })
     }
 }

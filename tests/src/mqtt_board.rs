@@ -22,14 +22,12 @@ const GIVE_UP: Duration = Duration::from_secs(40);
 
 impl Stream {
     /// `count` readings for `device`, `rate` per second, published to the broker at
-    /// `addr` (`host:port`); see the module docs.
-    pub fn start_mqtt(addr: String, device: &str, count: u64, rate: f64) -> Stream {
+    /// `addr` (`host:port`); see the module docs. It logs in as a device does: client
+    /// id and user name are the device id, the password its token.
+    pub fn start_mqtt(addr: String, device: &str, token: &str, count: u64, rate: f64) -> Stream {
         let (host, port) = addr.rsplit_once(':').expect("host:port");
-        let mut o = MqttOptions::new(
-            format!("{device}-{}", crate::unique()),
-            host,
-            port.parse().expect("a port"),
-        );
+        let mut o = MqttOptions::new(device, host, port.parse().expect("a port"));
+        o.set_credentials(device, token);
         o.set_keep_alive(Duration::from_secs(5));
         o.set_clean_session(false);
         let (client, mut eventloop) = AsyncClient::new(o, 16);

@@ -237,13 +237,21 @@ impl Stream {
 
     /// One TCP board: `count` readings for `device`, `rate` per second, over one
     /// connection at a time to `addr` (`host:port` of ingest's TCP listener; see the
-    /// module docs for the board's rules).
-    pub fn start_tcp(addr: String, device: &str, count: u64, rate: f64) -> Stream {
-        Self::start_tcp_with(addr, device, count, rate, Ts::Board)
+    /// module docs for the board's rules). Each connection starts with
+    /// `HELLO <device> <token>`.
+    pub fn start_tcp(addr: String, device: &str, token: &str, count: u64, rate: f64) -> Stream {
+        Self::start_tcp_with(addr, device, token, count, rate, Ts::Board)
     }
 
     /// [`Stream::start_tcp`] with a choice of who stamps the readings.
-    pub fn start_tcp_with(addr: String, device: &str, count: u64, rate: f64, stamp: Ts) -> Stream {
+    pub fn start_tcp_with(
+        addr: String,
+        device: &str,
+        token: &str,
+        count: u64,
+        rate: f64,
+        stamp: Ts,
+    ) -> Stream {
         let accepted = Arc::new(AtomicUsize::new(0));
         let waiting = Arc::new(AtomicUsize::new(0));
         let log = Arc::new(Mutex::new(Log::default()));
@@ -253,7 +261,7 @@ impl Stream {
         let task = {
             let (accepted, waiting, log, addr) =
                 (accepted.clone(), waiting.clone(), log.clone(), addr.clone());
-            let device = device.to_owned();
+            let hello = format!("HELLO {device} {token}");
             tokio::spawn(async move {
                 let mut conn: Option<BufReader<TcpStream>> = None;
                 for seq in 0..count {
@@ -270,7 +278,7 @@ impl Stream {
                     while Instant::now() < give_up {
                         let target = addr.lock().unwrap().clone();
                         let started = Instant::now();
-                        let attempt = send_line(&mut conn, &target, &device, &line, &waiting).await;
+                        let attempt = send_line(&mut conn, &target, &hello, &line, &waiting).await;
                         let retry_in = match &attempt {
                             Attempt::Accepted => None,
                             Attempt::Erred { reply } if is_retryable(reply) => {
@@ -480,12 +488,12 @@ pub fn is_retryable(reply: &str) -> bool {
         .is_some_and(|code| RETRYABLE_ERR.contains(&code))
 }
 
-/// One attempt at one line: connects and says `HELLO` first if `conn` is `None`; leaves
+/// One attempt at one line: connects and says `hello` first if `conn` is `None`; leaves
 /// `conn` `None` whenever the connection can no longer be trusted to answer in order.
 async fn send_line(
     conn: &mut Option<BufReader<TcpStream>>,
     addr: &str,
-    device: &str,
+    hello: &str,
     line: &str,
     waiting: &AtomicUsize,
 ) -> Attempt {
@@ -507,7 +515,7 @@ async fn send_line(
                 }
             };
         let mut c = BufReader::new(stream);
-        match request(&mut c, &format!("HELLO {device}")).await {
+        match request(&mut c, hello).await {
             Ok(reply) if reply == "OK" => *conn = Some(c),
             Ok(reply) => {
                 return Attempt::Erred {

@@ -13,13 +13,14 @@ use tokio::time::timeout;
 
 const WAIT: Duration = Duration::from_secs(15);
 
-/// An MQTT subscriber on `lentera/#` whose messages arrive on a channel.
+/// An MQTT subscriber on `lentera/#` whose messages arrive on a channel; it logs in as
+/// the stack's read-only `observer` broker user.
 async fn subscriber(stack: &Stack, id: &str) -> mpsc::UnboundedReceiver<(String, Vec<u8>)> {
     let addr = stack.mqtt_addr();
-    let (client, mut eventloop) = AsyncClient::new(
-        MqttOptions::new(id, addr.ip().to_string(), addr.port()),
-        100,
-    );
+    let mut o = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+    let (user, password) = stack.observer();
+    o.set_credentials(user, password);
+    let (client, mut eventloop) = AsyncClient::new(o, 100);
     let (tx, rx) = mpsc::unbounded_channel();
     let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel();
     let mut subscribed_tx = Some(subscribed_tx);
@@ -72,8 +73,14 @@ async fn expect_mqtt(
 async fn expect_history(stack: &Stack, query: &str, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
     let url = format!("{}/api/v1/devices/{query}", stack.url(stack.web(), "http"));
     let start = std::time::Instant::now();
+    let http = reqwest::Client::new();
     loop {
-        let r = reqwest::get(&url).await.unwrap();
+        let r = http
+            .get(&url)
+            .bearer_auth(stack.operator_token())
+            .send()
+            .await
+            .unwrap();
         if r.status().is_success() {
             let body: Value = r.json().await.unwrap();
             let points = body["points"].as_array().cloned().unwrap_or_default();
@@ -161,10 +168,25 @@ async fn everything_flows(mut stack: Stack) {
     let ingest = stack.url(&stack.ingest, "http");
     let web = stack.url(stack.web(), "http");
     let mut mqtt = subscriber(&stack, "e2e-observer").await;
+    let gh1 = stack.provision("gh-1", "greenhouse").await.unwrap();
+    let gh2 = stack.provision("gh-2", "greenhouse").await.unwrap();
+    let gh3 = stack.provision("gh-3", "greenhouse").await.unwrap();
+    let lamp1 = stack.provision("lamp-1", "lamp").await.unwrap();
 
-    // A browser on the live stream, narrowed to gh-1.
+    // A browser on the live stream, narrowed to gh-1 (a viewer: the operator's token).
     let ws_url = format!("ws://{}/ws", stack.web().addr("http").unwrap());
-    let (mut ws, _) = tokio_tungstenite::connect_async(&ws_url)
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+            ws_url.as_str(),
+        )
+        .unwrap();
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", stack.operator_token())
+            .parse()
+            .unwrap(),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(request)
         .await
         .expect("ws connects");
     ws.send(tokio_tungstenite::tungstenite::Message::text(
@@ -178,6 +200,7 @@ async fn everything_flows(mut stack: Stack) {
     //    the WebSocket client and the history API.
     let r = http
         .post(format!("{ingest}/api/v1/readings"))
+        .bearer_auth(&gh1)
         .json(&json!({"device": "gh-1", "temperature": 27.5, "humidity": 61.0}))
         .send()
         .await
@@ -208,8 +231,10 @@ async fn everything_flows(mut stack: Stack) {
     })
     .await;
 
-    // 2. TCP line protocol: OK, then stored.
+    // 2. TCP line protocol, the seed sketch's style (the token alone says who it is):
+    //    OK, then stored.
     let mut board = Board::connect(&stack).await;
+    assert_eq!(board.request(&format!("AUTH {gh2}")).await, "OK");
     assert_eq!(
         board.request("gh-2 temperature=21.5 humidity=70").await,
         "OK"
@@ -219,12 +244,11 @@ async fn everything_flows(mut stack: Stack) {
     })
     .await;
 
-    // 3. Straight to the broker with an MQTT client: stored too.
+    // 3. Straight to the broker with an MQTT client, logged in as the device: stored too.
     let addr = stack.mqtt_addr();
-    let (board_mqtt, mut el) = AsyncClient::new(
-        MqttOptions::new("e2e-board", addr.ip().to_string(), addr.port()),
-        10,
-    );
+    let mut o = MqttOptions::new("gh-3", addr.ip().to_string(), addr.port());
+    o.set_credentials("gh-3", gh3);
+    let (board_mqtt, mut el) = AsyncClient::new(o, 10);
     tokio::spawn(async move { while el.poll().await.is_ok() {} });
     board_mqtt
         .publish(
@@ -240,7 +264,7 @@ async fn everything_flows(mut stack: Stack) {
     // 4. A lamp board bound over TCP; darkness makes the controller command `on`,
     //    seen by an MQTT subscriber and relayed to the board as `led-on`.
     let mut lamp = Board::connect(&stack).await;
-    assert_eq!(lamp.request("HELLO lamp-1").await, "OK");
+    assert_eq!(lamp.request(&format!("HELLO lamp-1 {lamp1}")).await, "OK");
     expect_mqtt(&mut mqtt, "lentera/lamp-1/status", |p| p == b"online").await;
     assert_eq!(lamp.request("lamp-1 lux=2.5").await, "OK");
     expect_mqtt(&mut mqtt, "lentera/lamp-1/lamp/set", |p| p == b"on").await;
@@ -249,6 +273,7 @@ async fn everything_flows(mut stack: Stack) {
     // 5. An operator forces it off from the REST API: the controller obeys.
     let r = http
         .put(format!("{web}/api/v1/lamps/lamp-1/mode"))
+        .bearer_auth(stack.operator_token())
         .json(&json!({"mode": "off"}))
         .send()
         .await
@@ -270,7 +295,10 @@ async fn everything_flows(mut stack: Stack) {
     //    still be writing it: poll).
     let start = std::time::Instant::now();
     loop {
-        let lamps: Value = reqwest::get(format!("{web}/api/v1/lamps"))
+        let lamps: Value = http
+            .get(format!("{web}/api/v1/lamps"))
+            .bearer_auth(stack.operator_token())
+            .send()
             .await
             .unwrap()
             .json()

@@ -57,13 +57,25 @@ async fn assert_historian_metric(stack: &Stack, line: &str) {
     }
 }
 
-async fn post(http: &reqwest::Client, url: &str, body: &Value) -> (u16, Value) {
-    let r = http.post(url).json(body).send().await.unwrap();
+/// Posts `body` as its device (the `device` of the object, or of the array's first
+/// reading), with that device's token, provisioning it on first use.
+async fn post(stack: &Stack, http: &reqwest::Client, url: &str, body: &Value) -> (u16, Value) {
+    let first = body.as_array().and_then(|a| a.first()).unwrap_or(body);
+    let device = first["device"].as_str().expect("a body naming its device");
+    let token = stack.provision(device, "greenhouse").await.unwrap();
+    let r = http
+        .post(url)
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
-/// A connected MQTT client and the channel of what it receives.
+/// A connected MQTT client and the channel of what it receives: the read-only observer
+/// subscribed to `subscribe`, or (without) the board `id` logged in as that device.
 async fn mqtt(
     stack: &Stack,
     id: &str,
@@ -71,6 +83,16 @@ async fn mqtt(
 ) -> (AsyncClient, mpsc::UnboundedReceiver<Event>) {
     let addr = stack.mqtt_addr();
     let mut o = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+    match subscribe {
+        Some(_) => {
+            let (user, password) = stack.observer();
+            o.set_credentials(user, password);
+        }
+        None => {
+            let token = stack.provision(id, "greenhouse").await.unwrap();
+            o.set_credentials(id, token);
+        }
+    }
     o.set_inflight(1000);
     let (client, mut eventloop) = AsyncClient::new(o, 10_000);
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -108,7 +130,7 @@ async fn readings_without_ts_each_get_a_row_in_one_request_many_requests_and_ove
     let batch: Vec<Value> = (0..100)
         .map(|i| json!({"device": "batch-1", "seq": i}))
         .collect();
-    let (status, body) = post(&http, &url, &Value::Array(batch)).await;
+    let (status, body) = post(&stack, &http, &url, &Value::Array(batch)).await;
     assert_eq!(status, 202, "{body}");
     eventually_count(
         &pool,
@@ -128,14 +150,19 @@ async fn readings_without_ts_each_get_a_row_in_one_request_many_requests_and_ove
 
     // 2,000 concurrent posts of one reading each: one row per 202.
     let limit = Arc::new(tokio::sync::Semaphore::new(200));
+    let token = stack.provision("flood-1", "greenhouse").await.unwrap();
     let posts: Vec<_> = (0..2000)
         .map(|i| {
-            let (http, url, limit) = (http.clone(), url.clone(), limit.clone());
+            let (http, url, limit, token) =
+                (http.clone(), url.clone(), limit.clone(), token.clone());
             tokio::spawn(async move {
                 let _permit = limit.acquire().await.unwrap();
-                post(&http, &url, &json!({"device": "flood-1", "seq": i}))
+                http.post(&url)
+                    .bearer_auth(token)
+                    .json(&json!({"device": "flood-1", "seq": i}))
+                    .send()
                     .await
-                    .0
+                    .map_or(0, |r| r.status().as_u16())
             })
         })
         .collect();
@@ -163,7 +190,7 @@ async fn readings_without_ts_each_get_a_row_in_one_request_many_requests_and_ove
     );
 
     // 5,000 QoS 1 publishes from one MQTT client as fast as it can: 5,000 PUBACKs, 5,000 rows.
-    let (client, mut events) = mqtt(&stack, "fast-board", None).await;
+    let (client, mut events) = mqtt(&stack, "fast-1", None).await;
     let publisher = tokio::spawn(async move {
         for i in 0..5000 {
             client
@@ -217,6 +244,7 @@ async fn the_same_key_twice_is_a_retry_then_a_correction() {
     let sql = "SELECT count(*) FROM readings WHERE device = 'key-1'";
     for value in [20.0, 20.0] {
         let (status, body) = post(
+            &stack,
             &http,
             &url,
             &json!({"device":"key-1","temperature":value,"ts":ts}),
@@ -226,6 +254,7 @@ async fn the_same_key_twice_is_a_retry_then_a_correction() {
     }
     eventually_count(&pool, sql, 1, WAIT).await;
     let (status, _) = post(
+        &stack,
         &http,
         &url,
         &json!({"device":"key-1","temperature":21.5,"ts":ts}),
@@ -279,7 +308,7 @@ async fn poison_is_refused_or_kept_as_a_dead_letter_and_holds_back_nobody() {
             "non_numeric_value",
         ),
     ] {
-        let (status, reply) = post(&http, &url, &body).await;
+        let (status, reply) = post(&stack, &http, &url, &body).await;
         assert_eq!(status, 400, "{body}: {reply}");
         assert_eq!(reply["detail"]["code"], code, "{body}: {reply}");
         assert!(
@@ -289,6 +318,7 @@ async fn poison_is_refused_or_kept_as_a_dead_letter_and_holds_back_nobody() {
     }
     let r = http
         .post(&url)
+        .bearer_auth(stack.token("poison-1").unwrap())
         .header("content-type", "application/json")
         .body(r#"{"device":"poison-1","lux":NaN}"#)
         .send()
@@ -299,7 +329,7 @@ async fn poison_is_refused_or_kept_as_a_dead_letter_and_holds_back_nobody() {
     // A board publishing straight to MQTT (3.1.1: its PUBACK cannot refuse) is answered
     // on its error topic, and the refusal is kept.
     let (_sub, mut seen) = mqtt(&stack, "error-watch", Some("lentera/+/error")).await;
-    let (board, mut board_events) = mqtt(&stack, "poison-board", None).await;
+    let (board, mut board_events) = mqtt(&stack, "poison-2", None).await;
     board
         .publish(
             "lentera/poison-2/telemetry",
@@ -337,21 +367,29 @@ async fn poison_is_refused_or_kept_as_a_dead_letter_and_holds_back_nobody() {
         .execute(&pool)
         .await
         .unwrap();
-    // In one request with two good readings, so they reach the historian in one batch:
-    // it must find the refused row and store the others.
+    // In one request with two good readings of the same board (a token speaks for one
+    // device), so they reach the historian in one batch: it must find the refused row
+    // and store the others.
     let (status, body) = post(
+        &stack,
         &http,
         &url,
-        &json!([{"device":"healthy-0","soil":1},{"device":"poison-3","soil":666},{"device":"healthy-2","soil":2}]),
+        &json!([{"device":"poison-3","moisture":1},{"device":"poison-3","soil":666},{"device":"poison-3","temperature":2}]),
     )
     .await;
     assert_eq!(status, 202, "{body}");
     let sent = Instant::now();
-    let (status, _) = post(&http, &url, &json!({"device":"healthy-1","soil":42})).await;
+    let (status, _) = post(
+        &stack,
+        &http,
+        &url,
+        &json!({"device":"healthy-1","soil":42}),
+    )
+    .await;
     assert_eq!(status, 202);
     eventually_count(
         &pool,
-        "SELECT count(*) FROM readings WHERE device LIKE 'healthy-%'",
+        "SELECT count(*) FROM readings WHERE device IN ('poison-3', 'healthy-1')",
         3,
         Duration::from_secs(5),
     )
@@ -372,7 +410,10 @@ async fn poison_is_refused_or_kept_as_a_dead_letter_and_holds_back_nobody() {
     ] {
         let deadline = Instant::now() + WAIT;
         loop {
-            let body: Value = reqwest::get(format!("{web}/api/v1/devices/{device}/rejected"))
+            let body: Value = http
+                .get(format!("{web}/api/v1/devices/{device}/rejected"))
+                .bearer_auth(stack.operator_token())
+                .send()
                 .await
                 .unwrap()
                 .json()
@@ -397,7 +438,7 @@ async fn poison_is_refused_or_kept_as_a_dead_letter_and_holds_back_nobody() {
     assert_eq!(
         count(
             &pool,
-            "SELECT count(*) FROM readings WHERE device LIKE 'poison%'"
+            "SELECT count(*) FROM readings WHERE device IN ('poison-1', 'poison-2') OR value = 666"
         )
         .await,
         0

@@ -33,7 +33,13 @@ async fn postgres_down_for_ten_seconds_mid_stream_loses_and_doubles_nothing() {
         .expect("stack starts");
     let pool = stack.db.connect().await.unwrap();
     // 14 s of readings: ~2 s before the outage, 10.5 s during, the rest after.
-    let stream = Stream::start(stack.readings_url(), "pg-down", 350, 25.0, 4);
+    let stream = Stream::start(
+        stack.board_url("pg-down").await.unwrap(),
+        "pg-down",
+        350,
+        25.0,
+        4,
+    );
     wait_rows(&pool, "pg-down", 50, WAIT).await.unwrap();
     pool.close().await;
 
@@ -119,7 +125,7 @@ async fn historian_killed_mid_stream(builder: StackBuilder, device: &str) {
         .await
         .expect("stack starts");
     let pool = stack.db.connect().await.unwrap();
-    let stream = Stream::start(stack.readings_url(), device, 300, 50.0, 4);
+    let stream = Stream::start(stack.board_url(device).await.unwrap(), device, 300, 50.0, 4);
     wait_rows(&pool, device, 80, WAIT).await.unwrap();
     // A batch has just been committed; a quarter second later the next one holds ~12
     // readings, received and neither committed nor acknowledged.
@@ -170,7 +176,7 @@ async fn broker_restarted_mid_stream(device: &str, graceful: bool) {
         .await
         .expect("stack starts");
     let pool = stack.db.connect().await.unwrap();
-    let stream = Stream::start(stack.readings_url(), device, 300, 50.0, 4);
+    let stream = Stream::start(stack.board_url(device).await.unwrap(), device, 300, 50.0, 4);
     wait_rows(&pool, device, 80, WAIT).await.unwrap();
 
     if graceful {
@@ -229,7 +235,13 @@ async fn broker_killed_holding_readings_for_an_absent_historian_keeps_them() {
         .await
         .expect("stack starts");
     let pool = stack.db.connect().await.unwrap();
-    let stream = Stream::start(stack.readings_url(), "broker-held", 300, 50.0, 4);
+    let stream = Stream::start(
+        stack.board_url("broker-held").await.unwrap(),
+        "broker-held",
+        300,
+        50.0,
+        4,
+    );
     wait_rows(&pool, "broker-held", 50, WAIT).await.unwrap();
 
     stack.historian_mut().kill().unwrap();
@@ -264,7 +276,7 @@ async fn ingest_terminated_with_requests_in_flight_loses_no_accepted_reading() {
     let pool = stack.db.connect().await.unwrap();
     let http_addr = stack.ingest.addr("http").unwrap();
     let stream = Stream::start_with(
-        stack.readings_url(),
+        stack.board_url("ingest-term").await.unwrap(),
         "ingest-term",
         300,
         50.0,

@@ -28,7 +28,13 @@ async fn while_postgres_is_down_the_historian_acknowledges_nothing() {
         .await
         .expect("stack starts");
     let pool = stack.db.connect().await.unwrap();
-    let stream = Stream::start(stack.readings_url(), "pg-noack", 400, 50.0, 4);
+    let stream = Stream::start(
+        stack.board_url("pg-noack").await.unwrap(),
+        "pg-noack",
+        400,
+        50.0,
+        4,
+    );
     wait_rows(&pool, "pg-noack", 50, WAIT).await.unwrap();
     pool.close().await;
 
@@ -91,7 +97,13 @@ async fn postgres_slow_behind_a_lock_for_five_seconds_loses_and_doubles_nothing(
         .await
         .expect("stack starts");
     let pool = stack.db.connect().await.unwrap();
-    let stream = Stream::start(stack.readings_url(), "pg-slow", 450, 50.0, 4);
+    let stream = Stream::start(
+        stack.board_url("pg-slow").await.unwrap(),
+        "pg-slow",
+        450,
+        50.0,
+        4,
+    );
     wait_rows(&pool, "pg-slow", 50, WAIT).await.unwrap();
 
     let mut locker = pool.begin().await.unwrap();

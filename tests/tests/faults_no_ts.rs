@@ -47,13 +47,20 @@ async fn run(door: Door, fault: Fault) {
         .wait_readyz("admin", 200, WAIT)
         .await
         .unwrap();
+    let token = stack.provision(&device, "greenhouse").await.unwrap();
     let stream = match door {
-        Door::Http => Stream::start_without_ts(stack.readings_url(), &device, COUNT, RATE, 4),
+        Door::Http => {
+            let url = stack.board_url(&device).await.unwrap();
+            Stream::start_without_ts(url, &device, COUNT, RATE, 4)
+        }
         Door::Tcp => {
             let addr = stack.ingest.addr("tcp").unwrap().to_string();
-            Stream::start_tcp_with(addr, &device, COUNT, RATE, Ts::Receiver)
+            Stream::start_tcp_with(addr, &device, &token, COUNT, RATE, Ts::Receiver)
         }
-        Door::Mqtt => Stream::start_mqtt(stack.mqtt_addr().to_string(), &device, COUNT, RATE),
+        Door::Mqtt => {
+            let addr = stack.mqtt_addr().to_string();
+            Stream::start_mqtt(addr, &device, &token, COUNT, RATE)
+        }
     };
     wait_rows(&pool, &device, 60, WAIT).await.unwrap();
     let n = stream.accepted();

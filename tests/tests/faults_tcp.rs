@@ -1,7 +1,7 @@
 //! The TCP line protocol's promise under faults: an `OK` line means the reading will be in
 //! PostgreSQL, even if the broker, the historian or ingest itself restarts meanwhile.
 //!
-//! Each test runs a few boards ([`Stream::start_tcp`]): each says `HELLO <device>`, sends
+//! Each test runs a few boards ([`Stream::start_tcp`]): each says `HELLO <device> <token>`, sends
 //! one reading line at a time and waits for its reply, re-sends a line that got
 //! `ERR broker_unavailable` / `ERR overloaded` or no answer at all (reconnecting when the
 //! connection dropped), and gives a reading up on any other `ERR`. One part of the path is
@@ -34,11 +34,21 @@ const COUNT: u64 = 200;
 const RATE: f64 = 40.0;
 
 /// `BOARDS` boards named `{prefix}-0`, … streaming to the stack's ingest over TCP.
-fn boards(stack: &Stack, prefix: &str) -> Vec<Stream> {
+async fn boards(stack: &Stack, prefix: &str) -> Vec<Stream> {
     let addr = stack.ingest.addr("tcp").expect("ingest's TCP address");
-    (0..BOARDS)
-        .map(|i| Stream::start_tcp(addr.to_string(), &format!("{prefix}-{i}"), COUNT, RATE))
-        .collect()
+    let mut boards = Vec::new();
+    for i in 0..BOARDS {
+        let device = format!("{prefix}-{i}");
+        let token = stack.provision(&device, "greenhouse").await.unwrap();
+        boards.push(Stream::start_tcp(
+            addr.to_string(),
+            &device,
+            &token,
+            COUNT,
+            RATE,
+        ));
+    }
+    boards
 }
 
 fn accepted(boards: &[Stream]) -> usize {
@@ -112,7 +122,7 @@ async fn broker_killed_mid_tcp_stream_every_ok_is_stored_once() {
         .await
         .expect("stack starts");
     let pool = stack.db.connect().await.unwrap();
-    let boards = boards(&stack, "tcp-broker-kill");
+    let boards = boards(&stack, "tcp-broker-kill").await;
     wait_rows(&pool, "tcp-broker-kill-0", 40, WAIT)
         .await
         .unwrap();
@@ -154,7 +164,7 @@ async fn historian_killed_mid_tcp_stream_every_ok_is_stored_once() {
         .await
         .expect("stack starts");
     let pool = stack.db.connect().await.unwrap();
-    let boards = boards(&stack, "tcp-hist-kill");
+    let boards = boards(&stack, "tcp-hist-kill").await;
     wait_rows(&pool, "tcp-hist-kill-0", 40, WAIT).await.unwrap();
     // A batch was just committed; a quarter second later the next one is in hand.
     wait_more_accepted(&boards, 25).await;
@@ -189,7 +199,7 @@ async fn ingest_terminated_mid_tcp_stream_every_ok_it_gave_is_stored_once() {
         .await
         .expect("stack starts");
     let pool = stack.db.connect().await.unwrap();
-    let boards = boards(&stack, "tcp-ingest-term");
+    let boards = boards(&stack, "tcp-ingest-term").await;
     wait_rows(&pool, "tcp-ingest-term-0", 40, WAIT)
         .await
         .unwrap();
@@ -295,7 +305,7 @@ struct Board {
 
 impl Board {
     /// Connects and binds, retrying while ingest is not listening yet.
-    async fn hello(addr: std::net::SocketAddr, device: &str) -> Board {
+    async fn hello(addr: std::net::SocketAddr, device: &str, token: &str) -> Board {
         let deadline = Instant::now() + WAIT;
         loop {
             if let Ok(stream) = TcpStream::connect(addr).await {
@@ -303,7 +313,7 @@ impl Board {
                 let mut reply = String::new();
                 let sent = conn
                     .get_mut()
-                    .write_all(format!("HELLO {device}\n").as_bytes())
+                    .write_all(format!("HELLO {device} {token}\n").as_bytes())
                     .await;
                 if sent.is_ok()
                     && tokio::time::timeout(Duration::from_secs(2), conn.read_line(&mut reply))
@@ -337,12 +347,14 @@ struct StatusWatch {
 }
 
 impl StatusWatch {
-    async fn start(port: u16, tag: &str) -> StatusWatch {
+    async fn start(stack: &Stack, tag: &str) -> StatusWatch {
         let mut opts = MqttOptions::new(
             format!("status-watch-{tag}-{}", lentera_tests::unique()),
             "127.0.0.1",
-            port,
+            stack.mqtt_addr().port(),
         );
+        let (user, password) = stack.observer();
+        opts.set_credentials(user, password);
         opts.set_keep_alive(Duration::from_secs(5));
         let (client, mut eventloop) = AsyncClient::new(opts, 64);
         client
@@ -402,8 +414,8 @@ impl StatusWatch {
 }
 
 /// What a client subscribing now is sent retained on `lentera/{device}/status`.
-async fn retained_status(port: u16, device: &str) -> Option<String> {
-    let watch = StatusWatch::start(port, "late").await;
+async fn retained_status(stack: &Stack, device: &str) -> Option<String> {
+    let watch = StatusWatch::start(stack, "late").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let seen = watch.seen.lock().unwrap();
     seen.iter()
@@ -419,15 +431,15 @@ async fn retained_status(port: u16, device: &str) -> Option<String> {
 /// for it. A graceful stop afterwards announces it offline and clears ingest's set.
 async fn ingest_killed_with_tcp_boards_bound(stack: Stack, tag: &str) {
     let mut stack = stack;
-    let port = stack.mqtt_addr().port();
     let addr = stack.ingest.addr("tcp").expect("ingest's TCP address");
     let gone = [format!("{tag}-gone-1"), format!("{tag}-gone-2")];
     let back = format!("{tag}-back");
     let mut boards = Vec::new();
     for device in gone.iter().chain([&back]) {
-        boards.push(Board::hello(addr, device).await);
+        let token = stack.provision(device, "lamp").await.unwrap();
+        boards.push(Board::hello(addr, device, &token).await);
     }
-    let watch = StatusWatch::start(port, tag).await;
+    let watch = StatusWatch::start(&stack, tag).await;
     let deadline = Instant::now() + WAIT;
     while !boards
         .iter()
@@ -441,7 +453,7 @@ async fn ingest_killed_with_tcp_boards_bound(stack: Stack, tag: &str) {
     drop(boards); // their connections died with ingest
     for device in gone.iter().chain([&back]) {
         assert_eq!(
-            retained_status(port, device).await.as_deref(),
+            retained_status(&stack, device).await.as_deref(),
             Some("online"),
             "a killed ingest leaves {device} online"
         );
@@ -449,7 +461,7 @@ async fn ingest_killed_with_tcp_boards_bound(stack: Stack, tag: &str) {
 
     let restarted_at = Instant::now();
     stack.restart_ingest().unwrap();
-    let returned = Board::hello(addr, &back).await;
+    let returned = Board::hello(addr, &back, &stack.token(&back).unwrap()).await;
     assert!(
         restarted_at.elapsed() < Duration::from_secs(5),
         "{back} came back well within the grace period"
@@ -474,13 +486,13 @@ async fn ingest_killed_with_tcp_boards_bound(stack: Stack, tag: &str) {
     );
     for device in &gone {
         assert_eq!(
-            retained_status(port, device).await.as_deref(),
+            retained_status(&stack, device).await.as_deref(),
             Some("offline"),
             "{device} retained offline"
         );
     }
     assert_eq!(
-        retained_status(port, &back).await.as_deref(),
+        retained_status(&stack, &back).await.as_deref(),
         Some("online"),
         "{back}, back within the grace period, stays online"
     );
@@ -497,7 +509,7 @@ async fn ingest_killed_with_tcp_boards_bound(stack: Stack, tag: &str) {
     assert!(status.success(), "{}", stack.ingest.log_text());
     drop(returned);
     assert_eq!(
-        retained_status(port, &back).await.as_deref(),
+        retained_status(&stack, &back).await.as_deref(),
         Some("offline"),
         "a graceful stop announces {back} offline"
     );

@@ -14,7 +14,13 @@ const STORED: &str = "lentera_historian_readings_stored_total";
 async fn two_historians_split_the_stream(stack: Stack, device: &str) {
     let mut stack = stack;
     assert_eq!(stack.historians.len(), 2);
-    let stream = Stream::start(stack.readings_url(), device, 400, 200.0, 4);
+    let stream = Stream::start(
+        stack.board_url(device).await.unwrap(),
+        device,
+        400,
+        200.0,
+        4,
+    );
     let report = stream.finish(WAIT).await.unwrap();
     report.assert_all_accepted();
     let pool = stack.db.connect().await.unwrap();
@@ -75,7 +81,7 @@ async fn a_sharing_historian_killed_mid_stream(builder: StackBuilder, device: &s
         .await
         .expect("stack starts");
     let pool = stack.db.connect().await.unwrap();
-    let stream = Stream::start(stack.readings_url(), device, 300, 50.0, 4);
+    let stream = Stream::start(stack.board_url(device).await.unwrap(), device, 300, 50.0, 4);
     wait_rows(&pool, device, 80, WAIT).await.unwrap();
     let n = stream.accepted();
     stream.wait_accepted(n + 12, WAIT).await.unwrap();

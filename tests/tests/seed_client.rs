@@ -1,6 +1,10 @@
 //! The course's own HTTP client (`tests/seed/client.py`, copied unchanged from the seed)
 //! runs against ingest's `POST /sensor`, and its five temperatures are stored.
 //!
+//! The seed's client sends no token, so this runs ingest the way the demo does: open,
+//! through the explicit `auth.open` setting, which ingest announces with a warning.
+//! Closed (the default), `/sensor` answers it 401 — checked here too.
+//!
 //! Needs `python3` with `requests`; `scripts/test` installs them and sets
 //! `LENTERA_REQUIRE_PYTHON`, under which their absence fails the test instead of
 //! skipping it.
@@ -77,6 +81,7 @@ async fn the_seed_client_py_runs_unchanged_and_its_temperatures_are_stored() {
     let stack = Stack::builder()
         .readings_only()
         .env("ingest", "LENTERA_INGEST__SEED_DEVICE", DEVICE)
+        .env("ingest", "LENTERA_AUTH__OPEN", "true")
         .start()
         .await
         .expect("stack starts");
