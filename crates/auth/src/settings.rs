@@ -19,7 +19,8 @@ pub struct AuthSettings {
     pub refresh_secs: u64,
     /// Unknown tokens looked up in PostgreSQL per second, all clients together (so a
     /// device added a moment ago is admitted before its notification arrives, while
-    /// strangers spraying random tokens cannot load the database).
+    /// strangers spraying random tokens cannot load the database). 0 = never look up
+    /// (a new device then waits for its notification or the next reload).
     pub miss_lookups_per_sec: f64,
 }
 
