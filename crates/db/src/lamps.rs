@@ -14,7 +14,8 @@ pub struct Lamp {
     /// What the controller or an operator last commanded (`lamp/set`).
     pub command: Option<String>,
     pub status: Option<String>,
-    pub last_seen: DateTime<Utc>,
+    /// `None` for a lamp provisioned but never heard from.
+    pub last_seen: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
