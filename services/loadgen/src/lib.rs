@@ -8,6 +8,8 @@
 //!   percentiles from a send timestamp embedded in each payload.
 //! - `connections`: many idle connections held open; connect rate, and the broker's
 //!   memory per connection when given its `--pid`.
+//! - `flood` ([`flood`]): one board floods ingest's HTTP door while another posts at a
+//!   steady rate; the steady board's latency and live view, quiet versus flooded.
 //!
 //! # Layout
 //!
@@ -20,6 +22,7 @@
 
 pub mod args;
 pub mod connections;
+pub mod flood;
 pub mod payload;
 pub mod pubsub;
 pub mod stats;
@@ -40,6 +43,7 @@ modes:
   throughput   N publishers x M subscribers, as fast as possible (or --rate)
   latency      fixed input rate, latency percentiles (defaults: 1x1, --rate 4000)
   connections  open and hold idle connections; broker memory with --pid
+  flood        board A floods ingest over HTTP while board B posts steadily
 
 common:       --host 127.0.0.1  --port 1883  --json  --username U --password P
 throughput / latency:
@@ -51,7 +55,11 @@ throughput / latency:
   --duration 10s   --count PER-PUBLISHER   --drain 3s   --inflight 100
 connections:
   --connections N (1000)  --concurrency 64  --hold 10s  --keepalive 60  --pid BROKER_PID
-  (raise the open-files limit first for large N: ulimit -n 65536)";
+  (raise the open-files limit first for large N: ulimit -n 65536)
+flood (HTTP, each board with its token):
+  --ingest URL  --device-a ID --token-a T  --device-b ID --token-b T
+  --rate-a 50  --rate-b 10  --connections-a 16  --seconds 20 (per phase)
+  --web URL --viewer-token T (count B's readings a /ws viewer receives)";
 
 /// Runs the mode named in `args` and returns what to print.
 pub async fn run(args: impl IntoIterator<Item = String>) -> anyhow::Result<String> {
@@ -90,6 +98,34 @@ pub async fn run(args: impl IntoIterator<Item = String>) -> anyhow::Result<Strin
             };
             args.finish()?;
             let r = connections::run(cfg).await?;
+            Ok(if json {
+                r.json().to_string()
+            } else {
+                r.human()
+            })
+        }
+        "flood" => {
+            let need = |key: &str| -> anyhow::Result<String> {
+                args.opt(key)?
+                    .ok_or_else(|| anyhow::anyhow!("flood needs --{key}"))
+            };
+            let cfg = flood::FloodConfig {
+                ingest: need("ingest")?,
+                web: args.opt("web")?,
+                viewer_token: args.opt("viewer-token")?,
+                device_a: need("device-a")?,
+                token_a: need("token-a")?,
+                device_b: need("device-b")?,
+                token_b: need("token-b")?,
+                rate_a: args.get("rate-a", 50.0)?,
+                rate_b: args.get("rate-b", 10.0)?,
+                connections_a: args.get("connections-a", 16)?,
+                phase: args.duration("seconds", Duration::from_secs(20))?,
+            };
+            // The MQTT options every other mode takes are not used here.
+            let _ = (host, port);
+            args.finish()?;
+            let r = flood::run(cfg).await?;
             Ok(if json {
                 r.json().to_string()
             } else {
