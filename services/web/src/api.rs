@@ -1,15 +1,21 @@
 //! The REST API under `/api/v1`: shared state and routes; one file per resource.
 
+pub mod admin;
 pub mod devices;
 pub mod error;
 pub mod lamps;
 pub mod params;
 pub mod readings;
 pub mod rejected;
+pub mod session;
+
+use std::sync::Arc;
 
 use actix_web::web;
 use lentera_protocol::Topics;
 use sqlx::PgPool;
+
+use crate::access::Access;
 
 use self::error::ApiError;
 use self::params::Limits;
@@ -23,10 +29,13 @@ pub struct AppState {
     pub limits: Limits,
     /// `Retry-After` seconds on 503s.
     pub retry_after: u64,
+    pub access: Arc<Access>,
+    /// Where boards reach the platform, for the config snippet of a new token.
+    pub board: admin::BoardEndpoints,
 }
 
 impl AppState {
-    fn db_error(&self, e: sqlx::Error) -> ApiError {
+    pub(crate) fn db_error(&self, e: sqlx::Error) -> ApiError {
         ApiError::database(e, self.retry_after)
     }
 
@@ -44,17 +53,63 @@ impl AppState {
     }
 }
 
+/// Largest request body the API reads (lamp modes, logins, device admin are tiny).
+pub const MAX_BODY: usize = 16 * 1024;
+
 /// `/api/v1/...` routes, plus JSON errors for malformed query strings and bodies.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.app_data(
         web::QueryConfig::default()
             .error_handler(|e, _| ApiError::bad_request("invalid_query", e.to_string()).into()),
     )
+    .app_data(web::PayloadConfig::new(MAX_BODY))
+    .app_data(
+        web::JsonConfig::default()
+            .limit(MAX_BODY)
+            .error_handler(|e, _| {
+                use actix_web::error::JsonPayloadError as J;
+                match e {
+                    J::Overflow { .. } | J::OverflowKnownLength { .. } => ApiError::new(
+                        actix_web::http::StatusCode::PAYLOAD_TOO_LARGE,
+                        "body_too_large",
+                        format!("the body may be at most {MAX_BODY} bytes"),
+                    ),
+                    J::ContentType => ApiError::new(
+                        actix_web::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        "unsupported_media_type",
+                        "send Content-Type: application/json",
+                    ),
+                    e => ApiError::bad_request("invalid_body", e.to_string()),
+                }
+                .into()
+            }),
+    )
+    .app_data(
+        web::PathConfig::default()
+            .error_handler(|e, _| ApiError::bad_request("invalid_path", e.to_string()).into()),
+    )
     .service(
         web::scope("/api/v1")
             // Inside the scope: a scope owns every path under its prefix.
             .route("/openapi.json", web::get().to(crate::dashboard::openapi))
-            .route("/devices", web::get().to(devices::list))
+            .service(
+                web::resource("/session")
+                    .get(session::whoami)
+                    .post(session::login)
+                    .delete(session::logout),
+            )
+            .service(
+                web::resource("/devices")
+                    .get(devices::list)
+                    .post(admin::add),
+            )
+            .service(
+                web::resource("/devices/{device}")
+                    .patch(admin::patch)
+                    .delete(admin::remove),
+            )
+            .route("/devices/{device}/token", web::post().to(admin::rotate))
+            .route("/registry", web::get().to(admin::list))
             .route(
                 "/devices/{device}/readings",
                 web::get().to(readings::history),

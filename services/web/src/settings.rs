@@ -1,5 +1,6 @@
 //! `lentera-web` settings: the shared sections plus `[web]`.
 
+use lentera_auth::AuthSettings;
 use lentera_bootstrap::TelemetrySettings;
 use lentera_db::DatabaseSettings;
 use lentera_mqtt::MqttSettings;
@@ -12,6 +13,8 @@ pub struct Settings {
     pub mqtt: MqttSettings,
     pub database: DatabaseSettings,
     pub web: WebSettings,
+    /// `[auth]`: `open = true` turns every login off (demo only; warned at every start).
+    pub auth: AuthSettings,
     /// Where to write `{"http": "<bound addr>"}` once listening (tests bind port 0).
     pub ready_file: Option<std::path::PathBuf>,
 }
@@ -40,6 +43,35 @@ pub struct WebSettings {
     pub db_ping_secs: u64,
     /// `Retry-After` seconds sent with 503s.
     pub retry_after_secs: u64,
+    /// Live messages queued per device for one WebSocket client: a flooding device loses
+    /// its own oldest messages past this, never another device's.
+    pub ws_device_backlog: usize,
+    /// `true`: history, device lists, dead letters and `/ws` need no login (a village
+    /// notice board). Lamp overrides and device admin always need an operator.
+    pub public_read: bool,
+    /// Lifetime of a dashboard login session, hours.
+    pub session_hours: u64,
+    /// Login attempts per second sustained, per operator name and per client address.
+    pub login_rate_per_sec: f64,
+    /// Login attempts at once, per operator name.
+    pub login_burst_per_name: u32,
+    /// Login attempts at once, per client address.
+    pub login_burst_per_ip: u32,
+    /// `true` behind a reverse proxy that sets `X-Forwarded-For` (Caddy in `deploy/`):
+    /// login attempts are then counted per forwarded client address. Leave `false` when
+    /// clients reach web directly, or they could pick their own address.
+    pub trust_forwarded: bool,
+    /// Seconds a client has to send a request's headers.
+    pub header_timeout_secs: u64,
+    /// Seconds a client has to send a request's whole body (not `/ws`).
+    pub body_timeout_secs: u64,
+    /// Host boards should talk to, in the config snippet shown for a new device token;
+    /// `None` = the host name the operator's browser used.
+    pub board_host: Option<String>,
+    /// Ports in that snippet: ingest HTTP, ingest TCP, broker MQTT.
+    pub board_http_port: u16,
+    pub board_tcp_port: u16,
+    pub board_mqtt_port: u16,
 }
 
 impl Default for WebSettings {
@@ -55,6 +87,19 @@ impl Default for WebSettings {
             client_timeout_secs: 30,
             db_ping_secs: 5,
             retry_after_secs: 5,
+            ws_device_backlog: 64,
+            public_read: false,
+            session_hours: 24,
+            login_rate_per_sec: 0.2,
+            login_burst_per_name: 5,
+            login_burst_per_ip: 20,
+            trust_forwarded: false,
+            header_timeout_secs: 5,
+            body_timeout_secs: 10,
+            board_host: None,
+            board_http_port: 8080,
+            board_tcp_port: 2004,
+            board_mqtt_port: 1883,
         }
     }
 }

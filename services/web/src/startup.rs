@@ -8,8 +8,11 @@
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
 use std::time::Duration;
 
+use actix_web::dev::Service as _;
+use actix_web::middleware::ErrorHandlers;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use anyhow::Context;
 use lentera_bootstrap::{Check, Observability, ready_file};
@@ -18,11 +21,15 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use lentera_auth::RateLimiter;
+
+use crate::access::Access;
+use crate::api::admin::BoardEndpoints;
 use crate::api::error::ApiError;
 use crate::api::{self, AppState, params::Limits};
 use crate::hub::{self, Hub};
 use crate::ws::{self, WsConfig};
-use crate::{Settings, dashboard};
+use crate::{Settings, dashboard, edges};
 
 /// Seconds actix waits for in-flight requests after a graceful stop.
 const SHUTDOWN_TIMEOUT_SECS: u64 = 10;
@@ -70,7 +77,13 @@ impl Application {
             Some(mqtt_ready),
         );
         let (closing, closing_rx) = watch::channel(false);
-        let hub = Hub::new(settings.web.broadcast_capacity, closing_rx, clients, lagged);
+        let hub = Hub::new(
+            settings.web.broadcast_capacity,
+            settings.web.ws_device_backlog,
+            closing_rx,
+            clients,
+            lagged,
+        );
         let pool = lentera_db::pool(&settings.database).context("database settings")?;
         let tasks = vec![
             tokio::spawn(hub::run(hub.clone(), topics.clone(), deliveries, ignored)),
@@ -83,6 +96,21 @@ impl Application {
         ];
 
         let w = &settings.web;
+        if settings.auth.open {
+            tracing::warn!(
+                "auth.open = true: web asks nobody to log in; anyone who can reach it may switch lamps and administer devices (demo only)"
+            );
+        } else if w.public_read {
+            tracing::info!("web.public_read = true: history, device lists and /ws need no login");
+        }
+        let access = Arc::new(Access {
+            open: settings.auth.open,
+            public_read: w.public_read,
+            session_ttl: chrono::Duration::hours(w.session_hours.clamp(1, 24 * 366) as i64),
+            trust_forwarded: w.trust_forwarded,
+            by_name: RateLimiter::new(w.login_rate_per_sec, w.login_burst_per_name),
+            by_ip: RateLimiter::new(w.login_rate_per_sec, w.login_burst_per_ip),
+        });
         let state = web::Data::new(AppState {
             pool,
             mqtt: mqtt.clone(),
@@ -93,7 +121,15 @@ impl Application {
                 max_limit: w.max_limit.max(1),
             },
             retry_after: w.retry_after_secs,
+            access,
+            board: BoardEndpoints {
+                host: w.board_host.clone(),
+                http_port: w.board_http_port,
+                tcp_port: w.board_tcp_port,
+                mqtt_port: w.board_mqtt_port,
+            },
         });
+        let body_timeout = Duration::from_secs(w.body_timeout_secs.max(1));
         let hub = web::Data::new(hub);
         let ws_config = web::Data::new(WsConfig {
             heartbeat: Duration::from_secs(w.heartbeat_secs.max(1)),
@@ -106,6 +142,11 @@ impl Application {
         let addr = listener.local_addr()?;
         let mut server = HttpServer::new(move || {
             App::new()
+                .wrap(ErrorHandlers::new().default_handler(edges::json_errors))
+                .wrap_fn(move |mut req, srv| {
+                    edges::body_deadline(&mut req, body_timeout);
+                    srv.call(req)
+                })
                 .app_data(state.clone())
                 .app_data(hub.clone())
                 .app_data(ws_config.clone())
@@ -116,6 +157,8 @@ impl Application {
                 .default_service(web::to(not_found))
         })
         .disable_signals()
+        .client_request_timeout(Duration::from_secs(w.header_timeout_secs.max(1)))
+        .client_disconnect_timeout(Duration::from_secs(2))
         .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS);
         if let Some(n) = w.workers {
             server = server.workers(n.max(1));

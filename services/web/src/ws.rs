@@ -12,14 +12,19 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason, Session};
 use lentera_protocol::DeviceId;
 use serde_json::{Value, json};
-use tokio::sync::broadcast::error::RecvError;
 
-use crate::hub::Hub;
+use crate::access::Need;
+use crate::api::AppState;
+use crate::api::error::ApiError;
+pub use crate::hub::Filter;
+use crate::hub::{Hub, Received};
 
 /// Longest subscribe list accepted; a dashboard names a handful of devices.
 const MAX_SUBSCRIBE: usize = 1_000;
-/// Largest client frame; subscribe messages are tiny.
-const MAX_FRAME: usize = 64 * 1024;
+/// Largest client frame, and largest message once continuations are joined: subscribe
+/// messages are tiny. A frame announcing more (even 2^63 bytes) is a protocol error and
+/// the connection is closed before any of it is read.
+pub const MAX_FRAME: usize = 64 * 1024;
 
 /// Heartbeat timing, from `[web]` settings.
 #[derive(Debug, Clone, Copy)]
@@ -28,29 +33,38 @@ pub struct WsConfig {
     pub client_timeout: Duration,
 }
 
-/// Which devices a client wants to hear about.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum Filter {
-    #[default]
-    All,
-    Devices(BTreeSet<DeviceId>),
+/// The acknowledgement sent after a subscribe: what the client will now receive.
+fn ack(filter: &Filter) -> Value {
+    match filter {
+        Filter::All => json!({"type": "subscribed", "devices": "*"}),
+        Filter::Devices(set) => json!({"type": "subscribed", "devices": set}),
+    }
 }
 
-impl Filter {
-    pub fn allows(&self, device: &DeviceId) -> bool {
-        match self {
-            Filter::All => true,
-            Filter::Devices(set) => set.contains(device),
+/// The filter a client asks for in the URL: `/ws?device=gh-1&device=lamp-3` or
+/// `/ws?device=gh-1,lamp-3`; none means all.
+pub fn filter_from_query(query: &str) -> Result<Filter, String> {
+    let pairs = web::Query::<Vec<(String, String)>>::from_query(query)
+        .map_err(|e| format!("bad query string: {e}"))?;
+    let mut set = BTreeSet::new();
+    for (k, v) in pairs.iter() {
+        if k != "device" {
+            return Err(format!("unknown parameter {k:?}; known: device"));
+        }
+        for id in v.split(',').filter(|s| !s.is_empty()) {
+            set.insert(
+                DeviceId::parse(id).map_err(|e| format!("{id:?} is not a valid device id: {e}"))?,
+            );
         }
     }
-
-    /// The acknowledgement sent after a subscribe: what the client will now receive.
-    fn ack(&self) -> Value {
-        match self {
-            Filter::All => json!({"type": "subscribed", "devices": "*"}),
-            Filter::Devices(set) => json!({"type": "subscribed", "devices": set}),
-        }
+    if set.len() > MAX_SUBSCRIBE {
+        return Err(format!("at most {MAX_SUBSCRIBE} devices"));
     }
+    Ok(if set.is_empty() {
+        Filter::All
+    } else {
+        Filter::Devices(set)
+    })
 }
 
 /// Parses a client message: `{"subscribe":["gh-1","lamp-3"]}`; `[]` or `"*"` means all.
@@ -83,14 +97,20 @@ pub fn parse_client_message(text: &str) -> Result<Filter, String> {
     }
 }
 
-/// The upgrade handler: hands the connection to its own task and returns the 101 response.
+/// The upgrade handler: checks the viewer, hands the connection to its own task and
+/// returns the 101 response.
 pub async fn ws(
     req: HttpRequest,
     body: web::Payload,
+    state: web::Data<AppState>,
     hub: web::Data<Hub>,
     cfg: web::Data<WsConfig>,
 ) -> actix_web::Result<HttpResponse> {
-    let (response, session, stream) = actix_ws::handle(&req, body)?;
+    state.access.require(&req, &state.pool, Need::Read).await?;
+    let filter = filter_from_query(req.query_string())
+        .map_err(|e| ApiError::bad_request("invalid_query", e))?;
+    let (response, session, stream) = actix_ws::handle(&req, body)
+        .map_err(|e| ApiError::bad_request("not_a_websocket", e.to_string()))?;
     let stream = stream
         .max_frame_size(MAX_FRAME)
         .aggregate_continuations()
@@ -101,6 +121,7 @@ pub async fn ws(
         stream,
         hub.get_ref().clone(),
         *cfg.get_ref(),
+        filter,
     ));
     Ok(response)
 }
@@ -119,14 +140,17 @@ async fn serve(
     mut stream: actix_ws::AggregatedMessageStream,
     hub: Hub,
     cfg: WsConfig,
+    filter: Filter,
 ) {
     hub.clients.inc();
     let _connected = Connected(hub.clients.clone());
     let mut closing = hub.closing();
-    let (mut rx, snapshot) = hub.subscribe();
-    let mut filter = Filter::All;
+    let (viewer, snapshot) = hub.subscribe(filter);
+    // A send that cannot complete within the timeout means a client that stopped
+    // reading: it is as gone as a silent one (its TCP window is full).
+    let limit = cfg.client_timeout;
     for event in snapshot {
-        if session.text(event.json.clone()).await.is_err() {
+        if !sent(limit, session.text(event.json.clone())).await {
             return;
         }
     }
@@ -135,63 +159,77 @@ async fn serve(
     let mut last_heard = Instant::now();
 
     let reason: Option<CloseReason> = loop {
-        // Sends inside the arms may wait on a slow client; that only delays this client,
-        // whose broadcast receiver then lags and gets a notice, never anyone else.
-        let sent = tokio::select! {
+        let ok = tokio::select! {
             msg = stream.recv() => {
-                last_heard = Instant::now();
                 match msg {
                     Some(Ok(AggregatedMessage::Text(text))) => {
+                        last_heard = Instant::now();
                         let reply = match parse_client_message(&text) {
                             Ok(f) => {
-                                filter = f;
-                                filter.ack()
+                                let reply = ack(&f);
+                                viewer.set_filter(f);
+                                reply
                             }
                             Err(e) => json!({"type": "error", "error": e}),
                         };
-                        session.text(reply.to_string()).await
+                        sent(limit, session.text(reply.to_string())).await
                     }
                     Some(Ok(AggregatedMessage::Binary(_))) => {
+                        last_heard = Instant::now();
                         let e = json!({"type": "error", "error": "binary frames are not supported; send JSON text"});
-                        session.text(e.to_string()).await
+                        sent(limit, session.text(e.to_string())).await
                     }
-                    Some(Ok(AggregatedMessage::Ping(bytes))) => session.pong(&bytes).await,
-                    Some(Ok(AggregatedMessage::Pong(_))) => Ok(()),
+                    Some(Ok(AggregatedMessage::Ping(bytes))) => {
+                        last_heard = Instant::now();
+                        sent(limit, session.pong(&bytes)).await
+                    }
+                    Some(Ok(AggregatedMessage::Pong(_))) => {
+                        last_heard = Instant::now();
+                        true
+                    }
                     Some(Ok(AggregatedMessage::Close(reason))) => break reason,
                     Some(Err(e)) => {
-                        tracing::debug!(error = %e, "WebSocket protocol error");
-                        break Some(CloseCode::Protocol.into());
+                        tracing::debug!(error = %e, "WebSocket protocol error; closing");
+                        let code = if matches!(e, actix_ws::ProtocolError::Overflow) {
+                            CloseCode::Size
+                        } else {
+                            CloseCode::Protocol
+                        };
+                        break Some(CloseReason { code, description: Some(e.to_string()) });
                     }
                     None => break None,
                 }
             }
-            event = rx.recv() => match event {
-                Ok(event) if filter.allows(&event.device) => session.text(event.json.clone()).await,
-                Ok(_) => Ok(()),
-                Err(RecvError::Lagged(missed)) => {
+            received = viewer.recv() => match received {
+                Received::Event(event) => sent(limit, session.text(event.json.clone())).await,
+                Received::Lagged(missed) => {
                     hub.lagged.inc();
-                    session.text(json!({"type": "lagged", "missed": missed}).to_string()).await
+                    sent(limit, session.text(json!({"type": "lagged", "missed": missed}).to_string())).await
                 }
-                Err(RecvError::Closed) => break Some(CloseCode::Away.into()),
             },
             _ = heartbeat.tick() => {
                 if last_heard.elapsed() > cfg.client_timeout {
                     tracing::debug!("closing a silent WebSocket client");
                     break Some(CloseReason { code: CloseCode::Policy, description: Some("no pong".into()) });
                 }
-                session.ping(b"").await
+                sent(limit, session.ping(b"")).await
             }
             _ = closing.changed() => break Some(CloseReason {
                 code: CloseCode::Away,
                 description: Some("server shutting down".into()),
             }),
         };
-        if sent.is_err() {
-            // The client is gone; nothing left to close.
+        if !ok {
+            // The client is gone or stopped reading; nothing left to say to it.
             return;
         }
     };
-    let _ = session.close(reason).await;
+    let _ = tokio::time::timeout(limit, session.close(reason)).await;
+}
+
+/// True when the send completed in time.
+async fn sent<E>(limit: Duration, send: impl std::future::Future<Output = Result<(), E>>) -> bool {
+    matches!(tokio::time::timeout(limit, send).await, Ok(Ok(())))
 }
 
 #[cfg(test)]
@@ -232,6 +270,17 @@ mod tests {
         let many: Vec<String> = (0..=MAX_SUBSCRIBE).map(|i| format!("d{i}")).collect();
         let text = serde_json::to_string(&json!({ "subscribe": many })).unwrap();
         assert!(parse_client_message(&text).unwrap_err().contains("at most"));
+    }
+
+    #[test]
+    fn url_filter() {
+        assert_eq!(filter_from_query(""), Ok(Filter::All));
+        assert_eq!(
+            filter_from_query("device=gh-1&device=lamp-3,gh-1"),
+            Ok(ids(&["gh-1", "lamp-3"]))
+        );
+        assert!(filter_from_query("device=a%2Fb").is_err());
+        assert!(filter_from_query("devices=gh-1").is_err());
     }
 
     #[test]

@@ -11,11 +11,8 @@ use lentera_protocol::LampCommand;
 use lentera_tests::TestBroker;
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use serde_json::{Value, json};
-use support::{TestApp, t0};
+use support::{TestApp, Ws, t0};
 use tokio_tungstenite::tungstenite::Message;
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// The next JSON text message, within 5 s.
 async fn next_json(ws: &mut Ws) -> Value {
@@ -49,9 +46,7 @@ async fn mqtt_messages_reach_ws_clients_filtered_and_put_mode_round_trips() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", app.addr))
-        .await
-        .unwrap();
+    let mut ws = app.ws("/ws").await;
     ws.send(Message::text("not json")).await.unwrap();
     let err = next_json(&mut ws).await;
     assert_eq!(err["type"], "error", "{err}");

@@ -13,8 +13,10 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub detail: String,
-    /// Seconds for `Retry-After` on 503s.
+    /// Seconds for `Retry-After` on 503s and 429s.
     pub retry_after: Option<u64>,
+    /// Adds `WWW-Authenticate: Bearer` (401s).
+    pub challenge: bool,
 }
 
 impl ApiError {
@@ -24,6 +26,28 @@ impl ApiError {
             code,
             detail: detail.into(),
             retry_after: None,
+            challenge: false,
+        }
+    }
+
+    /// 401: no valid session or token. One answer whatever was wrong with it.
+    pub fn unauthorized(detail: impl Into<String>) -> Self {
+        Self {
+            challenge: true,
+            ..Self::new(StatusCode::UNAUTHORIZED, "unauthorized", detail)
+        }
+    }
+
+    /// 403: known, but not allowed this.
+    pub fn forbidden(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, code, detail)
+    }
+
+    /// 429 with `Retry-After`.
+    pub fn rate_limited(detail: impl Into<String>, retry_after: u64) -> Self {
+        Self {
+            retry_after: Some(retry_after),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", detail)
         }
     }
 
@@ -78,6 +102,9 @@ impl ResponseError for ApiError {
         let mut resp = HttpResponse::build(self.status);
         if let Some(secs) = self.retry_after {
             resp.insert_header(("Retry-After", secs.to_string()));
+        }
+        if self.challenge {
+            resp.insert_header(("WWW-Authenticate", r#"Bearer realm="lentera""#));
         }
         resp.json(json!({"error": self.code, "detail": self.detail}))
     }

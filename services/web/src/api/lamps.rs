@@ -1,7 +1,7 @@
 //! Lamps: list, event log, and the operator override (`PUT .../mode`), which is published
 //! as the retained `lentera/{device}/lamp/mode` for the lamp controller to obey.
 
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::Utc;
 use lentera_mqtt::PublishError;
 use lentera_protocol::LampMode;
@@ -11,8 +11,10 @@ use serde_json::json;
 
 use super::error::ApiError;
 use super::{AppState, params};
+use crate::access::Need;
 
-pub async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    state.access.require(&req, &state.pool, Need::Read).await?;
     let lamps = lentera_db::lamps::list(&state.pool)
         .await
         .map_err(|e| state.db_error(e))?;
@@ -26,10 +28,12 @@ pub struct EventsQuery {
 }
 
 pub async fn events(
+    req: HttpRequest,
     path: web::Path<String>,
     query: web::Query<EventsQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    state.access.require(&req, &state.pool, Need::Read).await?;
     let device = params::device(&path)?;
     let limit = params::limit(query.limit.as_deref(), state.limits)?;
     state.require_device(device.as_str()).await?;
@@ -59,13 +63,18 @@ pub fn parse_mode(body: &[u8], now: chrono::DateTime<Utc>) -> Result<LampMode, A
 }
 
 pub async fn set_mode(
+    req: HttpRequest,
     path: web::Path<String>,
     body: web::Bytes,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let who = state
+        .access
+        .require(&req, &state.pool, Need::Operate)
+        .await?;
     let device = params::device(&path)?;
     let mode = parse_mode(&body, Utc::now())?;
-    state.require_device(device.as_str()).await?;
+    require_lamp(&state, device.as_str()).await?;
     let topic = state.topics.lamp_mode(&device);
     // Retained, so a lamp controller that restarts later still learns the override.
     match state
@@ -74,7 +83,7 @@ pub async fn set_mode(
         .await
     {
         Ok(()) => {
-            tracing::info!(%device, mode = mode.mode.as_str(), "lamp mode set");
+            tracing::info!(device = ?device.as_str(), operator = ?who.name, mode = mode.mode.as_str(), "lamp mode set");
             Ok(HttpResponse::Accepted().json(json!({
                 "device": device,
                 "mode": mode.mode,
@@ -82,7 +91,7 @@ pub async fn set_mode(
             })))
         }
         Err(e) => {
-            tracing::warn!(%device, error = %e, "lamp mode not published");
+            tracing::warn!(device = ?device.as_str(), error = %e, "lamp mode not published");
             let code = match e {
                 PublishError::Overloaded => "broker_overloaded",
                 _ => "broker_unavailable",
@@ -93,6 +102,24 @@ pub async fn set_mode(
                 state.retry_after,
             ))
         }
+    }
+}
+
+/// 404 unless `device` is in the registry as a lamp: an override for a greenhouse would
+/// be published and obeyed by nobody.
+async fn require_lamp(state: &AppState, device: &str) -> Result<(), ApiError> {
+    match lentera_auth::admin::get(&state.pool, device).await {
+        Ok(row) if row.kind == "lamp" => Ok(()),
+        Ok(row) => Err(ApiError::not_found(
+            "not_a_lamp",
+            format!("device {device:?} is a {}, not a lamp", row.kind),
+        )),
+        Err(lentera_auth::admin::AdminError::NotFound) => Err(ApiError::not_found(
+            "unknown_device",
+            format!("no device {device:?} is known"),
+        )),
+        Err(lentera_auth::admin::AdminError::Db(e)) => Err(state.db_error(e)),
+        Err(e) => Err(ApiError::bad_request("invalid_device", e.to_string())),
     }
 }
 

@@ -27,6 +27,7 @@ use tokio::sync::mpsc;
 
 use super::error::ApiError;
 use super::{AppState, params};
+use crate::access::Need;
 
 /// Rows per streamed CSV chunk: big enough to amortise a write, small enough to flow.
 const CSV_CHUNK_ROWS: usize = 2_000;
@@ -37,6 +38,7 @@ pub async fn history(
     query: web::Query<Vec<(String, String)>>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    state.access.require(&req, &state.pool, Need::Read).await?;
     let device = params::device(&path)?;
     let mut request = params::history(device.clone(), &query, Utc::now(), state.limits)?;
     state.require_device(device.as_str()).await?;

@@ -2,7 +2,7 @@
 //! it had answered it (a board's own MQTT publishes, readings PostgreSQL refused), so a
 //! board owner can see why data is missing. Newest first, paged by `before`.
 
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use lentera_protocol::reading::format_ts;
 use lentera_protocol::rejection::excerpt;
 use serde::Deserialize;
@@ -10,6 +10,7 @@ use serde_json::json;
 
 use super::error::ApiError;
 use super::{AppState, params};
+use crate::access::Need;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -20,10 +21,12 @@ pub struct RejectedQuery {
 }
 
 pub async fn list(
+    req: HttpRequest,
     path: web::Path<String>,
     query: web::Query<RejectedQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    state.access.require(&req, &state.pool, Need::Read).await?;
     let device = params::device(&path)?;
     let limit = params::limit(query.limit.as_deref(), state.limits)?;
     let before = match query.before.as_deref().filter(|b| !b.is_empty()) {

@@ -4,6 +4,9 @@
 //! database (from `DATABASE_URL`), migrates it with `lentera_db::migrate`, starts the app
 //! on port 0 with MQTT pointed at a closed port (REST needs no broker), and drops the
 //! database again in [`TestApp::stop`].
+//!
+//! Auth is on, as by default: each app has an operator `op` (password [`PASSWORD`]) and
+//! `http` sends op's bearer API token; `anon` sends nothing.
 
 #![allow(dead_code)]
 
@@ -12,6 +15,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chrono::{DateTime, TimeZone, Utc};
+pub use lentera_auth::admin::Role;
 use lentera_db::write::Record;
 use lentera_protocol::{DeviceId, Reading};
 use lentera_web::Settings;
@@ -20,11 +24,22 @@ use sqlx::{Connection, Executor, PgConnection, PgPool};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
 const DEFAULT_URL: &str = "postgres://postgres:postgres@127.0.0.1:5432/lentera";
+
+/// The test operator's password.
+pub const PASSWORD: &str = "correct horse battery";
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// Sends the operator `op`'s API token.
     pub http: reqwest::Client,
+    /// Sends no credential.
+    pub anon: reqwest::Client,
+    /// op's bearer API token.
+    pub token: String,
     pub pool: PgPool,
     db_name: String,
     admin_url: String,
@@ -59,6 +74,11 @@ impl TestApp {
 
     /// The app with MQTT at `127.0.0.1:{mqtt_port}`.
     pub async fn spawn_with_mqtt(mqtt_port: u16) -> TestApp {
+        Self::spawn_with(mqtt_port, |_| {}).await
+    }
+
+    /// The app with MQTT at `127.0.0.1:{mqtt_port}` and settings changed by `tweak`.
+    pub async fn spawn_with(mqtt_port: u16, tweak: impl FnOnce(&mut Settings)) -> TestApp {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_URL.into());
         let nanos = SystemTime::now()
@@ -95,6 +115,23 @@ impl TestApp {
         settings.web.workers = Some(1);
         settings.web.db_ping_secs = 1;
         settings.web.retry_after_secs = 7;
+        tweak(&mut settings);
+
+        lentera_auth::admin::add_operator(&pool, "op", Role::Operator, PASSWORD)
+            .await
+            .unwrap();
+        let token = lentera_auth::admin::new_api_token(&pool, "op", Some("tests"))
+            .await
+            .unwrap();
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse().unwrap(),
+        );
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .unwrap();
 
         let app = Application::build(settings).await.unwrap();
         let addr = app.addr();
@@ -108,7 +145,9 @@ impl TestApp {
         });
         TestApp {
             addr,
-            http: reqwest::Client::new(),
+            http,
+            anon: reqwest::Client::new(),
+            token,
             pool,
             db_name,
             admin_url,
@@ -129,6 +168,38 @@ impl TestApp {
         let r = self.get(path).await;
         let status = r.status().as_u16();
         (status, r.json().await.unwrap())
+    }
+
+    /// A WebSocket to `path` (e.g. `/ws`) with op's bearer token.
+    pub async fn ws(&self, path: &str) -> Ws {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = format!("ws://{}{}", self.addr, path)
+            .into_client_request()
+            .unwrap();
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {}", self.token).parse().unwrap(),
+        );
+        tokio_tungstenite::connect_async(req).await.unwrap().0
+    }
+
+    /// Creates an account (`viewer` or `operator`) and returns a client with its API token.
+    pub async fn client_for(&self, name: &str, role: Role) -> reqwest::Client {
+        lentera_auth::admin::add_operator(&self.pool, name, role, PASSWORD)
+            .await
+            .unwrap();
+        let token = lentera_auth::admin::new_api_token(&self.pool, name, None)
+            .await
+            .unwrap();
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse().unwrap(),
+        );
+        reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .unwrap()
     }
 
     pub async fn store(&self, records: &[Record]) {
