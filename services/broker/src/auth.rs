@@ -7,8 +7,11 @@
 //! SUBSCRIBE synchronously from memory: the publish path never waits on I/O.
 //!
 //! Shipped providers:
-//! - [`Open`]: no `broker.auth_file`; every client may connect and do anything (the
-//!   development default, `broker.allow_anonymous = true`).
+//! - [`devices::DeviceAuth`] (the default, `auth.open = false`): the auth file's
+//!   service users first, every other user name a device checked against the device
+//!   registry, held to its own topics.
+//! - [`Open`] (`auth.open = true` without an auth file): every client may connect and
+//!   do anything — the demo only, warned about at every start.
 //! - [`file::FileAuth`]: a TOML file of users (`mosquitto_passwd`-compatible PBKDF2
 //!   hashes, see [`password`]) and topic rules with `%c` / `%u` substitution
 //!   ([`acl`]); anonymous clients only when allowed, with their own rules. Wrapped in
@@ -18,6 +21,7 @@
 //! How refusals reach the client: `v3.rs` / `v5.rs` and `docs/broker-auth.md`.
 
 pub mod acl;
+pub mod devices;
 pub mod file;
 pub mod password;
 
@@ -25,17 +29,28 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use anyhow::bail;
+use anyhow::Context as _;
 
-use crate::settings::BrokerSettings;
+use crate::settings::Settings;
 
 /// What a client presented in CONNECT.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct Credentials<'a> {
     /// The client id the session will use (a generated one when the client sent none).
     pub client_id: &'a str,
     pub username: Option<&'a str>,
     pub password: Option<&'a [u8]>,
+}
+
+/// Never the password: tokens and passwords stay out of every log.
+impl std::fmt::Debug for Credentials<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("client_id", &self.client_id)
+            .field("username", &self.username)
+            .field("password", &self.password.map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// Why a CONNECT is refused.
@@ -48,6 +63,13 @@ pub enum Refusal {
     /// Anonymous while not allowed, or a will topic the client may not publish to:
     /// MQTT 3.1.1 CONNACK 5, MQTT 5 0x87.
     NotAuthorized,
+    /// A device whose client id is not its user name: answered as [`NotAuthorized`].
+    ///
+    /// [`NotAuthorized`]: Refusal::NotAuthorized
+    ClientIdMismatch,
+    /// The device registry was never loaded (no cache file, PostgreSQL down since the
+    /// start): MQTT 3.1.1 CONNACK 3, MQTT 5 0x88 Server unavailable — try again later.
+    Unavailable,
 }
 
 impl Refusal {
@@ -56,6 +78,8 @@ impl Refusal {
         match self {
             Refusal::BadCredentials => "bad_credentials",
             Refusal::NotAuthorized => "not_authorized",
+            Refusal::ClientIdMismatch => "client_id_mismatch",
+            Refusal::Unavailable => "registry_unavailable",
         }
     }
 }
@@ -85,6 +109,11 @@ pub trait Authorizer: Send + Sync + 'static {
     /// May the client subscribe to `filter` (without any `$share/{group}/` prefix)?
     /// True only when every topic the filter can match is allowed.
     fn may_subscribe(&self, filter: &str) -> bool;
+    /// The registry device this connection authenticated as (its id), if it is one:
+    /// devices are rate-limited and cut when revoked.
+    fn device(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// Everything is allowed (used without an auth file).
@@ -99,8 +128,8 @@ impl Authorizer for AllowAll {
     }
 }
 
-/// Lets everyone in, credentials or not, with [`AllowAll`] (no auth file, anonymous
-/// allowed: how the development stack runs).
+/// Lets everyone in, credentials or not, with [`AllowAll`] (`auth.open` without an auth
+/// file: the demo).
 pub struct Open;
 
 impl Authenticator for Open {
@@ -109,25 +138,48 @@ impl Authenticator for Open {
     }
 }
 
-/// The authenticator the settings ask for.
-pub fn from_settings(cfg: &BrokerSettings) -> anyhow::Result<Arc<dyn Authenticator>> {
-    match cfg
+/// The authenticator the settings ask for, and the device registry behind it (closed
+/// mode). Call inside a tokio runtime (the registry's task is spawned on it).
+pub fn from_settings(
+    settings: &Settings,
+) -> anyhow::Result<(Arc<dyn Authenticator>, Option<lentera_auth::Registry>)> {
+    let cfg = &settings.broker;
+    let file = cfg
         .auth_file
         .as_deref()
-        .filter(|p| !p.as_os_str().is_empty())
-    {
-        Some(path) => Ok(Arc::new(file::Reloading::load(path, cfg.allow_anonymous)?)),
-        None if cfg.allow_anonymous => {
-            tracing::warn!(
-                "no broker.auth_file and broker.allow_anonymous = true: every client may \
-                 connect and publish or subscribe to anything (fine for development only)"
-            );
-            Ok(Arc::new(Open))
-        }
-        None => {
-            bail!("broker.allow_anonymous = false needs broker.auth_file (nobody could connect)")
-        }
+        .filter(|p| !p.as_os_str().is_empty());
+    if settings.auth.open {
+        // Said at every start, so an open broker never goes unnoticed in the logs.
+        tracing::warn!(
+            "auth.open = true: devices are not checked (no registry), every client id and              topic is allowed{} — for the demo only, never on a reachable host",
+            if file.is_some() {
+                " except what broker.auth_file's users and rules say"
+            } else {
+                ""
+            }
+        );
+        return Ok((
+            match file {
+                Some(path) => Arc::new(file::Reloading::load(path, cfg.allow_anonymous)?),
+                None => Arc::new(Open),
+            },
+            None,
+        ));
     }
+    let services = file
+        .map(|path| file::Reloading::load(path, cfg.allow_anonymous))
+        .transpose()?;
+    if services.is_none() && cfg.allow_anonymous {
+        tracing::warn!(
+            "broker.allow_anonymous = true has no effect without broker.auth_file (its \
+             [anonymous] rules say what anonymous clients may do)"
+        );
+    }
+    let pool = lentera_db::pool(&settings.database)
+        .context("the device registry's PostgreSQL pool ([database])")?;
+    let registry = lentera_auth::Registry::start(pool, &settings.auth);
+    let auth = devices::DeviceAuth::new(services, registry.clone(), &cfg.telemetry.prefix);
+    Ok((Arc::new(auth), Some(registry)))
 }
 
 /// Reloads `auth` on every SIGHUP until the returned task is aborted. The handler is
@@ -188,14 +240,16 @@ pub fn decide(
     };
     if let Err(why) = result {
         tracing::info!(
-            client_id = creds.client_id,
-            username = creds.username,
+            client_id = ?creds.client_id,
+            username = ?creds.username,
             reason = why.code(),
             "connection refused"
         );
         match why {
             Refusal::BadCredentials => metrics.refused_bad_credentials.inc(),
             Refusal::NotAuthorized => metrics.refused_not_authorized.inc(),
+            Refusal::ClientIdMismatch => metrics.refused_client_id_mismatch.inc(),
+            Refusal::Unavailable => metrics.refused_registry_unavailable.inc(),
         }
     }
     result
@@ -203,13 +257,13 @@ pub fn decide(
 
 /// Counts and logs a PUBLISH the client was not allowed to make.
 pub fn publish_refused(metrics: &crate::metrics::Metrics, client_id: &str, topic: &str) {
-    tracing::debug!(client_id, topic, "publish not authorized");
+    tracing::debug!(client_id = ?client_id, topic = ?topic, "publish not authorized");
     metrics.dropped_not_authorized.inc();
 }
 
 /// Counts and logs a subscription the client was not allowed to make.
 pub fn subscribe_refused(metrics: &crate::metrics::Metrics, client_id: &str, filter: &str) {
-    tracing::debug!(client_id, filter, "subscription not authorized");
+    tracing::debug!(client_id = ?client_id, filter = ?filter, "subscription not authorized");
     metrics.subscriptions_refused.inc();
 }
 
@@ -227,14 +281,25 @@ mod tests {
         assert!(may_publish(&AllowAll, "lentera/gh-1/telemetry"));
     }
 
+    #[tokio::test]
+    async fn open_mode_needs_no_registry_and_closed_mode_starts_one() {
+        let mut s = Settings::default();
+        s.auth.open = true;
+        assert!(from_settings(&s).unwrap().1.is_none(), "open: no registry");
+        s.auth.open = false;
+        // A lazily connecting pool: starting needs no PostgreSQL yet.
+        s.database.url = "postgres://nobody@127.0.0.1:1/none".into();
+        let (_, registry) = from_settings(&s).unwrap();
+        assert!(!registry.unwrap().is_loaded());
+    }
+
     #[test]
-    fn without_an_auth_file_anonymous_must_be_allowed() {
-        let mut cfg = BrokerSettings {
-            allow_anonymous: false,
-            ..BrokerSettings::default()
+    fn credentials_never_show_the_password() {
+        let c = Credentials {
+            client_id: "gh-1",
+            username: Some("gh-1"),
+            password: Some(b"lt_secret"),
         };
-        assert!(from_settings(&cfg).is_err(), "nobody could connect");
-        cfg.allow_anonymous = true;
-        assert!(from_settings(&cfg).is_ok());
+        assert!(!format!("{c:?}").contains("secret"));
     }
 }

@@ -25,6 +25,11 @@ pub enum Close {
     PacketTimeout(u16),
     /// Another connection took over the client id [MQTT-3.1.4-2].
     TakenOver,
+    /// The device was disabled or removed, or its token rotated: its credentials no
+    /// longer admit it (MQTT 5 0x87 Not authorized: retrying with them is pointless).
+    Revoked,
+    /// The device published faster than `[quota]` allows (MQTT 5 0x96).
+    RateLimited,
     /// The broker is stopping.
     Shutdown,
 }
@@ -52,6 +57,14 @@ impl Close {
                 DisconnectReasonCode::KeepAliveTimeout,
                 format!("packet not complete within {secs} s (packet_timeout_secs)"),
             ),
+            Close::Revoked => (
+                DisconnectReasonCode::NotAuthorized,
+                "not authorized any more: device disabled or removed, or its token rotated".into(),
+            ),
+            Close::RateLimited => (
+                DisconnectReasonCode::MessageRateTooHigh,
+                "message rate too high (quota.device_rate_per_sec / device_burst)".into(),
+            ),
             Close::TakenOver => (
                 DisconnectReasonCode::SessionTakenOver,
                 "another connection took over this client id".into(),
@@ -73,6 +86,8 @@ impl Close {
             Close::KeepAlive => "keep_alive_timeout",
             Close::PacketTimeout(_) => "packet_timeout",
             Close::TakenOver => "taken_over",
+            Close::Revoked => "revoked",
+            Close::RateLimited => "rate_limited",
             Close::Shutdown => "shutdown",
         }
     }

@@ -10,7 +10,7 @@ async fn main() -> anyhow::Result<()> {
         let mut pw = String::new();
         std::io::stdin().read_line(&mut pw)?;
         let pw = pw.trim_end_matches(['\r', '\n']).as_bytes();
-        println!("{}", password::hash(pw, password::DEFAULT_ITERATIONS));
+        println!("{}", password::hash_with(pw, password::DEFAULT_ITERATIONS));
         return Ok(());
     }
     let settings: Settings = lentera_bootstrap::load()?;

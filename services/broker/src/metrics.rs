@@ -37,6 +37,16 @@ pub struct Metrics {
     pub refused_per_ip: Counter,
     /// CONNECTs refused for their client id (NUL, longer than `max_client_id_bytes`).
     pub refused_client_id: Counter,
+    /// Device CONNECTs whose client id was not their user name (device id).
+    pub refused_client_id_mismatch: Counter,
+    /// Device CONNECTs refused because no registry snapshot was ever loaded.
+    pub refused_registry_unavailable: Counter,
+    /// Devices in the registry snapshot (refreshed each second).
+    pub registry_devices: Gauge,
+    /// Device connections closed for publishing above `[quota]`.
+    pub closed_rate_limited: Counter,
+    /// Device connections closed because the device was revoked.
+    pub closed_revoked: Counter,
     /// Connections closed because a packet was not complete in `packet_timeout_secs`.
     pub closed_packet_timeout: Counter,
     /// Topics that currently hold a retained message.
@@ -154,10 +164,34 @@ impl Metrics {
                 "CONNECTs refused, by reason.",
                 &[("reason", "client_id")],
             ),
+            refused_client_id_mismatch: obs.counter(
+                "connections_refused_total",
+                "CONNECTs refused, by reason.",
+                &[("reason", "client_id_mismatch")],
+            ),
+            refused_registry_unavailable: obs.counter(
+                "connections_refused_total",
+                "CONNECTs refused, by reason.",
+                &[("reason", "registry_unavailable")],
+            ),
             closed_packet_timeout: obs.counter(
                 "connections_closed_total",
                 "Connections the broker closed, by reason.",
                 &[("reason", "packet_timeout")],
+            ),
+            closed_rate_limited: obs.counter(
+                "connections_closed_total",
+                "Connections the broker closed, by reason.",
+                &[("reason", "rate_limited")],
+            ),
+            closed_revoked: obs.counter(
+                "connections_closed_total",
+                "Connections the broker closed, by reason.",
+                &[("reason", "revoked")],
+            ),
+            registry_devices: obs.gauge(
+                "registry_devices",
+                "Provisioned, enabled devices in the broker's registry snapshot.",
             ),
             publishes_held: obs.counter(
                 "publishes_held_total",

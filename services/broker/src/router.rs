@@ -158,9 +158,10 @@ pub enum SendRetained {
     Never,
 }
 
-/// Closes a connection because another one took over its client id (called under the
-/// router lock: it only posts a command to the connection's worker).
-pub type Kick = Box<dyn Fn() + Send + Sync>;
+/// Closes a connection, saying why: another one took over its client id, or its
+/// device's admission ended (called under the router lock: it only posts a command to
+/// the connection's worker).
+pub type Kick = Box<dyn Fn(crate::error::Close) + Send + Sync>;
 
 /// What a connection hands the router when it registers.
 pub struct Registration {
@@ -172,6 +173,9 @@ pub struct Registration {
     pub clean_start: bool,
     /// Seconds the session outlives the connection: 0 = ends with it, [`NEVER`].
     pub expiry: u32,
+    /// Authenticated as the device whose id is the client id (registry): cut when that
+    /// device is disabled, removed or its token rotated ([`Router::revoke`]).
+    pub device: bool,
 }
 
 /// Limits the router enforces.
@@ -246,6 +250,7 @@ struct Live {
     kick: Kick,
     will: Option<Message>,
     will_timing: WillTiming,
+    device: bool,
 }
 
 /// A delayed will: the message, when it is due, its expiry interval once published.

@@ -17,7 +17,7 @@ struct Kicked(Arc<std::sync::atomic::AtomicBool>);
 impl Kicked {
     fn kick(&self) -> Kick {
         let flag = self.0.clone();
-        Box::new(move || flag.store(true, std::sync::atomic::Ordering::SeqCst))
+        Box::new(move |_| flag.store(true, std::sync::atomic::Ordering::SeqCst))
     }
 
     fn get(&self) -> bool {
@@ -44,6 +44,7 @@ fn register_with(r: &Router, client: &str, clean_start: bool, expiry: u32) -> (C
         will: None,
         clean_start,
         expiry,
+        device: false,
     };
     // Eagerly, as a first SUBSCRIBE would: from `connect` when it resumes a session
     // with something to deliver, else from `attach`.
@@ -144,6 +145,7 @@ fn takeover_kicks_the_old_connection_and_discards_its_will() {
                 kick: kick.kick(),
                 clean_start: true,
                 expiry: 0,
+                device: false,
                 will: Some(msg(
                     "lentera/board/status",
                     "offline",

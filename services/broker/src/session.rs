@@ -60,6 +60,8 @@ pub struct Shared {
     pub max_client_id_bytes: usize,
     /// Open connections per source address (`quota.max_connections_per_ip`).
     pub per_ip: Arc<crate::quota::PerIp>,
+    /// PUBLISHes per device (`[quota]`; closed mode only).
+    pub device_rate: Option<lentera_auth::RateLimiter>,
     /// Where authentications that cannot answer at once are awaited.
     pub runtime: tokio::runtime::Handle,
 }
@@ -75,6 +77,7 @@ pub struct Limits {
     pub packet_timeout: Duration,
     pub max_client_id_bytes: usize,
     pub per_ip: Arc<crate::quota::PerIp>,
+    pub device_rate: Option<lentera_auth::RateLimiter>,
 }
 
 impl Shared {
@@ -105,6 +108,7 @@ impl Shared {
             packet_timeout: limits.packet_timeout.max(Duration::from_secs(1)),
             max_client_id_bytes: limits.max_client_id_bytes,
             per_ip: limits.per_ip,
+            device_rate: limits.device_rate,
             runtime,
         }
     }
@@ -128,6 +132,20 @@ impl Shared {
             self.router.metrics().refused_client_id.inc();
         }
         ok
+    }
+
+    /// A PUBLISH by a connection with these rights: `Err` when it is a device above its
+    /// `[quota]` rate, which ends the connection (MQTT 5 DISCONNECT 0x96, MQTT 3.1.1
+    /// close). Services are not limited here.
+    pub fn rate_check(&self, acl: &dyn Authorizer) -> Result<(), Close> {
+        if let (Some(limiter), Some(id)) = (&self.device_rate, acl.device())
+            && limiter.check(id).is_err()
+        {
+            self.router.metrics().closed_rate_limited.inc();
+            tracing::info!(device = ?id, "device above its message rate: disconnected");
+            return Err(Close::RateLimited);
+        }
+        Ok(())
     }
 
     pub fn generated_client_id(&self) -> String {
@@ -219,10 +237,14 @@ pub fn frame(conn: &mut Conn, frame: BytesMut, cx: &mut Cx<'_>) -> Result<Flow, 
 /// shipped providers without a password to hash), else when [`Cmd::AuthDone`] comes.
 fn authenticate(conn: &mut Conn, pending: Pending, cx: &mut Cx<'_>) -> Result<(), Close> {
     let mut answer = cx.shared.auth.authenticate(pending.credentials());
-    match answer
+    // Inside the runtime's context: a provider may touch tokio timers or I/O on its
+    // first poll (the registry's miss lookup), which needs a reactor to register with.
+    let entered = cx.shared.runtime.enter();
+    let first = answer
         .as_mut()
-        .poll(&mut Context::from_waker(std::task::Waker::noop()))
-    {
+        .poll(&mut Context::from_waker(std::task::Waker::noop()));
+    drop(entered);
+    match first {
         Poll::Ready(answer) => finish_connect(conn, pending, answer, cx),
         Poll::Pending => {
             let (mailbox, key) = (cx.mailbox.clone(), cx.key);
@@ -297,6 +319,8 @@ pub struct Connection {
     pub clean_start: bool,
     /// Session expiry interval in seconds (0 = the session ends with the connection).
     pub expiry: u32,
+    /// Authenticated as a registry device (its client id is its id).
+    pub device: bool,
 }
 
 /// Registers an accepted connection with the router, taking over its client id's
@@ -312,6 +336,7 @@ pub fn register(conn: Connection, cx: &Cx<'_>) -> (ConnId, bool, Option<Inbox>) 
             will: conn.will,
             clean_start: conn.clean_start,
             expiry: conn.expiry,
+            device: conn.device,
         },
         || {
             let (o, i) = outbox::channel(

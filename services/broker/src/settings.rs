@@ -8,7 +8,9 @@
 
 use std::path::PathBuf;
 
+use lentera_auth::{AuthSettings, QuotaSettings};
 use lentera_bootstrap::TelemetrySettings;
+use lentera_db::DatabaseSettings;
 use lentera_protocol::Limits;
 use serde::Deserialize;
 
@@ -17,35 +19,19 @@ use serde::Deserialize;
 pub struct Settings {
     pub telemetry: TelemetrySettings,
     pub broker: BrokerSettings,
+    /// `[auth]`, shared with ingest and web: `open` (demo only), the registry's cache
+    /// file and refresh.
+    pub auth: AuthSettings,
     /// `[quota]`, shared with ingest: per-device rates, connections per address.
     pub quota: QuotaSettings,
+    /// `[database]`: where the device registry is read (the broker never migrates).
+    pub database: DatabaseSettings,
     /// `[limits]`: the plausibility rules telemetry published straight to the broker
     /// is checked against — the same section ingest and the historian read, so a
     /// reading refused by one is refused by all (env `LENTERA_LIMITS__MAX_FUTURE_SECS`, …).
     pub limits: Limits,
     /// Where to write `{"mqtt": …, "admin": …}` once both listeners are bound.
     pub ready_file: Option<PathBuf>,
-}
-
-/// `[quota]` (until `lentera_auth::QuotaSettings` replaces it: the same keys).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default)]
-pub struct QuotaSettings {
-    pub device_rate_per_sec: f64,
-    pub device_burst: u32,
-    /// Open connections per source address, counted from accept; beyond it new ones
-    /// are closed at once. 0 = no limit.
-    pub max_connections_per_ip: usize,
-}
-
-impl Default for QuotaSettings {
-    fn default() -> Self {
-        Self {
-            device_rate_per_sec: 5.0,
-            device_burst: 50,
-            max_connections_per_ip: 256,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -139,12 +125,12 @@ pub struct BrokerSettings {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1) for the TLS listener.
     pub tls_key: Option<PathBuf>,
-    /// TOML file of users (password hashes) and topic rules (`docs/broker-auth.md`).
-    /// Unset or empty: no authentication.
+    /// TOML file of service users (password hashes) and their topic rules
+    /// (`docs/broker-auth.md`). Any other user name is a device, checked against the
+    /// registry. With `auth.open`: unset means no authentication at all.
     pub auth_file: Option<PathBuf>,
-    /// Clients without a user name may connect (with the auth file's `[anonymous]`
-    /// rules; without an auth file, with every right). `true` keeps the development
-    /// stack working; turn it off on any host reachable from outside (`deploy/README.md`).
+    /// Clients without a user name may connect, with the auth file's `[anonymous]`
+    /// rules (with `auth.open` and no file: with every right). Off by default.
     pub allow_anonymous: bool,
     /// Seconds between `$SYS/broker/…` statistics updates; 0 = no `$SYS` topics.
     pub sys_interval_secs: u64,
@@ -259,7 +245,7 @@ impl Default for BrokerSettings {
             tls_cert: None,
             tls_key: None,
             auth_file: None,
-            allow_anonymous: true,
+            allow_anonymous: false,
             sys_interval_secs: 10,
             telemetry: TelemetryCheck::default(),
         }
@@ -294,7 +280,11 @@ mod tests {
         assert_eq!(b.max_connections, 20_000);
         assert_eq!((b.packet_timeout_secs, b.max_client_id_bytes), (30, 128));
         assert!(b.session_queue_bytes < b.queued_bytes_total);
-        assert_eq!(QuotaSettings::default().max_connections_per_ip, 256);
+        assert!(!b.allow_anonymous);
+        assert!(
+            !Settings::default().auth.open,
+            "closed unless said otherwise"
+        );
     }
 
     #[test]

@@ -38,6 +38,8 @@ pub struct Application {
     /// Re-reads the auth file on SIGHUP.
     auth: Arc<dyn crate::auth::Authenticator>,
     auth_reload: tokio::task::JoinHandle<()>,
+    /// Follows the device registry (closed mode): revocations, `/readyz`, its size.
+    registry_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Application {
@@ -73,7 +75,10 @@ impl Application {
         let listener = TcpListener::bind(&cfg.mqtt_addr)
             .with_context(|| format!("binding MQTT listener {}", cfg.mqtt_addr))?;
         let mqtt_addr = listener.local_addr()?;
-        let auth = crate::auth::from_settings(cfg)?;
+        let (auth, registry) = crate::auth::from_settings(&settings)?;
+        let device_rate = registry.as_ref().and(rate_limiter(&settings.quota));
+        let registry_task = registry
+            .map(|r| tokio::spawn(follow_registry(r, router.clone(), obs.check("registry"))));
         let auth_reload = tokio::spawn(crate::auth::reload_on_sighup(auth.clone()));
         let shared_auth = auth.clone();
         let per_ip = crate::quota::PerIp::new(
@@ -94,6 +99,7 @@ impl Application {
                 packet_timeout: Duration::from_secs(cfg.packet_timeout_secs.into()),
                 max_client_id_bytes: cfg.max_client_id_bytes,
                 per_ip: per_ip.clone(),
+                device_rate,
             },
             tokio::runtime::Handle::current(),
         );
@@ -154,6 +160,7 @@ impl Application {
             sys,
             auth: shared_auth,
             auth_reload,
+            registry_task,
         })
     }
 
@@ -190,6 +197,9 @@ impl Application {
         shutdown.await;
         self.sys.abort();
         self.auth_reload.abort();
+        if let Some(t) = &self.registry_task {
+            t.abort();
+        }
         if let Some((_, accept)) = &self.ws {
             // Bridged WebSocket clients end as the workers close their MQTT side below.
             accept.abort();
@@ -204,6 +214,48 @@ impl Application {
         self.router.store().close();
         tracing::info!("broker stopped");
         Ok(())
+    }
+}
+
+/// The per-device message rate of `[quota]` (`None`: unlimited).
+fn rate_limiter(q: &lentera_auth::QuotaSettings) -> Option<lentera_auth::RateLimiter> {
+    (q.device_rate_per_sec.is_finite() && q.device_rate_per_sec > 0.0)
+        .then(|| lentera_auth::RateLimiter::new(q.device_rate_per_sec, q.device_burst.max(1)))
+}
+
+/// Cuts the live connection of every device the registry revokes (disabled, removed,
+/// token rotated); reports the registry on `/readyz` (`registry`: a snapshot is loaded)
+/// and its size as `registry_devices`.
+async fn follow_registry(
+    registry: lentera_auth::Registry,
+    router: Router,
+    check: lentera_bootstrap::Check,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut revoked = registry.revocations();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let metrics = router.metrics().clone();
+    loop {
+        tokio::select! {
+            id = revoked.recv() => match id {
+                Ok(id) => {
+                    if router.revoke(&id) {
+                        metrics.closed_revoked.inc();
+                        tracing::info!(device = ?id, "device revoked: its connection is closed");
+                    }
+                }
+                // Missed some: every live device connection is checked again.
+                Err(RecvError::Lagged(_)) => {
+                    let n = router.revoke_unless(|id| registry.knows(id));
+                    metrics.closed_revoked.add(n as u64);
+                }
+                Err(RecvError::Closed) => return,
+            },
+            _ = tick.tick() => {
+                check.set(registry.is_loaded());
+                metrics.registry_devices.set(registry.len() as i64);
+            }
+        }
     }
 }
 

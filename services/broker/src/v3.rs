@@ -102,11 +102,13 @@ pub fn connect(mut frame: BytesMut, out: &mut Output, cx: &mut Cx<'_>) -> Result
     })
 }
 
-/// CONNACK 4 / 5 (MQTT 3.1.1 §3.2.2.3); the connection then closes [MQTT-3.2.2-5].
+/// CONNACK 4 / 5 / 3 (MQTT 3.1.1 §3.2.2.3); the connection then closes [MQTT-3.2.2-5].
 pub fn refuse(out: &mut Output, why: Refusal) {
     let code = match why {
         Refusal::BadCredentials => ConnectAckReason::BadUserNameOrPassword,
-        Refusal::NotAuthorized => ConnectAckReason::NotAuthorized,
+        Refusal::NotAuthorized | Refusal::ClientIdMismatch => ConnectAckReason::NotAuthorized,
+        // CONNACK 3 Server unavailable: the device registry is not loaded yet.
+        Refusal::Unavailable => ConnectAckReason::ServiceUnavailable,
     };
     connack(out, code, false);
 }
@@ -130,6 +132,7 @@ pub fn accept(
             // NEVER).
             clean_start: c.clean_session,
             expiry: if c.clean_session { 0 } else { NEVER },
+            device: acl.device().is_some(),
         },
         cx,
     );
@@ -258,6 +261,8 @@ fn publish(
     if a.hold_publish(cx) {
         return Ok(Flow::Pause);
     }
+    // A device above its rate: the only answer 3.1.1 has is closing.
+    cx.shared.rate_check(&*a.acl)?;
     let qos = p.qos;
     let ack = |packet_id: Option<NonZeroU16>| match (qos, packet_id) {
         (QoS::AtLeastOnce, Some(packet_id)) => Some(Packet::PublishAck { packet_id }),

@@ -191,6 +191,14 @@ pub fn refuse(out: &mut Output, why: Refusal) {
             "bad user name or password",
         ),
         Refusal::NotAuthorized => (ConnectAckReason::NotAuthorized, "not authorized"),
+        Refusal::ClientIdMismatch => (
+            ConnectAckReason::NotAuthorized,
+            "not authorized: a device's client id must be its user name (device id)",
+        ),
+        Refusal::Unavailable => (
+            ConnectAckReason::ServerUnavailable,
+            "device registry not loaded yet; try again later",
+        ),
     };
     connack_fail(out, code, text);
 }
@@ -215,6 +223,7 @@ pub fn accept(
             will,
             clean_start: c.clean_start,
             expiry,
+            device: acl.device().is_some(),
         },
         cx,
     );
@@ -479,6 +488,8 @@ fn publish(
     if a.hold_publish(cx) {
         return Ok(Flow::Pause);
     }
+    // A device above its rate: DISCONNECT 0x96 Message rate too high.
+    cx.shared.rate_check(&*a.acl)?;
     if p.qos != QoS::AtMostOnce {
         // [MQTT-3.3.4-7] (the client's side) / §3.3.4: a client may not have more QoS 1
         // and QoS 2 publishes unacknowledged than the Receive Maximum it was given.

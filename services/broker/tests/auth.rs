@@ -470,7 +470,7 @@ async fn the_shipped_example_users_file_loads_once_hashes_are_filled_in() {
         FileAuth::from_toml(&text, false).is_err(),
         "placeholders must stop the broker"
     );
-    let filled = text.replace("REPLACE_WITH_HASH", &password::hash(b"pw", 100));
+    let filled = text.replace("REPLACE_WITH_HASH", &password::hash_with(b"pw", 100));
     let auth = FileAuth::from_toml(&filled, false).unwrap();
     let login = async |client_id, user| {
         let creds = Credentials {
@@ -517,7 +517,7 @@ fn with_user(name: &str, pw: &str) -> String {
     format!(
         "{}\n[[users]]\nusername = \"{name}\"\npassword = \"{}\"\n",
         auth_file_text(),
-        lentera_broker::auth::password::hash(pw.as_bytes(), 1000)
+        lentera_broker::auth::password::hash_with(pw.as_bytes(), 1000)
     )
 }
 
@@ -575,6 +575,7 @@ async fn the_binary_rereads_the_auth_file_on_sighup() {
     let child = Kill(
         Command::new(env!("CARGO_BIN_EXE_lentera-broker"))
             .env("LENTERA_BROKER__MQTT_ADDR", "127.0.0.1:0")
+            .env("LENTERA_AUTH__OPEN", "true")
             .env("LENTERA_BROKER__ADMIN_ADDR", "127.0.0.1:0")
             .env("LENTERA_BROKER__WS_ADDR", "")
             .env("LENTERA_BROKER__DATA_DIR", "")

@@ -35,6 +35,7 @@ async fn binary_writes_ready_file_serves_mqtt_and_exits_on_sigterm() {
     let _ = std::fs::remove_file(&ready);
     let child = Command::new(env!("CARGO_BIN_EXE_lentera-broker"))
         .env("LENTERA_BROKER__MQTT_ADDR", "127.0.0.1:0")
+        .env("LENTERA_AUTH__OPEN", "true")
         .env("LENTERA_BROKER__ADMIN_ADDR", "127.0.0.1:0")
         .env("LENTERA_READY_FILE", &ready)
         .env("LENTERA_BROKER__DATA_DIR", "")
@@ -116,6 +117,7 @@ ranges = { lux = { min = 0, max = 10 } }
     let child = Command::new(env!("CARGO_BIN_EXE_lentera-broker"))
         .env("LENTERA_CONFIG", &config)
         .env("LENTERA_BROKER__MQTT_ADDR", "127.0.0.1:0")
+        .env("LENTERA_AUTH__OPEN", "true")
         .env("LENTERA_BROKER__ADMIN_ADDR", "127.0.0.1:0")
         .env("LENTERA_BROKER__DATA_DIR", "")
         .env("LENTERA_LIMITS__DEFAULT_RANGE__MAX", "100")
@@ -165,6 +167,7 @@ ranges = { lux = { min = 0, max = 10 } }
     let out = Command::new(env!("CARGO_BIN_EXE_lentera-broker"))
         .env("LENTERA_CONFIG", &config)
         .env("LENTERA_BROKER__MQTT_ADDR", "127.0.0.1:0")
+        .env("LENTERA_AUTH__OPEN", "true")
         .env("LENTERA_BROKER__ADMIN_ADDR", "127.0.0.1:0")
         .env("LENTERA_BROKER__DATA_DIR", "")
         .env("LENTERA_BROKER__TELEMETRY__STAMP_STRIDE", "3")

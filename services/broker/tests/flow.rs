@@ -14,6 +14,8 @@ use tokio::net::TcpStream;
 
 fn settings() -> lentera_broker::settings::Settings {
     let mut settings = lentera_broker::settings::Settings::default();
+    // Not about identity: no registry, every client may connect (auth.open).
+    settings.auth.open = true;
     settings.broker.mqtt_addr = "127.0.0.1:0".into();
     settings.broker.admin_addr = "127.0.0.1:0".into();
     settings.broker.data_dir = Default::default();

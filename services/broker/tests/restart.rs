@@ -38,6 +38,7 @@ fn spawn(dir: &Path, data_dir: &Path) -> (Running, u16) {
         .unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_lentera-broker"))
         .env("LENTERA_BROKER__MQTT_ADDR", "127.0.0.1:0")
+        .env("LENTERA_AUTH__OPEN", "true")
         .env("LENTERA_BROKER__ADMIN_ADDR", "127.0.0.1:0")
         .env("LENTERA_BROKER__DATA_DIR", data_dir)
         .env("LENTERA_TELEMETRY__LOG", "debug")

@@ -227,6 +227,8 @@ async fn stalled_subscriber(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn takeover_closes_an_old_connection_stuck_on_a_full_inflight_window() {
     let mut settings = lentera_broker::settings::Settings::default();
+    // Not about identity: no registry, every client may connect (auth.open).
+    settings.auth.open = true;
     settings.broker.mqtt_addr = "127.0.0.1:0".into();
     settings.broker.admin_addr = "127.0.0.1:0".into();
     settings.broker.max_inflight = 2;
@@ -257,6 +259,8 @@ async fn takeover_closes_an_old_connection_stuck_on_a_full_inflight_window() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_subscriber_never_delays_others_and_loses_only_beyond_its_session_queue() {
     let mut settings = lentera_broker::settings::Settings::default();
+    // Not about identity: no registry, every client may connect (auth.open).
+    settings.auth.open = true;
     settings.broker.mqtt_addr = "127.0.0.1:0".into();
     settings.broker.admin_addr = "127.0.0.1:0".into();
     // The stalled subscriber may owe at most 32 QoS 1 messages (queued or in flight).

@@ -14,6 +14,8 @@ use lentera_broker::settings::Settings;
 
 fn sys_settings(interval: u64) -> Settings {
     let mut s = Settings::default();
+    // Not about identity: no registry, every client may connect (auth.open).
+    s.auth.open = true;
     s.broker.mqtt_addr = "127.0.0.1:0".into();
     s.broker.admin_addr = "127.0.0.1:0".into();
     s.broker.data_dir = Default::default();

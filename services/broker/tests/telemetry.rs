@@ -21,6 +21,8 @@ const QUIET: Duration = Duration::from_millis(400);
 
 fn settings() -> Settings {
     let mut s = Settings::default();
+    // Not about identity: no registry, every client may connect (auth.open).
+    s.auth.open = true;
     s.broker.mqtt_addr = "127.0.0.1:0".into();
     s.broker.admin_addr = "127.0.0.1:0".into();
     s.broker.data_dir = Default::default();

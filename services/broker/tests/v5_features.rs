@@ -480,6 +480,8 @@ async fn expired_messages_are_not_delivered_and_the_rest_carry_the_remaining_int
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_messages_do_not_hold_places_in_an_offline_sessions_queue() {
     let mut settings = lentera_broker::settings::Settings::default();
+    // Not about identity: no registry, every client may connect (auth.open).
+    settings.auth.open = true;
     settings.broker.mqtt_addr = "127.0.0.1:0".into();
     settings.broker.admin_addr = "127.0.0.1:0".into();
     settings.broker.data_dir = Default::default();

@@ -113,7 +113,7 @@ impl FileAuth {
             "authentication file loaded"
         );
         let dummy = User {
-            hash: PasswordHash::parse(&password::hash(b"", password::DEFAULT_ITERATIONS))
+            hash: PasswordHash::parse(&password::hash_with(b"", password::DEFAULT_ITERATIONS))
                 .map_err(anyhow::Error::msg)?,
             rules: Rules::default(),
         };
@@ -123,6 +123,11 @@ impl FileAuth {
             dummy: Arc::new(dummy),
             blocking: tokio::runtime::Handle::try_current().ok(),
         })
+    }
+
+    /// Whether `name` is one of the file's users (a service, not a device).
+    pub fn has_user(&self, name: &str) -> bool {
+        self.users.contains_key(name)
     }
 
     /// Who is connecting: anonymous, or a known user whose password is still to be
@@ -199,6 +204,11 @@ impl Reloading {
         })
     }
 
+    /// Whether `name` is one of the file's users (a service, not a device).
+    pub fn has_user(&self, name: &str) -> bool {
+        self.current().has_user(name)
+    }
+
     fn current(&self) -> Arc<FileAuth> {
         self.current
             .read()
@@ -238,7 +248,7 @@ mod tests {
             publish = ["lentera/+/lamp/set"]
             subscribe = ["lentera/+/lamp/state"]
             "#,
-            password::hash(b"pw", 100)
+            password::hash_with(b"pw", 100)
         );
         FileAuth::from_toml(&text, allow_anonymous).unwrap()
     }

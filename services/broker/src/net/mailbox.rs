@@ -28,8 +28,9 @@ pub enum Cmd {
     Accept(Transport, Option<std::net::IpAddr>),
     /// The connection's outbox has messages (`outbox.rs`).
     Ready(ConnKey),
-    /// Another connection took over the client id: close this one.
-    Kick(ConnKey),
+    /// Close this connection, for this reason (another connection took over the
+    /// client id; the device was revoked).
+    Kick(ConnKey, crate::error::Close),
     /// The authenticator answered a CONNECT that could not be decided at once.
     AuthDone(ConnKey, Result<Arc<dyn Authorizer>, Refusal>),
     /// The store made records durable that some connection's acknowledgement awaits.

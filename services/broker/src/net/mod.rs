@@ -73,10 +73,10 @@ impl Cx<'_> {
         move || mailbox.post(Cmd::Ready(key))
     }
 
-    /// Closes this connection, from any thread (a takeover).
+    /// Closes this connection, from any thread (a takeover, a revoked device).
     pub fn kicker(&self) -> crate::router::Kick {
         let (mailbox, key) = (self.mailbox.clone(), self.key);
-        Box::new(move || mailbox.post(Cmd::Kick(key)))
+        Box::new(move |why| mailbox.post(Cmd::Kick(key, why)))
     }
 }
 

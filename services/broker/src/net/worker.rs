@@ -543,10 +543,10 @@ impl Worker {
                     self.pump(key.index as usize);
                 }
             }
-            Cmd::Kick(key) => {
+            Cmd::Kick(key, why) => {
                 if self.is(key) {
-                    tracing::info!("session taken over");
-                    self.close(key.index as usize, Close::TakenOver);
+                    tracing::info!(reason = why.label(), "connection closed by the broker");
+                    self.close(key.index as usize, why);
                 }
             }
             Cmd::AuthDone(key, answer) => {

@@ -36,7 +36,7 @@ impl Router {
         if let Some(s) = st.sessions.get_mut(&client) {
             if let Some(old) = s.live.take() {
                 st.conns.remove(&old.id);
-                (old.kick)();
+                (old.kick)(crate::error::Close::TakenOver);
                 self.metrics.takeovers.inc();
                 let t = old.will_timing;
                 if t.on_takeover && (t.delay == 0 || reg.clean_start) {
@@ -81,6 +81,7 @@ impl Router {
             id,
             outbox,
             kick: reg.kick,
+            device: reg.device,
             will: reg.will,
             will_timing: WillTiming::default(),
         });
@@ -92,6 +93,36 @@ impl Router {
             id,
             session_present: present,
         }
+    }
+
+    /// Device `id` may no longer connect (disabled, removed, token rotated): closes its
+    /// live connection, if one authenticated as that device. Returns whether one did.
+    pub fn revoke(&self, id: &str) -> bool {
+        let st = self.lock();
+        match st.sessions.get(id).and_then(|s| s.live.as_ref()) {
+            Some(live) if live.device => {
+                (live.kick)(crate::error::Close::Revoked);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The live device connections whose device `still_admitted` says no to are closed
+    /// (after missed revocations). Returns how many.
+    pub fn revoke_unless(&self, still_admitted: impl Fn(&str) -> bool) -> usize {
+        let st = self.lock();
+        let mut n = 0;
+        for (client, s) in &st.sessions {
+            if let Some(live) = &s.live
+                && live.device
+                && !still_admitted(client)
+            {
+                (live.kick)(crate::error::Close::Revoked);
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Gives the live connection `conn` its queue, unless it has one: called before its

@@ -23,7 +23,7 @@ pub const OPS_PASSWORD: &str = "ops secret";
 /// Anonymous (when allowed): `$SYS/#` and `public/#` only.
 pub fn auth_file_text() -> String {
     // Few iterations: debug builds verify slowly and the format is what is tested here.
-    let h = |pw: &str| password::hash(pw.as_bytes(), 1000);
+    let h = |pw: &str| password::hash_with(pw.as_bytes(), 1000);
     format!(
         r#"
 [all_users]
@@ -70,6 +70,8 @@ pub fn temp_dir(name: &str) -> PathBuf {
 /// Settings of an in-memory broker on port 0 that reads `auth_file`.
 pub fn settings_with_auth(auth_file: &Path, allow_anonymous: bool) -> Settings {
     let mut s = Settings::default();
+    // The auth file's users as before identity (auth.open: no device registry).
+    s.auth.open = true;
     s.broker.mqtt_addr = "127.0.0.1:0".into();
     s.broker.admin_addr = "127.0.0.1:0".into();
     s.broker.data_dir = PathBuf::new();

@@ -33,6 +33,8 @@ pub struct Broker {
 impl Broker {
     pub async fn start() -> Self {
         let mut settings = Settings::default();
+        // Not about identity: no registry, every client may connect (auth.open).
+        settings.auth.open = true;
         settings.broker.mqtt_addr = "127.0.0.1:0".into();
         settings.broker.admin_addr = "127.0.0.1:0".into();
         settings.broker.workers = 2;
@@ -44,6 +46,8 @@ impl Broker {
     /// Settings for an in-process broker on port 0 with its store in `data_dir`.
     pub fn settings_with_store(data_dir: &std::path::Path) -> Settings {
         let mut settings = Settings::default();
+        // Not about identity: no registry, every client may connect (auth.open).
+        settings.auth.open = true;
         settings.broker.mqtt_addr = "127.0.0.1:0".into();
         settings.broker.admin_addr = "127.0.0.1:0".into();
         settings.broker.data_dir = data_dir.to_owned();

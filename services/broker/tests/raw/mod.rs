@@ -16,6 +16,8 @@ pub const WAIT: Duration = Duration::from_secs(5);
 /// on port 0 too).
 pub fn settings() -> Settings {
     let mut settings = Settings::default();
+    // Not about identity: no registry, every client may connect (auth.open).
+    settings.auth.open = true;
     settings.broker.mqtt_addr = "127.0.0.1:0".into();
     settings.broker.admin_addr = "127.0.0.1:0".into();
     settings.broker.data_dir = Default::default();
