@@ -48,6 +48,15 @@ start_broker() { # $1 = mosquitto | lentera; sets PORT and BROKER_PID
       ;;
     lentera)
       rm -rf "$OUT/store"
+      # Like for like with the Mosquitto above, which runs anonymous (allow_anonymous
+      # true, no users, no per-address limit): Lentera's broker runs open
+      # (LENTERA_AUTH__OPEN=true, no auth file, no registry: every client and topic
+      # allowed) and without its per-address connection cap (quota.max_connections_per_ip,
+      # 256 by default; 0 = none), since the idle row opens 10,000 connections from
+      # 127.0.0.1. These rows compare the brokers' MQTT throughput, latency and memory,
+      # not authentication: the closed broker, as deployed, is measured by
+      # scripts/bench/readings.sh and scripts/bench/flood.sh.
+      LENTERA_AUTH__OPEN=true LENTERA_QUOTA__MAX_CONNECTIONS_PER_IP=0 \
       LENTERA_BROKER__MQTT_ADDR=127.0.0.1:$PORT LENTERA_BROKER__ADMIN_ADDR=127.0.0.1:0 \
       LENTERA_BROKER__DATA_DIR="$OUT/store" LENTERA_BROKER__WS_ADDR= LENTERA_TELEMETRY__LOG=warn \
         target/release/lentera-broker >"$OUT/lentera.log" 2>&1 &

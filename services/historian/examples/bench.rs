@@ -6,19 +6,25 @@
 //!   and queued by the broker; the historian starts again and the clock runs until its
 //!   `readings_stored_total` reaches N (then `count(*)` is checked). The same N rows are
 //!   then loaded by one binary `COPY` (`FORMAT binary`, as the historian writes) into an
-//!   identical, freshly migrated database.
+//!   identical, freshly migrated database. Against a closed broker (the default) give
+//!   `--username/--password` of a broker user that may subscribe to the historian's
+//!   topics and publish `lentera/+/telemetry` and `lentera/+/status`: the historian and
+//!   the publisher both log in with it.
 //! - `e2e`: HTTP accept → row committed: posts one reading per request to a running
 //!   ingest at a fixed rate and polls PostgreSQL (every `--poll-ms`) for the rows; the
 //!   latency of a reading is from just before its request was sent to the poll that saw
-//!   it committed (so it includes up to one poll interval).
+//!   it committed (so it includes up to one poll interval). Every reading is device
+//!   `--device`'s (default `e2e{pid}`), sent with `--token` as `Authorization: Bearer`
+//!   (ingest is closed by default: provision the device first, `lentera devices add`).
 //!
 //! `DATABASE_URL` names the server (its database is only used to create the fresh ones).
 //! Run through `scripts/bench/readings.sh`, which starts everything it needs; by hand:
 //!
 //! ```text
-//! cargo run --release -p lentera-historian --example bench -- drain --mqtt-port 1883 --readings 200000
+//! cargo run --release -p lentera-historian --example bench -- drain --mqtt-port 1883 \
+//!     --username bench --password … --readings 200000
 //! cargo run --release -p lentera-historian --example bench -- e2e --ingest http://127.0.0.1:8080 \
-//!     --database-url postgres://…/lentera --rate 200 --duration-secs 20
+//!     --database-url postgres://…/lentera --device e2e-1 --token lt_… --rate 200 --duration-secs 20
 //! ```
 //!
 //! Output: one JSON object on stdout.
@@ -34,8 +40,11 @@ use lentera_mqtt::{Client, MqttSettings};
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::oneshot;
 
-const USAGE: &str = "usage: bench drain --mqtt-port P [--readings N] [--devices D] [--batch-size B] [--batch-interval-ms MS]
-       bench e2e --ingest URL --database-url URL [--rate R] [--duration-secs S] [--poll-ms MS]";
+const USAGE: &str =
+    "usage: bench drain --mqtt-port P [--username U --password PW] [--readings N] [--devices D]
+                   [--batch-size B] [--batch-interval-ms MS]
+       bench e2e --ingest URL --database-url URL [--device ID] [--token T] [--rate R]
+                 [--duration-secs S] [--poll-ms MS]";
 
 struct Args(HashMap<String, String>);
 
@@ -45,6 +54,9 @@ impl Args {
             Some(v) => v.parse().map_err(|_| anyhow::anyhow!("bad --{name} {v}")),
             None => Ok(default),
         }
+    }
+    fn opt(&self, name: &str) -> Option<String> {
+        self.0.get(name).cloned()
     }
     fn need(&self, name: &str) -> anyhow::Result<String> {
         self.0
@@ -205,6 +217,10 @@ async fn drain(args: &Args) -> anyhow::Result<serde_json::Value> {
     let devices: u64 = args.get("devices", 100)?;
     let batch_size: usize = args.get("batch-size", 0)?;
     let batch_interval_ms: u64 = args.get("batch-interval-ms", 0)?;
+    let (username, password) = (args.opt("username"), args.opt("password"));
+    if password.is_some() && username.is_none() {
+        bail!("--password needs --username");
+    }
     let start = Utc
         .timestamp_opt(Utc::now().timestamp() - (n / devices) as i64 - 60, 0)
         .unwrap();
@@ -213,6 +229,8 @@ async fn drain(args: &Args) -> anyhow::Result<serde_json::Value> {
     let mut settings = Settings::default();
     settings.mqtt.port = port;
     settings.mqtt.client_id = Some(format!("lentera-bench-historian-{}", std::process::id()));
+    settings.mqtt.username = username.clone();
+    settings.mqtt.password = password.clone();
     settings.database.url = url.clone();
     settings.historian.admin_addr = "127.0.0.1:0".into();
     if batch_size > 0 {
@@ -230,6 +248,8 @@ async fn drain(args: &Args) -> anyhow::Result<serde_json::Value> {
         port,
         max_inflight: 1024,
         ack_timeout_ms: 60_000,
+        username,
+        password,
         ..MqttSettings::default()
     };
     let (publisher, _rx) = Client::start(
@@ -253,7 +273,10 @@ async fn drain(args: &Args) -> anyhow::Result<serde_json::Value> {
             break;
         }
         if Instant::now() > deadline {
-            bail!("the historian never stored the probe: is the broker on port {port}?");
+            bail!(
+                "the historian never stored the probe: is the broker on port {port}, and \
+                 may --username subscribe to the historian's topics and publish lentera/+/status?"
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -357,12 +380,15 @@ async fn e2e(args: &Args) -> anyhow::Result<serde_json::Value> {
     let rate: u64 = args.get("rate", 200)?;
     let secs: u64 = args.get("duration-secs", 20)?;
     let poll = Duration::from_millis(args.get("poll-ms", 2)?);
+    let token = args.opt("token");
     let pool = PgPool::connect(&url).await?;
     let http = reqwest::Client::new();
     let total = rate * secs;
     // Distinct (device, ts) per request: ts counts milliseconds from a base in the past.
     let base_ms = Utc::now().timestamp_millis() - 10 * 60 * 1000;
-    let tag = format!("e2e{}", std::process::id());
+    let tag = args
+        .opt("device")
+        .unwrap_or_else(|| format!("e2e{}", std::process::id()));
     let sent: std::sync::Arc<std::sync::Mutex<HashMap<i64, Instant>>> = Default::default();
 
     let poller = {
@@ -415,11 +441,13 @@ async fn e2e(args: &Args) -> anyhow::Result<serde_json::Value> {
             base_ms + k
         );
         sent.lock().unwrap().insert(k, Instant::now());
-        let req = http
+        let mut req = http
             .post(format!("{ingest}/api/v1/readings"))
-            .header("content-type", "application/json")
-            .body(body)
-            .send();
+            .header("content-type", "application/json");
+        if let Some(token) = &token {
+            req = req.bearer_auth(token);
+        }
+        let req = req.body(body).send();
         tasks.push(tokio::spawn(async move {
             req.await.map(|r| r.status().as_u16()).unwrap_or(0)
         }));
