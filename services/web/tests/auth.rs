@@ -437,7 +437,7 @@ async fn devices_are_provisioned_rotated_changed_and_removed_over_rest() {
     assert_eq!(created["device"]["provisioned"], true);
     let config = created["config"].as_str().unwrap();
     for needle in [
-        format!("#define LENTERA_DEVICE_ID  \"gh-5\""),
+        "#define LENTERA_DEVICE_ID  \"gh-5\"".to_owned(),
         format!("#define LENTERA_TOKEN      \"{token}\""),
         format!("HELLO gh-5 {token}"),
         format!("Authorization: Bearer {token}"),
