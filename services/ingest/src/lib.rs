@@ -17,12 +17,16 @@
 //! - [`status`]: retained `online`/`offline` of TCP boards, published until acknowledged,
 //!   and the retained bound set that corrects them after a crash.
 //! - [`stats`]: Prometheus counters (accepted readings, rejections by code).
+//! - [`identity`]: which device a door admits (the registry, or open mode) and the
+//!   per-device quota; [`peers`]: open connections per source address.
 //! - [`http`]: `POST /api/v1/readings`, the seed's `POST /sensor`, admin endpoints.
 //! - [`tcp`]: the accept loop; [`tcp::line`] the pure grammar, [`tcp::conn`] one
 //!   connection, [`tcp::relay`] the lamp-command registry.
 
 pub mod http;
+pub mod identity;
 pub mod in_doubt;
+pub mod peers;
 pub mod publish;
 pub mod settings;
 pub mod stamps;

@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
+use lentera_auth::{AuthSettings, QuotaSettings};
 use lentera_bootstrap::TelemetrySettings;
+use lentera_db::DatabaseSettings;
 use lentera_mqtt::MqttSettings;
 use lentera_protocol::Limits;
 use serde::Deserialize;
@@ -20,6 +22,15 @@ pub struct Settings {
     /// `[limits]`: physical ranges and timestamp skew, shared with the historian so
     /// that what ingest accepts the historian stores.
     pub limits: Limits,
+    /// `[auth]`: `open = true` checks no device identity (demo only, warned at every
+    /// start); closed by default, devices are checked against the registry.
+    pub auth: AuthSettings,
+    /// `[quota]`: per-device message rate and per-address connection caps, shared with
+    /// the broker.
+    pub quota: QuotaSettings,
+    /// `[database]`: where the device registry lives (closed mode only). Ingest only
+    /// reads it and never migrates (`migrate` is ignored): the historian owns the schema.
+    pub database: DatabaseSettings,
     /// When set, the bound addresses `{"http":…,"tcp":…}` are written here once both
     /// listeners accept connections.
     pub ready_file: Option<std::path::PathBuf>,
@@ -75,6 +86,15 @@ pub struct IngestSettings {
     /// Most such receive times kept, all devices together (the oldest go first); a device
     /// keeps at most `max_batch` of them.
     pub in_doubt_max: usize,
+    /// How long a client has to send a request's head (request line and headers); then
+    /// it gets 408 and is closed (actix `client_request_timeout`). 0 = no limit.
+    pub http_header_timeout_ms: u64,
+    /// How long a request's body may take to arrive, from its head; a stalled body gets
+    /// `408 body_timeout` and the connection is closed.
+    pub http_body_timeout_ms: u64,
+    /// After ingest closes an HTTP connection, how long it waits for the client to close
+    /// its side (actix `client_disconnect_timeout`).
+    pub http_disconnect_timeout_ms: u64,
 }
 
 impl Default for IngestSettings {
@@ -96,6 +116,9 @@ impl Default for IngestSettings {
             rebind_grace_secs: 10,
             in_doubt_secs: 120,
             in_doubt_max: 100_000,
+            http_header_timeout_ms: 5_000,
+            http_body_timeout_ms: 10_000,
+            http_disconnect_timeout_ms: 1_000,
         }
     }
 }
@@ -147,6 +170,10 @@ impl IngestSettings {
             per_device: self.max_batch.max(1),
             capacity: self.in_doubt_max,
         }
+    }
+
+    pub fn http_body_timeout(&self) -> Duration {
+        Duration::from_millis(self.http_body_timeout_ms.max(1))
     }
 
     pub fn shutdown_timeout(&self) -> Duration {

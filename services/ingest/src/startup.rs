@@ -16,8 +16,11 @@ use lentera_bootstrap::{Observability, ready_file};
 use lentera_mqtt::{Client, QoS};
 use lentera_protocol::{DeviceId, TopicKind};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
-use crate::http::{self, HttpState};
+use crate::http::{self, HttpState, ServerLimits};
+use crate::identity::Identity;
+use crate::peers::PeerLimit;
 use crate::publish::Publisher;
 use crate::settings::Settings;
 use crate::stamps::Stamps;
@@ -34,6 +37,8 @@ pub struct Application {
     client: Client,
     statuses: StatusBoard,
     settings: Settings,
+    /// Cancels the registry's sampler when the application is dropped or has stopped.
+    _background: tokio_util::sync::DropGuard,
 }
 
 impl Application {
@@ -84,6 +89,11 @@ impl Application {
             statuses.clone(),
             stats.clone(),
         ));
+        let background = CancellationToken::new();
+        let identity = Identity::new(
+            start_registry(&settings, &obs, background.clone())?,
+            &settings.quota,
+        );
         let stamps = Stamps::with_limits(cfg.instance, cfg.instances, cfg.in_doubt())
             .counting(stats.stamps_reused.clone(), stats.stamps_in_doubt.clone());
 
@@ -98,13 +108,20 @@ impl Application {
             seed_device,
             limits: Arc::new(settings.limits.clone()),
             stamps: stamps.clone(),
+            identity: identity.clone(),
+            body_timeout: cfg.http_body_timeout(),
         };
         let http = http::server(
             http_listener,
             state,
             &obs,
-            cfg.http_workers,
-            cfg.shutdown_timeout(),
+            ServerLimits {
+                workers: cfg.http_workers,
+                shutdown_timeout: cfg.shutdown_timeout(),
+                header_timeout: Duration::from_millis(cfg.http_header_timeout_ms),
+                disconnect_timeout: Duration::from_millis(cfg.http_disconnect_timeout_ms),
+                per_ip: PeerLimit::new(settings.quota.max_connections_per_ip),
+            },
         )?;
 
         let tcp_listener = tokio::net::TcpListener::bind(&cfg.tcp_addr)
@@ -123,6 +140,8 @@ impl Application {
             }),
             reading_limits: Arc::new(settings.limits.clone()),
             stamps,
+            identity,
+            per_ip: PeerLimit::new(settings.quota.max_connections_per_ip),
         };
         tracing::info!(http = %http_addr, tcp = %tcp_addr, "ingest listening");
         Ok(Self {
@@ -134,6 +153,7 @@ impl Application {
             client,
             statuses,
             settings,
+            _background: background.drop_guard(),
         })
     }
 
@@ -187,6 +207,43 @@ impl Application {
         self.client.disconnect().await;
         Ok(())
     }
+}
+
+/// Closed mode (the default): the device registry, loading in the background; `/readyz`
+/// waits for its first load (check `registry`). Open mode: `None`, said loudly.
+fn start_registry(
+    settings: &Settings,
+    obs: &lentera_bootstrap::Observability,
+    stop: CancellationToken,
+) -> anyhow::Result<Option<lentera_auth::Registry>> {
+    if settings.auth.open {
+        // At every start, so an open ingest never goes unnoticed in the logs.
+        tracing::warn!(
+            "auth.open = true: any device id accepted, no token checked on HTTP or TCP              (demo only, never on a reachable host)"
+        );
+        return Ok(None);
+    }
+    // Ingest only reads the registry; the historian owns (and migrates) the schema.
+    let pool = lentera_db::pool(&settings.database).context("[database] settings")?;
+    let registry = lentera_auth::Registry::start(pool, &settings.auth);
+    let loaded = obs.check("registry");
+    loaded.set(registry.is_loaded());
+    let devices = obs.gauge(
+        "registry_devices",
+        "Devices admitted by the registry snapshot.",
+    );
+    let sampled = registry.clone();
+    // Ends with the application: the registry's own task stops with its last handle.
+    tokio::spawn(stop.run_until_cancelled_owned(async move {
+        sampled.wait_loaded().await;
+        loaded.set(true);
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            devices.set(sampled.len() as i64);
+        }
+    }));
+    Ok(Some(registry))
 }
 
 /// Builds, announces the bound addresses in the ready file, and runs until `shutdown`.

@@ -445,7 +445,7 @@ impl StatusBoard {
                             }
                             Err(e) => {
                                 failed += 1;
-                                tracing::debug!(%device, status = status.as_str(), error = %e, "status not acknowledged; will retry");
+                                tracing::debug!(device = ?device.as_str(), status = status.as_str(), error = %e, "status not acknowledged; will retry");
                             }
                         }
                     }

@@ -1,7 +1,10 @@
 //! Every HTTP error a board can trigger, with its status and stable code.
 //!
 //! Bodies are always `{"error":"<code>","detail":…}`; `detail` is a string, except for
-//! `invalid_reading` (which reading, and why) and `batch_too_large` (the limit).
+//! `invalid_reading` (which reading, and why), `batch_too_large` (the limit),
+//! `device_mismatch` (which reading) and `rate_limited` (when to come back).
+//! [`json_errors`] turns the error answers actix makes itself (a 405 of the admin
+//! routes, say) into the same shape.
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
@@ -31,6 +34,26 @@ pub enum ApiError {
     Publish(#[from] PublishError),
     #[error("the request body could not be read: {0}")]
     BodyRead(String),
+    #[error("the request body did not arrive within {ms} ms")]
+    BodyTimeout { ms: u64 },
+    /// No token, or one that admits no device (unknown device, wrong token, disabled:
+    /// deliberately one answer, so a stranger learns nothing about which ids exist).
+    #[error("a valid device token is required (Authorization: Bearer <token>)")]
+    Unauthorized,
+    /// The registry has never been loaded (PostgreSQL down since start, no cache file).
+    #[error("the device registry is not available yet")]
+    RegistryUnavailable,
+    /// A valid token, with a reading for another device.
+    #[error("reading {index} is for device {named:?}, but the token is {device:?}'s")]
+    DeviceMismatch {
+        index: usize,
+        named: String,
+        device: String,
+    },
+    #[error("this device is over its message rate; retry in {retry_after} s")]
+    RateLimited { retry_after: u64 },
+    #[error("too many open connections from this address")]
+    TooManyConnections,
     #[error("no such resource")]
     NotFound,
     #[error("method not allowed")]
@@ -50,6 +73,12 @@ impl ApiError {
             ApiError::InvalidSuhu => "invalid_suhu",
             ApiError::Publish(e) => crate::publish::Publisher::error_code(e),
             ApiError::BodyRead(_) => "body_read_failed",
+            ApiError::BodyTimeout { .. } => "body_timeout",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::RegistryUnavailable => "registry_unavailable",
+            ApiError::DeviceMismatch { .. } => "device_mismatch",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::TooManyConnections => "too_many_connections",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
         }
@@ -61,6 +90,14 @@ impl ApiError {
                 "index": index,
                 "code": error.code(),
                 "message": error.to_string(),
+            }),
+            ApiError::DeviceMismatch { index, .. } => json!({
+                "index": index,
+                "message": self.to_string(),
+            }),
+            ApiError::RateLimited { retry_after } => json!({
+                "retry_after": retry_after,
+                "message": self.to_string(),
             }),
             ApiError::BatchTooLarge { max, got } => json!({
                 "max": max,
@@ -86,6 +123,13 @@ impl ResponseError for ApiError {
             }
             ApiError::Publish(PublishError::Overloaded) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Publish(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::RegistryUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::DeviceMismatch { .. } => StatusCode::FORBIDDEN,
+            ApiError::RateLimited { .. } | ApiError::TooManyConnections => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
@@ -95,9 +139,47 @@ impl ResponseError for ApiError {
         let mut res = HttpResponse::build(self.status_code());
         // Both broker trouble and overload are transient: tell well-behaved clients when
         // to come back instead of letting them hammer a struggling pipeline.
-        if matches!(self, ApiError::Publish(_)) {
-            res.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
+        match self {
+            ApiError::Publish(_) | ApiError::RegistryUnavailable => {
+                res.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
+            }
+            ApiError::RateLimited { retry_after } => {
+                res.insert_header((header::RETRY_AFTER, retry_after.to_string()));
+            }
+            ApiError::Unauthorized => {
+                res.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
+            }
+            // The rest of a stalled body, or a connection over its address's cap, is not
+            // worth keeping: close it once answered.
+            ApiError::BodyTimeout { .. } | ApiError::TooManyConnections => {
+                res.force_close();
+            }
+            _ => {}
         }
         res.json(json!({"error": self.code(), "detail": self.detail()}))
     }
+}
+
+/// An error answer actix produced itself (no JSON body) rewritten as
+/// `{"error":"<code>","detail":…}`, the code from the status (`method_not_allowed`).
+pub fn json_errors<B: actix_web::body::MessageBody + 'static>(
+    res: actix_web::dev::ServiceResponse<B>,
+) -> actix_web::Result<actix_web::middleware::ErrorHandlerResponse<B>> {
+    use actix_web::middleware::ErrorHandlerResponse;
+    let is_json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
+    }
+    let status = res.status();
+    let reason = status.canonical_reason().unwrap_or("error");
+    let code = reason.to_ascii_lowercase().replace([' ', '-'], "_");
+    let (req, _) = res.into_parts();
+    let new = HttpResponse::build(status).json(json!({"error": code, "detail": reason}));
+    Ok(ErrorHandlerResponse::Response(
+        actix_web::dev::ServiceResponse::new(req, new).map_into_right_body(),
+    ))
 }

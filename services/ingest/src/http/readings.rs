@@ -13,14 +13,16 @@
 //! receive times in doubt, and its retry (same device, same values) gets them again
 //! ([`crate::in_doubt`]), so the board's retry is stored once.
 
+use std::collections::BTreeSet;
+
 use crate::stamps::{Origin, Received};
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
-use lentera_protocol::{Limits, Reading, ReadingError, Stamper, senml};
+use lentera_protocol::{DeviceId, Limits, Reading, ReadingError, Stamper, senml};
 use serde_json::{Value, json};
 
 use super::error::ApiError;
-use super::{HttpState, JSON, read_json};
+use super::{HttpState, JSON, auth, read_json};
 
 /// Accepts readings and answers `202 {"accepted":N}` once the broker acknowledged all.
 ///
@@ -39,7 +41,29 @@ pub async fn post(
     payload: web::Payload,
     state: web::Data<HttpState>,
 ) -> Result<HttpResponse, ApiError> {
-    let result = accept(&req, payload, &state).await;
+    let result = match auth::from_bearer(&req, &state).await {
+        Ok(who) => accept(&req, payload, &state, who).await,
+        Err(e) => Err(e),
+    };
+    answer(&state, result)
+}
+
+/// `POST /api/v1/devices/{token}/readings`: the same, with the token in the path for
+/// boards that cannot set a header.
+pub async fn post_with_token(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<HttpState>,
+) -> Result<HttpResponse, ApiError> {
+    let token = req.match_info().get("token").unwrap_or_default();
+    let result = match auth::from_token(token, &state).await {
+        Ok(who) => accept(&req, payload, &state, who).await,
+        Err(e) => Err(e),
+    };
+    answer(&state, result)
+}
+
+fn answer(state: &HttpState, result: Result<usize, ApiError>) -> Result<HttpResponse, ApiError> {
     match &result {
         Ok(n) => state.stats.accepted_http.add(*n as u64),
         Err(e) => state.stats.reject(e.code()),
@@ -47,13 +71,19 @@ pub async fn post(
     result.map(|n| HttpResponse::Accepted().json(json!({ "accepted": n })))
 }
 
+/// `who`: the device the token admitted (closed mode), whose quota is taken before the
+/// body is read, and whose readings alone the body may hold; `None` in open mode, where
+/// each device named in the body pays one message of its quota.
 async fn accept(
     req: &HttpRequest,
     payload: web::Payload,
     state: &HttpState,
+    who: Option<DeviceId>,
 ) -> Result<usize, ApiError> {
-    let (body, media) =
-        read_json(req, payload, state.body_limit, &[JSON, senml::CONTENT_TYPE]).await?;
+    if let Some(device) = &who {
+        auth::rate(state, device)?;
+    }
+    let (body, media) = read_json(req, payload, state, &[JSON, senml::CONTENT_TYPE]).await?;
     // One lock per request; released before the publish is awaited.
     let received = {
         let mut receipt = state.stamps.receipt();
@@ -65,13 +95,27 @@ async fn accept(
                 now,
                 receipt.stamper(),
                 &state.limits,
+                who.as_ref(),
             )?
         } else {
-            validate(body, state.max_batch, now, receipt.stamper(), &state.limits)?
+            validate(
+                body,
+                state.max_batch,
+                now,
+                receipt.stamper(),
+                &state.limits,
+                who.as_ref(),
+            )?
         };
         receipt.settle(&mut received);
         received
     };
+    if who.is_none() {
+        let devices: BTreeSet<&DeviceId> = received.readings.iter().map(|r| &r.device).collect();
+        for device in devices {
+            auth::rate(state, device)?;
+        }
+    }
     if let Err(e) = state.publisher.readings(&received.readings).await {
         state.stamps.failed(&received, &e);
         return Err(e.into());
@@ -82,13 +126,15 @@ async fn accept(
 
 /// Turns a parsed body into readings, refusing the whole body on the first bad element.
 /// `now` is the receive time; a reading without `ts` is stamped by `stamper` at `now`
-/// (its origin [`Origin::Fresh`]).
+/// (its origin [`Origin::Fresh`]). With `who` (the token's device) a reading without
+/// `device` is `who`'s, and one naming another device is `403 device_mismatch`.
 pub fn validate(
     body: Value,
     max_batch: usize,
     now: DateTime<Utc>,
     stamper: &mut Stamper,
     limits: &Limits,
+    who: Option<&DeviceId>,
 ) -> Result<Received, ApiError> {
     let items = match body {
         Value::Array(items) => {
@@ -111,13 +157,20 @@ pub fn validate(
         let obj = item.as_object().ok_or(ReadingError::NotAnObject);
         let reading = obj
             .and_then(|o| {
-                Reading::from_object_stamped(o, None, |d| {
+                Reading::from_object_stamped(o, who, |d| {
                     origin = Origin::Fresh;
                     stamper.stamp(d.as_str(), now)
                 })
             })
             .and_then(|r| limits.check(&r, now).map(|()| r))
-            .map_err(|error| ApiError::InvalidReading { index, error })?;
+            .map_err(|error| match (error, who) {
+                (ReadingError::DeviceMismatch(named), Some(device)) => ApiError::DeviceMismatch {
+                    index,
+                    named,
+                    device: device.to_string(),
+                },
+                (error, _) => ApiError::InvalidReading { index, error },
+            })?;
         received.push(reading, origin);
     }
     Ok(received)
@@ -130,12 +183,16 @@ pub fn validate(
 /// To tell the two apart exactly, the pack is resolved against a `now` that is never
 /// on a whole millisecond, which no absolute SenML time (kept to the millisecond) and
 /// no non-zero relative offset (also whole milliseconds) can land on.
+///
+/// With `who` (the token's device), a pack that names no device anywhere (`"n":"lux"`)
+/// is `who`'s, and a pack naming another device is `403 device_mismatch`.
 pub fn validate_senml(
     pack: &Value,
     max_batch: usize,
     now: DateTime<Utc>,
     stamper: &mut Stamper,
     limits: &Limits,
+    who: Option<&DeviceId>,
 ) -> Result<Received, ApiError> {
     match pack.as_array().map(Vec::len) {
         Some(0) => return Err(ApiError::EmptyBatch),
@@ -148,10 +205,20 @@ pub fn validate_senml(
         _ => {}
     }
     let now = off_the_millisecond(now);
-    let resolved = senml::parse(pack, now)
+    let owned = who.and_then(|d| senml_of(pack, d));
+    let resolved = senml::parse(owned.as_ref().unwrap_or(pack), now)
         .map_err(|(index, error)| ApiError::InvalidReading { index, error })?;
     let mut received = Received::default();
     for mut r in resolved {
+        if let Some(device) = who
+            && r.reading.device != *device
+        {
+            return Err(ApiError::DeviceMismatch {
+                index: r.records.values().min().copied().unwrap_or(0),
+                named: r.reading.device.to_string(),
+                device: device.to_string(),
+            });
+        }
         let origin = if r.reading.ts == now {
             r.reading.ts = stamper.stamp(r.reading.device.as_str(), now);
             Origin::Fresh
@@ -167,6 +234,41 @@ pub fn validate_senml(
         received.push(r.reading, origin);
     }
     Ok(received)
+}
+
+/// A pack whose names hold no device part anywhere (no `/`, `:` or `;` in any `bn`
+/// or `n`), rewritten as `device`'s: its base names are prefixed with `device/` (the
+/// first record gets `"bn":"device/"` if it had none). `None` when the pack names a
+/// device (then it is parsed as sent) or is not an array of objects.
+fn senml_of(pack: &Value, device: &DeviceId) -> Option<Value> {
+    let records = pack.as_array()?;
+    let names_a_device = records.iter().any(|r| {
+        ["bn", "n"].iter().any(|k| {
+            r.get(*k)
+                .and_then(Value::as_str)
+                .is_some_and(|s| s.contains(['/', ':', ';']))
+        })
+    });
+    if names_a_device || records.is_empty() {
+        return None;
+    }
+    let mut out = records.clone();
+    for (i, record) in out.iter_mut().enumerate() {
+        let obj = record.as_object_mut()?;
+        match obj.get("bn") {
+            Some(Value::String(bn)) => {
+                let bn = format!("{device}/{bn}");
+                obj.insert("bn".into(), Value::String(bn));
+            }
+            // A non-string `bn` is the parser's to refuse.
+            Some(_) => {}
+            None if i == 0 => {
+                obj.insert("bn".into(), Value::String(format!("{device}/")));
+            }
+            None => {}
+        }
+    }
+    Some(Value::Array(out))
 }
 
 /// `now`, moved on by a microsecond if it falls on a whole millisecond.
@@ -193,12 +295,13 @@ mod tests {
             Utc::now(),
             &mut Stamper::default(),
             &Limits::default(),
+            None,
         )
         .map(|r| r.readings)
     }
 
     fn senml(pack: &Value, now: DateTime<Utc>, stamper: &mut Stamper) -> Received {
-        validate_senml(pack, 100, now, stamper, &Limits::default()).unwrap()
+        validate_senml(pack, 100, now, stamper, &Limits::default(), None).unwrap()
     }
 
     #[test]
@@ -209,8 +312,15 @@ mod tests {
             .map(|i| json!({"device":"gh-1","temperature":20 + i % 10}))
             .chain([json!({"device":"gh-1","lux":1,"ts":"2026-01-01T00:00:00Z"})])
             .collect();
-        let received =
-            validate(Value::Array(body), 101, now, &mut stamper, &Limits::none()).unwrap();
+        let received = validate(
+            Value::Array(body),
+            101,
+            now,
+            &mut stamper,
+            &Limits::none(),
+            None,
+        )
+        .unwrap();
         assert!(received.origins[..100].iter().all(|o| *o == Origin::Fresh));
         assert_eq!(received.origins[100], Origin::Board);
         let r = received.readings;
@@ -232,6 +342,7 @@ mod tests {
             now,
             &mut stamper,
             &Limits::none(),
+            None,
         )
         .unwrap()
         .readings;
@@ -293,26 +404,77 @@ mod tests {
             now,
             s,
             &l,
+            None,
         )
         .unwrap();
         assert_eq!(ok.len(), 1);
         assert_eq!(ok.readings[0].metrics.len(), 2);
         let bad = json!([{"bn":"gh-1/","n":"lux","v":1,"t":-60},{"n":"temperature","v":-80}]);
         assert_eq!(
-            reading_code(validate_senml(&bad, 3, now, s, &l).unwrap_err()),
+            reading_code(validate_senml(&bad, 3, now, s, &l, None).unwrap_err()),
             (1, "out_of_range")
         );
         let four = json!([{"n":"a/t","v":1},{"n":"a/t","v":1},{"n":"a/t","v":1},{"n":"a/t","v":1}]);
         assert_eq!(
-            validate_senml(&four, 3, now, s, &l).unwrap_err().code(),
+            validate_senml(&four, 3, now, s, &l, None)
+                .unwrap_err()
+                .code(),
             "batch_too_large"
         );
         assert_eq!(
-            validate_senml(&json!([]), 3, now, s, &l)
+            validate_senml(&json!([]), 3, now, s, &l, None)
                 .unwrap_err()
                 .code(),
             "empty_batch"
         );
+    }
+
+    #[test]
+    fn a_token_names_the_device_and_another_device_is_a_mismatch() {
+        let (now, s, l) = (Utc::now(), &mut Stamper::default(), Limits::default());
+        let me = DeviceId::parse("gh-7").unwrap();
+        let r = validate(
+            json!([{"lux":1},{"device":"gh-7","lux":2}]),
+            3,
+            now,
+            s,
+            &l,
+            Some(&me),
+        )
+        .unwrap();
+        assert!(r.readings.iter().all(|r| r.device == me));
+        let e = validate(
+            json!([{"lux":1},{"device":"gh-8","lux":2}]),
+            3,
+            now,
+            s,
+            &l,
+            Some(&me),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, ApiError::DeviceMismatch { index: 1, .. }),
+            "{e:?}"
+        );
+        // SenML without any device part is the token's device's …
+        let pack = json!([{"n":"temperature","v":20},{"bn":"x","n":"lux","v":1}]);
+        let r = validate_senml(&pack, 3, now, s, &l, Some(&me)).unwrap();
+        assert!(
+            r.readings.iter().all(|r| r.device == me),
+            "{:?}",
+            r.readings
+        );
+        let metrics: Vec<_> = r.readings.iter().flat_map(|r| r.metrics.keys()).collect();
+        assert_eq!(metrics, ["temperature", "xlux"]);
+        // … its own name is fine, another device's is not, and without a token a name
+        // without device part stays invalid.
+        let own = json!([{"bn":"gh-7/","n":"lux","v":1}]);
+        assert!(validate_senml(&own, 3, now, s, &l, Some(&me)).is_ok());
+        let other = json!([{"bn":"gh-8/","n":"lux","v":1}]);
+        let e = validate_senml(&other, 3, now, s, &l, Some(&me)).unwrap_err();
+        assert_eq!(e.code(), "device_mismatch");
+        let e = validate_senml(&json!([{"n":"lux","v":1}]), 3, now, s, &l, None).unwrap_err();
+        assert_eq!(reading_code(e), (0, "invalid_senml"));
     }
 
     #[test]

@@ -1,17 +1,19 @@
 //! `POST /sensor {"suhu": 27.5}` — the seed's Flask endpoint, so its `client.py`
 //! (`requests.post(url, json={"suhu": …})`) works unchanged against the platform.
 //!
-//! The value becomes metric `temperature` of `ingest.seed_device`, and the answer is the
+//! The value becomes metric `temperature` of `ingest.seed_device` in open mode (the
+//! demo, where client.py runs unchanged), or of the device whose
+//! `Authorization: Bearer <token>` came with it (closed mode); the answer is the
 //! seed's own `{"status":"success","message":"Suhu 27.5 diterima"}`, with the number
 //! printed the way Python's f-string printed it. The `[limits]` apply: an implausible
 //! value is `400 invalid_reading` with `detail.code` `out_of_range`.
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use lentera_protocol::Reading;
+use lentera_protocol::{DeviceId, Reading};
 use serde_json::{Number, Value, json};
 
 use super::error::ApiError;
-use super::{HttpState, JSON, read_json};
+use super::{HttpState, JSON, auth, read_json};
 use crate::stamps::{Origin, Received};
 
 pub async fn post(
@@ -19,7 +21,10 @@ pub async fn post(
     payload: web::Payload,
     state: web::Data<HttpState>,
 ) -> Result<HttpResponse, ApiError> {
-    let result = accept(&req, payload, &state).await;
+    let result = match auth::from_bearer(&req, &state).await {
+        Ok(who) => accept(&req, payload, &state, who).await,
+        Err(e) => Err(e),
+    };
     match &result {
         Ok(_) => state.stats.accepted_http.inc(),
         Err(e) => state.stats.reject(e.code()),
@@ -31,20 +36,24 @@ pub async fn post(
     })))
 }
 
-/// Publishes the reading and returns `suhu` as Python would print it.
+/// Publishes the reading and returns `suhu` as Python would print it. The reading is
+/// the bearer token's device's (closed mode) or `ingest.seed_device`'s (open mode).
 async fn accept(
     req: &HttpRequest,
     payload: web::Payload,
     state: &HttpState,
+    who: Option<DeviceId>,
 ) -> Result<String, ApiError> {
-    let (body, _) = read_json(req, payload, state.body_limit, &[JSON]).await?;
+    let device = who.unwrap_or_else(|| state.seed_device.clone());
+    auth::rate(state, &device)?;
+    let (body, _) = read_json(req, payload, state, &[JSON]).await?;
     let number = match body.get("suhu") {
         Some(Value::Number(n)) => n.clone(),
         _ => return Err(ApiError::InvalidSuhu),
     };
     let value = number.as_f64().ok_or(ApiError::InvalidSuhu)?;
     let mut reading = Reading::new(
-        state.seed_device.clone(),
+        device,
         chrono::DateTime::UNIX_EPOCH,
         [("temperature".to_owned(), value)],
     )

@@ -11,18 +11,28 @@
 //! apart, is one line. Timing never splits it, because `gh-3 temperature=2` … `6.5`
 //! would otherwise be two wrong answers (an `OK` for 2 °C, an `ERR` for the rest). Its
 //! partial line waits up to the idle timeout and the line-length limit.
+//!
+//! Identity (closed mode): `HELLO <device> <token>` or `AUTH <token>` authenticates the
+//! connection as one device and binds it; before that every line but `PING` is answered
+//! `ERR unauthorized`, and a failed attempt binds nothing (so a HELLO can no longer take
+//! another connection's device without its token). Afterwards readings must be that
+//! device's (`ERR device_mismatch`). When the registry revokes the device (disabled,
+//! rotated, removed) the connection is told `ERR unauthorized` and closed. Each reading
+//! line takes one message from the device's quota (`ERR rate_limited`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use lentera_auth::{Denied, retry_after_secs};
 use lentera_protocol::{DeviceId, DeviceStatus, LampCommand};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until};
 
 use super::Shared;
-use super::line::{self, LineError, Request};
+use super::line::{self, LineError, Request, Secret};
 use super::relay::{CONNECTION_QUEUE, ConnId};
 use crate::publish::Publisher;
 use crate::stamps::{Origin, Received};
@@ -34,6 +44,8 @@ enum End {
     Shutdown,
     Idle,
     LineTooLong,
+    /// The registry no longer admits the device this connection authenticated as.
+    Revoked,
     Io(std::io::Error),
 }
 
@@ -53,8 +65,12 @@ pub struct Connection {
     /// True once the peer has sent a newline: from then on its lines end at newlines
     /// only, never after a pause (see the module docs).
     sent_newline: bool,
-    /// The device this connection said HELLO as; relay target and default device.
+    /// The device this connection said HELLO as; relay target and default device. In
+    /// closed mode set only by a successful HELLO/AUTH: then it is also the one device
+    /// this connection may speak for.
     bound: Option<DeviceId>,
+    /// Closed mode, once authenticated: the registry's revocation notices.
+    revocations: Option<broadcast::Receiver<String>>,
     /// Cloned into the registry on HELLO; `commands` receives what the relay sends.
     commands_tx: mpsc::Sender<LampCommand>,
     commands: mpsc::Receiver<LampCommand>,
@@ -71,6 +87,7 @@ impl Connection {
             buf: Vec::new(),
             sent_newline: false,
             bound: None,
+            revocations: None,
             commands_tx,
             commands,
         }
@@ -88,7 +105,7 @@ impl Connection {
         }
         self.release();
         self.shared.stats.tcp_connections.dec();
-        if matches!(end, End::LineTooLong) {
+        if matches!(end, End::LineTooLong | End::Revoked) {
             linger_close(self.stream).await;
         }
     }
@@ -135,6 +152,16 @@ impl Connection {
                         (false, Some(wait)) if !self.sent_newline => Some(Instant::now() + wait),
                         _ => None,
                     };
+                }
+                notice = next_revocation(&mut self.revocations) => {
+                    if self.is_revoked(notice) {
+                        self.shared.stats.reject("revoked");
+                        let err = LineError::new("unauthorized", "this device's credentials were revoked; closing");
+                        return match self.write_line(&err.reply()).await {
+                            Ok(()) => End::Revoked,
+                            Err(e) => e,
+                        };
+                    }
                 }
                 _ = sleep_until(idle_deadline) => return End::Idle,
                 _ = sleep_until(partial_deadline.unwrap_or(idle_deadline)), if partial_deadline.is_some() => {
@@ -206,18 +233,31 @@ impl Connection {
             });
             (parsed, stamped)
         };
+        let closed = !self.shared.identity.is_open();
         let reply = match parsed {
             Ok(Request::Empty) => return Ok(()),
             Ok(Request::Ping) => Ok("PONG".to_owned()),
-            Ok(Request::Hello { device, token: _ }) => return self.hello(device).await,
-            Ok(Request::Reading(reading)) => {
-                let origin = if stamped {
-                    Origin::Fresh
-                } else {
-                    Origin::Board
-                };
-                self.reading(Received::one(reading, origin)).await
-            }
+            Ok(Request::Hello { device, token }) => match self.admit(Some(device), token).await {
+                Ok(device) => return self.hello(device).await,
+                Err(e) => Err(e),
+            },
+            Ok(Request::Auth { token }) => match self.admit(None, Some(token)).await {
+                Ok(device) => return self.hello(device).await,
+                Err(e) => Err(e),
+            },
+            // Closed: nothing is accepted before the connection authenticated.
+            _ if closed && self.bound.is_none() => Err(unauthorized()),
+            Ok(Request::Reading(reading)) => match self.allowed(&reading.device) {
+                Ok(()) => {
+                    let origin = if stamped {
+                        Origin::Fresh
+                    } else {
+                        Origin::Board
+                    };
+                    self.reading(Received::one(reading, origin)).await
+                }
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         };
         let reply = reply.unwrap_or_else(|e| {
@@ -225,6 +265,84 @@ impl Connection {
             e.reply()
         });
         self.write_line(&reply).await
+    }
+
+    /// The device a HELLO (`device` given) or AUTH (`device` None) may bind. Open mode:
+    /// the HELLO's device, token or not (AUTH has no registry to ask). Closed: the
+    /// device the token admits, which must be the HELLO's.
+    async fn admit(
+        &mut self,
+        device: Option<DeviceId>,
+        token: Option<Secret>,
+    ) -> Result<DeviceId, LineError> {
+        let identity = self.shared.identity.clone();
+        if identity.is_open() {
+            return device.ok_or_else(|| {
+                LineError::new(
+                    "unauthorized",
+                    "this ingest runs open, without a registry: use HELLO <device>",
+                )
+            });
+        }
+        let token = token.ok_or_else(unauthorized)?;
+        // Subscribed before the check, so a revocation right after it is not missed.
+        let notices = identity.registry().map(|r| r.revocations());
+        let admitted = match &device {
+            Some(d) => identity.device(d, &token.0).await,
+            None => identity.token(&token.0).await,
+        };
+        match admitted {
+            Ok(d) => {
+                if self.revocations.is_none() {
+                    self.revocations = notices;
+                }
+                Ok(d)
+            }
+            Err(Denied::Unauthorized) => Err(unauthorized()),
+            Err(Denied::Unavailable) => Err(LineError::new(
+                "registry_unavailable",
+                "the device registry is not available yet; retry later",
+            )),
+        }
+    }
+
+    /// May this connection send a reading of `device` now? Closed mode: only the device
+    /// it authenticated as. Both modes: within the device's quota.
+    fn allowed(&self, device: &DeviceId) -> Result<(), LineError> {
+        if !self.shared.identity.is_open() && self.bound.as_ref() != Some(device) {
+            return Err(LineError::new(
+                "device_mismatch",
+                "this connection may send readings of the device it authenticated as only",
+            ));
+        }
+        self.shared.identity.rate(device).map_err(|wait| {
+            LineError::new(
+                "rate_limited",
+                format!(
+                    "this device is over its message rate; retry in {} s",
+                    retry_after_secs(wait)
+                ),
+            )
+        })
+    }
+
+    /// True when a revocation notice (or a lag in them) means this connection's device
+    /// is no longer admitted.
+    fn is_revoked(&mut self, notice: Result<String, RecvError>) -> bool {
+        let Some(device) = self.bound.clone() else {
+            return false;
+        };
+        match notice {
+            // Disabled, removed or a new token: the token this connection showed is dead.
+            Ok(id) => id == device.as_str(),
+            // Notices were lost: the device may be gone (a rotation in the lost notices
+            // goes unnoticed until the connection ends, the price of not keeping tokens).
+            Err(RecvError::Lagged(_)) => !self.shared.identity.still_admitted(&device),
+            Err(RecvError::Closed) => {
+                self.revocations = None;
+                false
+            }
+        }
     }
 
     /// Publishes one line's reading; `OK` once the broker has it. A line repeating one
@@ -256,7 +374,7 @@ impl Connection {
             .registry
             .bind(&device, self.id, self.commands_tx.clone());
         self.shared.publisher.status(&device, DeviceStatus::Online);
-        tracing::info!(peer = %self.peer, %device, "TCP board bound");
+        tracing::info!(peer = %self.peer, device = ?device.as_str(), "TCP board bound");
         self.bound = Some(device);
         self.write_line("OK").await?;
         if let Some(cmd) = last {
@@ -289,6 +407,23 @@ impl Connection {
             Err(_) => Err(End::Idle),
         }
     }
+}
+
+/// The next revocation notice; never, without a receiver.
+async fn next_revocation(
+    rx: &mut Option<broadcast::Receiver<String>>,
+) -> Result<String, RecvError> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn unauthorized() -> LineError {
+    LineError::new(
+        "unauthorized",
+        "authenticate first: HELLO <device> <token> or AUTH <token>",
+    )
 }
 
 /// Resolves once shutdown has been requested (or its sender is gone). Returns `()` so

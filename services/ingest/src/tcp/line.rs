@@ -7,19 +7,22 @@
 //! | `gh-1 temperature=27.3 humidity=61.2 [ts=<unix ms>]` | a reading |
 //! | `temperature=27.3` | a reading of the device this connection is bound to |
 //! | `{"device":"gh-1","temperature":27.3}` | a reading as JSON (`device` optional once bound) |
-//! | `HELLO <device> [token]` | bind this connection to a device (relay target) |
+//! | `HELLO <device> [token]` | bind this connection to a device (relay target); the token is required unless ingest runs open |
+//! | `AUTH <token>` | bind this connection to the token's device (boards that know only their token) |
 //! | `PING` | liveness probe for boards that only listen; answered `PONG` |
 //! | empty | ignored, no reply |
 //!
 //! Anything else is `ERR unknown_command …`: a bare word or a sentence such as the seed
 //! sketch's greeting `Hai from ESP8266` is not mistaken for a reading (a reading line needs
 //! `name=value` pairs), and the board still gets a reply line instead of silence.
-//! The optional HELLO token is accepted and ignored until device credentials exist.
+//! Tokens travel as [`Secret`]s, whose `Debug` hides them.
 
 use chrono::{DateTime, Utc};
 use lentera_protocol::reading::ts_from_unix_ms;
 use lentera_protocol::{DeviceId, Reading, ReadingError};
 use serde_json::Value;
+
+pub use crate::identity::Secret;
 
 /// A well-formed request.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,7 +32,10 @@ pub enum Request {
     Ping,
     Hello {
         device: DeviceId,
-        token: Option<String>,
+        token: Option<Secret>,
+    },
+    Auth {
+        token: Secret,
     },
     Reading(Reading),
 }
@@ -53,7 +59,7 @@ impl LineError {
     pub fn unknown_command() -> Self {
         Self::new(
             "unknown_command",
-            "expected '<device> <metric>=<value> ...', a JSON object, 'HELLO <device> [token]' or 'PING'",
+            "expected '<device> <metric>=<value> ...', a JSON object, 'HELLO <device> <token>', 'AUTH <token>' or 'PING'",
         )
     }
 
@@ -99,6 +105,18 @@ pub fn parse(
     if first.eq_ignore_ascii_case("HELLO") {
         return parse_hello(words.collect());
     }
+    if first.eq_ignore_ascii_case("AUTH") {
+        return match words.collect::<Vec<_>>().as_slice() {
+            [token] => Ok(Request::Auth {
+                token: Secret((*token).to_owned()),
+            }),
+            [] => Err(LineError::new("missing_token", "expected 'AUTH <token>'")),
+            _ => Err(LineError::new(
+                "too_many_arguments",
+                "expected 'AUTH <token>'",
+            )),
+        };
+    }
     if first.eq_ignore_ascii_case("PING") && words.clone().next().is_none() {
         return Ok(Request::Ping);
     }
@@ -121,7 +139,7 @@ fn parse_hello(args: Vec<&str>) -> Result<Request, LineError> {
         [] => Err(ReadingError::MissingDevice.into()),
         [device, rest @ ..] if rest.len() <= 1 => Ok(Request::Hello {
             device: DeviceId::parse(device).map_err(|_| ReadingError::InvalidDevice)?,
-            token: rest.first().map(|t| (*t).to_owned()),
+            token: rest.first().map(|t| Secret((*t).to_owned())),
         }),
         _ => Err(LineError::new(
             "too_many_arguments",
@@ -294,14 +312,24 @@ mod tests {
     }
 
     #[test]
-    fn hello_binds_with_an_optional_token() {
+    fn hello_and_auth_carry_hidden_tokens() {
         assert_eq!(
             parse("HELLO gh-1 s3cret", None, |_| now()).unwrap(),
             Request::Hello {
                 device: dev("gh-1"),
-                token: Some("s3cret".into())
+                token: Some(Secret("s3cret".into()))
             }
         );
+        assert_eq!(
+            parse("auth lt_abc", None, |_| now()).unwrap(),
+            Request::Auth {
+                token: Secret("lt_abc".into())
+            }
+        );
+        assert_eq!(code("AUTH"), "missing_token");
+        assert_eq!(code("AUTH a b"), "too_many_arguments");
+        let debug = format!("{:?}", parse("HELLO gh-1 s3cret", None, |_| now()));
+        assert!(!debug.contains("s3cret"), "{debug}");
         assert!(matches!(
             parse("hello gh-1", None, |_| now()),
             Ok(Request::Hello { .. })

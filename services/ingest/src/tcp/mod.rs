@@ -4,8 +4,10 @@
 //! - [`conn`]: one connection — framing, replies, HELLO binding, relay writes.
 //! - [`relay`]: the device → connection registry fed by MQTT `lamp/set`.
 //!
-//! This file is the accept loop: it caps concurrent connections with a semaphore (the
-//! connection after the cap gets `ERR too_many_connections` and is closed), and on
+//! This file is the accept loop: it caps concurrent connections per source address
+//! (`quota.max_connections_per_ip`, so one client cannot take every slot) and in all
+//! with a semaphore (the connection over either cap gets `ERR too_many_connections` and
+//! is closed), and on
 //! shutdown stops accepting, then waits until every connection has finished its current
 //! line and closed — observed as every semaphore permit being back.
 
@@ -20,6 +22,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
+use crate::identity::Identity;
+use crate::peers::PeerLimit;
 use crate::publish::Publisher;
 use crate::stats::Stats;
 use relay::Registry;
@@ -46,6 +50,10 @@ pub struct Shared {
     pub reading_limits: Arc<lentera_protocol::Limits>,
     /// The process's one stamper, shared with the HTTP entry.
     pub stamps: crate::stamps::Stamps,
+    /// Device identity and quota, shared with the HTTP entry.
+    pub identity: Identity,
+    /// Open connections per source address.
+    pub per_ip: PeerLimit,
 }
 
 /// Accepts until `shutdown` turns true, then waits up to `drain` for open connections.
@@ -64,21 +72,29 @@ pub async fn serve(
         tokio::select! {
             () = conn::stopped(&mut stopping) => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => match permits.clone().try_acquire_owned() {
-                    Ok(permit) => {
-                        next_id += 1;
-                        let conn = conn::Connection::new(stream, peer, next_id, shared.clone());
-                        let stop = shutdown.clone();
-                        tokio::spawn(async move {
-                            conn.run(stop).await;
-                            drop(permit);
-                        });
+                Ok((stream, peer)) => {
+                    let Some(slot) = shared.per_ip.try_acquire(peer.ip()) else {
+                        shared.stats.reject("too_many_connections_per_ip");
+                        tokio::spawn(refuse(stream, PER_IP));
+                        continue;
+                    };
+                    match permits.clone().try_acquire_owned() {
+                        Ok(permit) => {
+                            next_id += 1;
+                            let conn = conn::Connection::new(stream, peer, next_id, shared.clone());
+                            let stop = shutdown.clone();
+                            tokio::spawn(async move {
+                                conn.run(stop).await;
+                                drop(permit);
+                                drop(slot);
+                            });
+                        }
+                        Err(_) => {
+                            shared.stats.reject("too_many_connections");
+                            tokio::spawn(refuse(stream, ALL));
+                        }
                     }
-                    Err(_) => {
-                        shared.stats.reject("too_many_connections");
-                        tokio::spawn(refuse(stream));
-                    }
-                },
+                }
                 Err(e) => {
                     // Usually out of file descriptors: back off instead of spinning.
                     tracing::warn!(error = %e, "TCP accept failed");
@@ -97,9 +113,11 @@ pub async fn serve(
     }
 }
 
-/// Tells a connection over the cap why it is being closed.
-async fn refuse(mut stream: TcpStream) {
-    let line = b"ERR too_many_connections the server is at its connection limit\n";
+const ALL: &[u8] = b"ERR too_many_connections the server is at its connection limit\n";
+const PER_IP: &[u8] = b"ERR too_many_connections too many open connections from this address\n";
+
+/// Tells a connection over a cap why it is being closed.
+async fn refuse(mut stream: TcpStream, line: &[u8]) {
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(line)).await;
     conn::linger_close(stream).await;
 }

@@ -75,7 +75,7 @@ impl Registry {
             Some((_, tx)) => match tx.try_send(cmd) {
                 Ok(()) => true,
                 Err(e) => {
-                    tracing::warn!(%device, error = %e, "lamp command not queued for TCP board");
+                    tracing::warn!(device = ?device.as_str(), error = %e, "lamp command not queued for TCP board");
                     false
                 }
             },
@@ -107,7 +107,9 @@ pub async fn run(
                     stats.relayed.inc();
                 }
             }
-            None => tracing::warn!(%device, "ignoring lamp/set payload that is not on/off"),
+            None => {
+                tracing::warn!(device = ?device.as_str(), "ignoring lamp/set payload that is not on/off")
+            }
         }
     }
 }

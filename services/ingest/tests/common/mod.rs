@@ -23,9 +23,16 @@ pub fn closed_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
-/// Settings for a test instance: loopback, port 0, its own MQTT client id.
+/// Settings for a test instance: loopback, port 0, its own MQTT client id, and OPEN
+/// (`auth.open = true`, as `LENTERA_AUTH__OPEN=true` would set it): these tests are about
+/// framing, validation, statuses and receive times, not identity, so they name their
+/// devices freely. The identity tests (`tests/identity.rs`) start closed ingests with
+/// [`closed_settings`]. For the same reason the per-device quota is off (some send 100
+/// readings of one device at once); the quota tests set it.
 pub fn settings(mqtt_port: u16) -> Settings {
     let mut s = Settings::default();
+    s.auth.open = true;
+    s.quota.device_rate_per_sec = 0.0;
     s.ingest.http_addr = "127.0.0.1:0".into();
     s.ingest.tcp_addr = "127.0.0.1:0".into();
     s.ingest.http_workers = 1;
