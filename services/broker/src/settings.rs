@@ -125,6 +125,12 @@ pub struct BrokerSettings {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1) for the TLS listener.
     pub tls_key: Option<PathBuf>,
+    /// Largest TLS record plaintext the broker sends (32 ..= 16384; unset: 16384, the
+    /// TLS maximum). A board whose TLS receive buffer is smaller than 16 KiB (ESP8266
+    /// BearSSL with `setBufferSizes(1024, …)`) needs every record to fit it; rustls
+    /// does not negotiate the Max Fragment Length extension, so set it here
+    /// (`docs/broker-auth.md`, "TLS and ESP8266 boards").
+    pub tls_max_fragment_bytes: Option<usize>,
     /// TOML file of service users (password hashes) and their topic rules
     /// (`docs/broker-auth.md`). Any other user name is a device, checked against the
     /// registry. With `auth.open`: unset means no authentication at all.
@@ -244,6 +250,7 @@ impl Default for BrokerSettings {
             tls_addr: None,
             tls_cert: None,
             tls_key: None,
+            tls_max_fragment_bytes: None,
             auth_file: None,
             allow_anonymous: false,
             sys_interval_secs: 10,

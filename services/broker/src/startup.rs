@@ -104,7 +104,12 @@ impl Application {
             tokio::runtime::Handle::current(),
         );
         let tls = match (cfg.tls_listen_addr(), &cfg.tls_cert, &cfg.tls_key) {
-            (Some(addr), Some(cert), Some(key)) => Some(TlsListener::bind(&addr, cert, key)?),
+            (Some(addr), Some(cert), Some(key)) => Some(TlsListener::bind(
+                &addr,
+                cert,
+                key,
+                cfg.tls_max_fragment_bytes,
+            )?),
             _ => None,
         };
         let tls_addr = tls.as_ref().map(|t| t.addr);

@@ -266,3 +266,129 @@ async fn mosquitto_sub_receives_over_tls() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hi mosquitto");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Counts the largest TLS record the server sends (its 5-byte headers parsed as the
+/// bytes go by), as a board's receive buffer would have to hold it.
+struct RecordMeter {
+    inner: TcpStream,
+    /// Bytes of the current record still to come, or of its header read so far.
+    left: usize,
+    header: Vec<u8>,
+    largest: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Read for RecordMeter {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        for &b in &buf[..n] {
+            if self.left > 0 {
+                self.left -= 1;
+                continue;
+            }
+            self.header.push(b);
+            if self.header.len() == 5 {
+                let len = usize::from(u16::from_be_bytes([self.header[3], self.header[4]]));
+                self.largest
+                    .fetch_max(len, std::sync::atomic::Ordering::Relaxed);
+                self.left = len;
+                self.header.clear();
+            }
+        }
+        Ok(n)
+    }
+}
+
+impl Write for RecordMeter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[tokio::test]
+async fn a_tls12_only_client_with_a_small_buffer_gets_records_that_fit_it() {
+    // What an ESP8266 (BearSSL: TLS 1.2, ECDHE + AES-128-GCM, 512-byte receive buffer
+    // with `setBufferSizes(512, 512)`) needs from the broker.
+    let dir = self_signed();
+    let mut s = tls_settings(&dir);
+    s.broker.tls_max_fragment_bytes = Some(512);
+    let b = start(s).await;
+    let tls_addr = b.tls.unwrap();
+    let ca = dir.join("ca.pem");
+    let largest = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = largest.clone();
+    let mut tls = tokio::task::spawn_blocking(move || {
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_file(&ca).unwrap())
+            .unwrap();
+        let mut provider = rustls::crypto::ring::default_provider();
+        provider.cipher_suites = vec![
+            rustls::crypto::ring::cipher_suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+            rustls::crypto::ring::cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        ];
+        let config = ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = ServerName::try_from("localhost").unwrap();
+        let conn = ClientConnection::new(Arc::new(config), name).unwrap();
+        let tcp = TcpStream::connect(tls_addr).unwrap();
+        tcp.set_read_timeout(Some(WAIT)).unwrap();
+        let meter = RecordMeter {
+            inner: tcp,
+            left: 0,
+            header: Vec::new(),
+            largest: seen,
+        };
+        let mut s = StreamOwned::new(conn, meter);
+        assert_eq!(
+            exchange(&mut s, &connect_v311("esp-1"), 4).unwrap(),
+            CONNACK_OK
+        );
+        assert_eq!(
+            s.conn.protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_2)
+        );
+        assert_eq!(
+            exchange(&mut s, &subscribe("esp/in"), 5).unwrap(),
+            SUBACK_1_QOS0
+        );
+        s
+    })
+    .await
+    .unwrap();
+    // A 4 KiB message arrives in records of at most 512 bytes of plaintext.
+    let (tcp, mut el) = tcp_client(b.app_mqtt, "tcp-esp").await;
+    tokio::spawn(async move { while el.poll().await.is_ok() {} });
+    let payload = vec![b'x'; 4096];
+    let mut expected = vec![0x30];
+    let body = [&[0u8, 6][..], b"esp/in", &payload].concat();
+    let mut n = body.len();
+    loop {
+        let byte = (n % 128) as u8;
+        n /= 128;
+        expected.push(if n > 0 { byte | 0x80 } else { byte });
+        if n == 0 {
+            break;
+        }
+    }
+    expected.extend_from_slice(&body);
+    tcp.publish("esp/in", QoS::AtMostOnce, false, payload)
+        .await
+        .unwrap();
+    let len = expected.len();
+    let got = tokio::task::spawn_blocking(move || exchange(&mut tls, &[], len))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, expected);
+    // Plaintext 512 + AES-GCM's explicit nonce (8) and tag (16).
+    let largest = largest.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(largest <= 512 + 24, "a record of {largest} bytes");
+    assert!(largest > 400, "the meter saw full records ({largest})");
+    let _ = std::fs::remove_dir_all(dir);
+}
