@@ -4,7 +4,9 @@
 //!
 //! A device logs in with its id as user name **and** client id, and its token as
 //! password; it may publish only `{prefix}/{id}/telemetry`, `…/status` and
-//! `…/lamp/state`, and subscribe only to `{prefix}/{id}/lamp/set` and `…/lamp/mode`.
+//! `…/lamp/state`, and subscribe only to `{prefix}/{id}/lamp/set`, `…/lamp/mode` and `…/error`
+//! (where the platform reports the board's refused readings, its only way to hear of them
+//! over MQTT 3.1.1).
 //! Unknown device, wrong token and disabled device get one answer (bad user name or
 //! password); a registry never loaded (no cache, PostgreSQL down since start) gets
 //! "server unavailable", so boards retry instead of giving up — services from the file
@@ -108,7 +110,7 @@ impl DeviceAcl {
         };
         let acl = Acl {
             publish: topics(&["telemetry", "status", "lamp/state"]),
-            subscribe: topics(&["lamp/set", "lamp/mode"]),
+            subscribe: topics(&["lamp/set", "lamp/mode", "error"]),
         };
         Self { id, acl }
     }
@@ -146,6 +148,12 @@ mod tests {
         assert!(!acl.may_publish("lentera/gh-1/error"));
         assert!(acl.may_subscribe("lentera/gh-1/lamp/set"));
         assert!(acl.may_subscribe("lentera/gh-1/lamp/mode"));
+        assert!(acl.may_subscribe("lentera/gh-1/error"));
+        assert!(!acl.may_subscribe("lentera/gh-2/error"));
+        assert!(
+            !acl.may_publish("lentera/gh-1/error"),
+            "a board cannot forge the platform's reports"
+        );
         assert!(!acl.may_subscribe("lentera/+/lamp/set"));
         assert!(!acl.may_subscribe("lentera/gh-1/#"));
         assert!(!acl.may_subscribe("lentera/gh-1/telemetry"));
