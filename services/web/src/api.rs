@@ -91,32 +91,41 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(
         web::scope("/api/v1")
             // Inside the scope: a scope owns every path under its prefix.
-            .route("/openapi.json", web::get().to(crate::dashboard::openapi))
+            .service(res("/openapi.json").get(crate::dashboard::openapi))
             .service(
-                web::resource("/session")
+                res("/session")
                     .get(session::whoami)
                     .post(session::login)
                     .delete(session::logout),
             )
+            .service(res("/devices").get(devices::list).post(admin::add))
             .service(
-                web::resource("/devices")
-                    .get(devices::list)
-                    .post(admin::add),
-            )
-            .service(
-                web::resource("/devices/{device}")
+                res("/devices/{device}")
                     .patch(admin::patch)
                     .delete(admin::remove),
             )
-            .route("/devices/{device}/token", web::post().to(admin::rotate))
-            .route("/registry", web::get().to(admin::list))
-            .route(
-                "/devices/{device}/readings",
-                web::get().to(readings::history),
-            )
-            .route("/devices/{device}/rejected", web::get().to(rejected::list))
-            .route("/lamps", web::get().to(lamps::list))
-            .route("/lamps/{device}/events", web::get().to(lamps::events))
-            .route("/lamps/{device}/mode", web::put().to(lamps::set_mode)),
+            .service(res("/devices/{device}/token").post(admin::rotate))
+            .service(res("/registry").get(admin::list))
+            .service(res("/devices/{device}/readings").get(readings::history))
+            .service(res("/devices/{device}/rejected").get(rejected::list))
+            .service(res("/lamps").get(lamps::list))
+            .service(res("/lamps/{device}/events").get(lamps::events))
+            .service(res("/lamps/{device}/mode").put(lamps::set_mode)),
     );
+}
+
+/// A resource whose wrong methods get 405 JSON (a resource without its own default
+/// would fall back to the app's 404).
+pub fn res(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(method_not_allowed))
+}
+
+async fn method_not_allowed(req: actix_web::HttpRequest) -> actix_web::HttpResponse {
+    use actix_web::ResponseError;
+    ApiError::new(
+        actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} is not allowed on {}", req.method(), req.path()),
+    )
+    .error_response()
 }

@@ -8,7 +8,7 @@ const INDEX_HTML: &str = include_str!("../static/index.html");
 const OPENAPI_JSON: &str = include_str!("../static/openapi.json");
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/", web::get().to(index));
+    cfg.service(crate::api::res("/").get(index));
 }
 
 async fn index() -> HttpResponse {

@@ -23,6 +23,7 @@ pub mod access;
 pub mod api;
 pub mod dashboard;
 pub mod edges;
+pub mod frame_guard;
 pub mod hub;
 pub mod settings;
 pub mod startup;

@@ -153,7 +153,7 @@ impl Application {
                 .configure(admin.clone())
                 .configure(api::routes)
                 .configure(dashboard::routes)
-                .route("/ws", web::get().to(ws::ws))
+                .service(api::res("/ws").get(ws::ws))
                 .default_service(web::to(not_found))
         })
         .disable_signals()

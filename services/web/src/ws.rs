@@ -6,9 +6,12 @@
 //! or when the server shuts down (close code 1001, "going away").
 
 use std::collections::BTreeSet;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{FromRequest, HttpRequest, HttpResponse, web};
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason, Session};
 use lentera_protocol::DeviceId;
 use serde_json::{Value, json};
@@ -16,6 +19,7 @@ use serde_json::{Value, json};
 use crate::access::Need;
 use crate::api::AppState;
 use crate::api::error::ApiError;
+use crate::frame_guard::FrameGuard;
 pub use crate::hub::Filter;
 use crate::hub::{Hub, Received};
 
@@ -109,6 +113,12 @@ pub async fn ws(
     state.access.require(&req, &state.pool, Need::Read).await?;
     let filter = filter_from_query(req.query_string())
         .map_err(|e| ApiError::bad_request("invalid_query", e))?;
+    // The cap is enforced at the frame header (see frame_guard), not after the payload.
+    let tripped = Arc::new(AtomicBool::new(false));
+    let guard = FrameGuard::new(body.into_inner(), MAX_FRAME, tripped.clone());
+    let boxed: Pin<Box<dyn futures_util::Stream<Item = _>>> = Box::pin(guard);
+    let mut payload = actix_web::dev::Payload::from(boxed);
+    let body = web::Payload::from_request(&req, &mut payload).await?;
     let (response, session, stream) = actix_ws::handle(&req, body)
         .map_err(|e| ApiError::bad_request("not_a_websocket", e.to_string()))?;
     let stream = stream
@@ -122,6 +132,7 @@ pub async fn ws(
         hub.get_ref().clone(),
         *cfg.get_ref(),
         filter,
+        tripped,
     ));
     Ok(response)
 }
@@ -141,6 +152,7 @@ async fn serve(
     hub: Hub,
     cfg: WsConfig,
     filter: Filter,
+    tripped: Arc<AtomicBool>,
 ) {
     hub.clients.inc();
     let _connected = Connected(hub.clients.clone());
@@ -190,7 +202,12 @@ async fn serve(
                     Some(Ok(AggregatedMessage::Close(reason))) => break reason,
                     Some(Err(e)) => {
                         tracing::debug!(error = %e, "WebSocket protocol error; closing");
-                        let code = if matches!(e, actix_ws::ProtocolError::Overflow) {
+                        // actix-ws reports an oversized joined message only as an I/O
+                        // error with this text.
+                        let too_big = tripped.load(Ordering::Relaxed)
+                            || matches!(e, actix_ws::ProtocolError::Overflow)
+                            || e.to_string().contains("maximum continuation size");
+                        let code = if too_big {
                             CloseCode::Size
                         } else {
                             CloseCode::Protocol
