@@ -183,3 +183,41 @@ pub fn json_errors<B: actix_web::body::MessageBody + 'static>(
         actix_web::dev::ServiceResponse::new(req, new).map_into_right_body(),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use actix_web::middleware::ErrorHandlers;
+    use actix_web::{App, test, web};
+
+    use super::*;
+
+    #[actix_web::test]
+    async fn bare_error_answers_become_json_and_ours_stay_as_they_are() {
+        let app = test::init_service(
+            App::new()
+                .wrap(ErrorHandlers::new().default_handler(json_errors))
+                .route(
+                    "/bare",
+                    web::to(|| async { HttpResponse::MethodNotAllowed().finish() }),
+                )
+                .route(
+                    "/ours",
+                    web::to(|| async { ApiError::Unauthorized.error_response() }),
+                ),
+        )
+        .await;
+        let res =
+            test::call_service(&app, test::TestRequest::get().uri("/bare").to_request()).await;
+        assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+        let body: Value = test::read_body_json(res).await;
+        assert_eq!(body["error"], "method_not_allowed");
+        let res =
+            test::call_service(&app, test::TestRequest::get().uri("/ours").to_request()).await;
+        assert_eq!(
+            res.headers().get(header::WWW_AUTHENTICATE).unwrap(),
+            "Bearer"
+        );
+        let body: Value = test::read_body_json(res).await;
+        assert_eq!(body["error"], "unauthorized");
+    }
+}

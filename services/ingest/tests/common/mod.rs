@@ -228,3 +228,156 @@ impl Line {
         self.recv().await.expect("a reply, not EOF")
     }
 }
+
+/// Settings for a closed test instance (the default mode) whose registry lives in
+/// `database_url`, with the default quota.
+pub fn closed_settings(mqtt_port: u16, database_url: &str) -> Settings {
+    let mut s = settings(mqtt_port);
+    s.auth = Default::default();
+    s.quota = Default::default();
+    s.database.url = database_url.to_owned();
+    s.database.acquire_timeout_ms = 500;
+    s
+}
+
+/// A fresh, migrated database (`DATABASE_URL`'s server) with devices provisioned as an
+/// operator would (`lentera_auth::admin`); ingest itself never migrates.
+pub struct Registry {
+    pub db: lentera_tests::TestDb,
+    pub pool: sqlx::PgPool,
+}
+
+impl Registry {
+    pub async fn create() -> Registry {
+        let db = lentera_tests::TestDb::create()
+            .await
+            .expect("test database");
+        let pool = db.connect().await.expect("connect");
+        lentera_db::MIGRATOR.run(&pool).await.expect("migrate");
+        Registry { db, pool }
+    }
+
+    /// Provisions `id` (a greenhouse) and returns its token.
+    pub async fn add(&self, id: &str) -> String {
+        lentera_auth::admin::add_device(
+            &self.pool,
+            lentera_auth::admin::NewDevice {
+                id: id.into(),
+                kind: lentera_auth::Kind::Greenhouse,
+                name: None,
+                location: None,
+            },
+        )
+        .await
+        .expect("device added")
+    }
+
+    pub async fn disable(&self, id: &str) {
+        lentera_auth::admin::set_disabled(&self.pool, id, true)
+            .await
+            .expect("device disabled");
+    }
+
+    pub async fn drop_db(self) {
+        self.pool.close().await;
+        let _ = self.db.drop_db().await;
+    }
+}
+
+/// A TCP proxy to the PostgreSQL server of `DATABASE_URL`: [`PgProxy::cut`] drops every
+/// proxied connection and refuses new ones, so PostgreSQL "goes away" for whoever
+/// connects through it while the shared server keeps serving the other tests.
+pub struct PgProxy {
+    pub addr: SocketAddr,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tasks: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl PgProxy {
+    pub async fn start() -> PgProxy {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let target = pg_server();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let tasks: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> =
+            Default::default();
+        let (up2, tasks2) = (up.clone(), tasks.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !up2.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let target = target.clone();
+                let h = tokio::spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                tasks2.lock().unwrap().push(h.abort_handle());
+            }
+        });
+        tasks.lock().unwrap().push(accept.abort_handle());
+        PgProxy { addr, up, tasks }
+    }
+
+    /// `url` (a database on `DATABASE_URL`'s server) reached through this proxy.
+    pub fn url(&self, url: &str) -> String {
+        let (scheme, rest) = url.split_once("://").unwrap();
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let userinfo = authority.rsplit_once('@').map(|(u, _)| format!("{u}@"));
+        format!(
+            "{scheme}://{}{}{path}",
+            userinfo.unwrap_or_default(),
+            self.addr
+        )
+    }
+
+    /// PostgreSQL is gone for this proxy's clients (the listener stays, refusing).
+    pub fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        let mut tasks = self.tasks.lock().unwrap();
+        // The first is the accept loop: it keeps running, dropping new clients.
+        for h in tasks.drain(1..) {
+            h.abort();
+        }
+    }
+}
+
+impl Drop for PgProxy {
+    fn drop(&mut self) {
+        for h in self.tasks.lock().unwrap().drain(..) {
+            h.abort();
+        }
+    }
+}
+
+fn pg_server() -> String {
+    let url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into());
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(&url);
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    let hostport = authority.rsplit('@').next().unwrap_or(authority);
+    if hostport.contains(':') {
+        hostport.to_owned()
+    } else {
+        format!("{hostport}:5432")
+    }
+}
+
+/// A raw HTTP/1.1 exchange: writes `request` as is, reads until the server closes or
+/// `wait` passes; returns what arrived.
+pub async fn raw_http(stream: &mut TcpStream, request: &[u8], wait: Duration) -> String {
+    use tokio::io::AsyncReadExt;
+    stream.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + wait;
+    while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
