@@ -47,6 +47,7 @@ BROKER_INFLIGHT=${BROKER_INFLIGHT:-20000}
 # (drain) makes its own fresh ones from it too.
 export DATABASE_URL=${DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}
 OUT=${OUT:-$(mktemp -d /tmp/lentera-bench-readings.XXXXXX)}
+mkdir -p "$OUT"
 DB=lentera_bench_readings_$$
 DB_URL=$(python3 -c "import sys,urllib.parse as u; p=u.urlsplit(sys.argv[1]); print(u.urlunsplit(p._replace(path='/$DB')))" "$DATABASE_URL")
 # The ingest rows and the e2e row measure what a few simulated devices can push (bench-1
