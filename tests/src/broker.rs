@@ -62,14 +62,21 @@ impl TestBroker {
 
     /// Our broker as a deployment runs it: closed, services from `auth_file`, devices
     /// from the registry in `database_url`.
-    pub fn start_closed(database_url: &str, auth_file: &Path) -> TestBroker {
-        Self::start_ours(vec![
+    /// `extra` settings come last (e.g. quotas).
+    pub fn start_closed(
+        database_url: &str,
+        auth_file: &Path,
+        extra: &[(String, String)],
+    ) -> TestBroker {
+        let mut env = vec![
             ("LENTERA_DATABASE__URL".into(), database_url.to_owned()),
             (
                 "LENTERA_BROKER__AUTH_FILE".into(),
                 auth_file.display().to_string(),
             ),
-        ])
+        ];
+        env.extend_from_slice(extra);
+        Self::start_ours(env)
     }
 
     fn start_ours(identity: Vec<(String, String)>) -> TestBroker {
@@ -221,7 +228,10 @@ fn spawn_ours(
             "LENTERA_BROKER__DATA_DIR",
             dir.join("data").display().to_string(),
         ),
-        ("LENTERA_TELEMETRY__LOG", "info".to_owned()),
+        (
+            "LENTERA_TELEMETRY__LOG",
+            std::env::var("LENTERA_TEST_BROKER_LOG").unwrap_or_else(|_| "info".to_owned()),
+        ),
     ]
     .map(|(k, v)| (k.to_owned(), v));
     let mut env = env.to_vec();

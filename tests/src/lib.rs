@@ -257,8 +257,10 @@ impl StackBuilder {
             Some(b) => b,
             None => {
                 let url = db.url.clone();
-                tokio::task::spawn_blocking(move || TestBroker::start_closed(&url, &auth_file))
-                    .await?
+                tokio::task::spawn_blocking(move || {
+                    TestBroker::start_closed(&url, &auth_file, &fault_test_quota())
+                })
+                .await?
             }
         };
         let mqtt_port = broker.port().to_string();
@@ -269,12 +271,8 @@ impl StackBuilder {
                 ("LENTERA_TELEMETRY__LOG".into(), "info".into()),
                 ("LENTERA_MQTT__HOST".into(), "127.0.0.1".into()),
                 ("LENTERA_MQTT__PORT".into(), mqtt_port.clone()),
-                // The fault tests stream one board at 25-200 readings a second, far
-                // above a real board and the default quota (5/s); the quota has its
-                // own tests, at its defaults, in services/ingest and services/broker.
-                ("LENTERA_QUOTA__DEVICE_RATE_PER_SEC".into(), "100000".into()),
-                ("LENTERA_QUOTA__DEVICE_BURST".into(), "100000".into()),
             ];
+            env.extend(fault_test_quota());
             env.extend(users.env(service));
             env.extend(own.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
             env.extend(
@@ -362,6 +360,20 @@ impl StackBuilder {
             observer: users.credentials(identity::OBSERVER),
         })
     }
+}
+
+/// The fault tests stream one board at 25-200 readings a second (and one publishes
+/// 5,000 as fast as it can), far above a real board and the default quota (5/s, burst
+/// 50); the quota has its own tests, at its defaults, in services/ingest,
+/// services/broker and tests/tests/identity.rs.
+fn fault_test_quota() -> Vec<(String, String)> {
+    vec![
+        (
+            "LENTERA_QUOTA__DEVICE_RATE_PER_SEC".into(),
+            "1000000".into(),
+        ),
+        ("LENTERA_QUOTA__DEVICE_BURST".into(), "1000000".into()),
+    ]
 }
 
 /// A fresh directory under the system temp dir.

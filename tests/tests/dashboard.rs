@@ -163,12 +163,15 @@ async fn the_dashboard_shows_a_new_reading_live_in_a_real_browser() {
     let stack = Stack::start().await.expect("stack starts");
     let http = reqwest::Client::new();
     let ingest = stack.url(&stack.ingest, "http");
-    let post = |device: &'static str, t: f64| {
+    let gh1 = stack.provision("gh-1", "greenhouse").await.unwrap();
+    let gh7 = stack.provision("gh-7", "greenhouse").await.unwrap();
+    let post = |device: &'static str, token: &str, t: f64| {
         http.post(format!("{ingest}/api/v1/readings"))
+            .bearer_auth(token)
             .json(&json!({"device": device, "temperature": t, "humidity": 64.0}))
             .send()
     };
-    assert_eq!(post("gh-1", 24.25).await.unwrap().status(), 202);
+    assert_eq!(post("gh-1", &gh1, 24.25).await.unwrap().status(), 202);
 
     let mut page = Page::open(bin).await;
     page.call("Page.enable", json!({})).await;
@@ -177,6 +180,18 @@ async fn the_dashboard_shows_a_new_reading_live_in_a_real_browser() {
         json!({"url": stack.url(stack.web(), "http")}),
     )
     .await;
+    // Closed (the default): the page asks who you are. The stack's operator logs in
+    // with the form, as a person would; the session cookie then carries REST and /ws.
+    page.wait_for("document.querySelector('#login-name') !== null")
+        .await;
+    page.eval(
+        "document.querySelector('#login-name').value = 'tester';
+         document.querySelector('#login-password').value = \"tester's password\";
+         document.querySelector('#login-submit').click(); true",
+    )
+    .await;
+    page.wait_for("document.querySelector('#user').textContent.includes('tester')")
+        .await;
     // Initial state from REST, then the live stream connects.
     page.wait_for(
         "document.body.innerText.includes('gh-1') && document.body.innerText.includes('24.3')",
@@ -186,7 +201,7 @@ async fn the_dashboard_shows_a_new_reading_live_in_a_real_browser() {
         .await;
 
     // A new device and a new value arrive over /ws, with no reload.
-    assert_eq!(post("gh-7", 31.75).await.unwrap().status(), 202);
+    assert_eq!(post("gh-7", &gh7, 31.75).await.unwrap().status(), 202);
     page.wait_for(
         "document.body.innerText.includes('gh-7') && document.body.innerText.includes('31.8')",
     )

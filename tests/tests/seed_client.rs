@@ -147,5 +147,37 @@ async fn the_seed_client_py_runs_unchanged_and_its_temperatures_are_stored() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(stored, sent, "stored temperatures, in order");
+    // Open only because it was asked to, and it says so.
+    let log = stack.ingest.log_text();
+    assert!(
+        log.contains("WARN") && log.contains("auth.open = true"),
+        "an open ingest warns at start:\n{log}"
+    );
     let _ = std::fs::remove_dir_all(run_dir);
+}
+
+/// Closed, as every service is by default, the same request the seed's client makes
+/// is refused: `/sensor` needs the board's token like every other door.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_sensor_needs_a_token() {
+    let stack = Stack::builder()
+        .readings_only()
+        .env("ingest", "LENTERA_INGEST__SEED_DEVICE", DEVICE)
+        .start()
+        .await
+        .expect("stack starts");
+    let url = format!("{}/sensor", stack.url(&stack.ingest, "http"));
+    let http = reqwest::Client::new();
+    let body = serde_json::json!({"suhu": 27.5});
+    let r = http.post(&url).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let token = stack.provision(DEVICE, "greenhouse").await.unwrap();
+    let r = http
+        .post(&url)
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
 }
