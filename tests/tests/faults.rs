@@ -292,11 +292,12 @@ async fn ingest_terminated_with_requests_in_flight_loses_no_accepted_reading() {
         chrono::Utc::now().timestamp_millis()
     );
     let (head, tail) = body.split_at(body.len() / 2);
+    let token = stack.provision("ingest-term-slow", "greenhouse").await.unwrap();
     let mut slow = tokio::net::TcpStream::connect(http_addr).await.unwrap();
     slow.write_all(
         format!(
             "POST /api/v1/readings HTTP/1.1\r\nHost: {http_addr}\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{head}",
+             Authorization: Bearer {token}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{head}",
             body.len()
         )
         .as_bytes(),
