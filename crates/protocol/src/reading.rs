@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
+use chrono::{DateTime, Datelike, SecondsFormat, TimeZone, Utc};
 use serde_json::{Map, Value};
 
 use crate::device::DeviceId;
@@ -43,7 +43,9 @@ pub enum ReadingError {
     InvalidDevice,
     #[error("\"device\" {0:?} does not match the topic's device")]
     DeviceMismatch(String),
-    #[error("metric name {0:?} must be 1-64 characters of A-Z, a-z, 0-9, '_', '.' or '-'")]
+    #[error(
+        "metric name {0:?} must be 1-64 characters of A-Z, a-z, 0-9, '_', '.' or '-', and not \"device\" or \"ts\""
+    )]
     InvalidMetricName(String),
     #[error("metric {0:?} is not a number")]
     NonNumeric(String),
@@ -293,8 +295,12 @@ pub fn stamp_payload(
     Ok((reading, Some(stamped)))
 }
 
+/// Keys of the payload that are not metrics: a metric of that name could not be written
+/// into the canonical payload and read back (found by fuzzing: `gh-1 device=5` on TCP).
+pub const RESERVED_KEYS: [&str; 2] = ["device", "ts"];
+
 fn check_metric(name: &str, value: f64) -> Result<(), ReadingError> {
-    if !is_valid_metric_name(name) {
+    if !is_valid_metric_name(name) || RESERVED_KEYS.contains(&name) {
         return Err(ReadingError::InvalidMetricName(name.to_owned()));
     }
     if !value.is_finite() {
@@ -303,12 +309,13 @@ fn check_metric(name: &str, value: f64) -> Result<(), ReadingError> {
     Ok(())
 }
 
-/// `ts` as RFC 3339 text or integral unix milliseconds.
+/// `ts` as RFC 3339 text or integral unix milliseconds, within [`rfc3339_range`].
 pub fn parse_ts(v: &Value) -> Result<DateTime<Utc>, ReadingError> {
     match v {
         Value::String(s) => DateTime::parse_from_rfc3339(s)
-            .map(|t| t.with_timezone(&Utc))
-            .map_err(|_| ReadingError::InvalidTimestamp),
+            .ok()
+            .and_then(|t| rfc3339_range(t.with_timezone(&Utc)))
+            .ok_or(ReadingError::InvalidTimestamp),
         Value::Number(n) => n
             .as_i64()
             .and_then(ts_from_unix_ms)
@@ -317,9 +324,18 @@ pub fn parse_ts(v: &Value) -> Result<DateTime<Utc>, ReadingError> {
     }
 }
 
-/// Unix milliseconds to a timestamp; `None` when out of chrono's range.
+/// Unix milliseconds to a timestamp; `None` outside [`rfc3339_range`].
 pub fn ts_from_unix_ms(ms: i64) -> Option<DateTime<Utc>> {
-    Utc.timestamp_millis_opt(ms).single()
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .and_then(rfc3339_range)
+}
+
+/// `ts` when [`format_ts`] writes it as RFC 3339 can read it back: years 0000 to 9999
+/// in UTC. chrono holds years far beyond (`+56993-…`, `-0001-…`), which a canonical
+/// payload must never carry: every later hop would refuse it (found by fuzzing).
+pub fn rfc3339_range(ts: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    (0..=9999).contains(&ts.year()).then_some(ts)
 }
 
 /// RFC 3339 with microseconds and `Z`, the one timestamp format the platform emits:

@@ -30,7 +30,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::{Map, Value};
 
 use crate::device::DeviceId;
-use crate::reading::{Reading, ReadingError, is_valid_metric_name, ts_from_unix_ms};
+use crate::reading::{Reading, ReadingError, is_valid_metric_name, rfc3339_range, ts_from_unix_ms};
 
 /// The IANA media type.
 pub const CONTENT_TYPE: &str = "application/senml+json";
@@ -182,6 +182,7 @@ fn resolve_time(secs: f64, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
     }
     if secs < RELATIVE_LIMIT {
         now.checked_add_signed(Duration::milliseconds(ms as i64))
+            .and_then(rfc3339_range)
     } else {
         ts_from_unix_ms(ms as i64)
     }
