@@ -9,6 +9,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -35,6 +36,8 @@ pub struct Application {
     tcp_listener: tokio::net::TcpListener,
     tcp_shared: Shared,
     client: Client,
+    /// False once shutdown has begun: MQTT deliveries are no longer acknowledged.
+    accepting: Arc<AtomicBool>,
     statuses: StatusBoard,
     settings: Settings,
     /// Cancels the registry's sampler when the application is dropped or has stopped.
@@ -65,7 +68,8 @@ impl Application {
             &settings.mqtt,
             &cfg.default_client_id(),
             false,
-            false,
+            // Acknowledged by the relay once handled, and not at all once stopping.
+            true,
             vec![
                 (topics.filter(TopicKind::LampSet), QoS::AtLeastOnce),
                 (status::bound_filter(&topics), QoS::AtLeastOnce),
@@ -82,8 +86,11 @@ impl Application {
         );
         let publisher = Publisher::new(client.clone(), topics.clone(), statuses.clone());
         let registry = relay::Registry::default();
+        let accepting = Arc::new(AtomicBool::new(true));
         tokio::spawn(relay::run(
             deliveries,
+            client.clone(),
+            accepting.clone(),
             topics,
             registry.clone(),
             statuses.clone(),
@@ -151,6 +158,7 @@ impl Application {
             tcp_listener,
             tcp_shared,
             client,
+            accepting,
             statuses,
             settings,
             _background: background.drop_guard(),
@@ -187,6 +195,9 @@ impl Application {
             }
         }
         let _ = stop_tx.send(true);
+        // From here a lamp command cannot reach a board; left unacknowledged, the broker
+        // keeps it for this session and hands it to the next run.
+        self.accepting.store(false, Ordering::SeqCst);
         let (_, tcp) = tokio::join!(handle.stop(true), tcp_task);
         tcp.context("TCP server task")?;
         http_task
@@ -219,7 +230,8 @@ fn start_registry(
     if settings.auth.open {
         // At every start, so an open ingest never goes unnoticed in the logs.
         tracing::warn!(
-            "auth.open = true: any device id accepted, no token checked on HTTP or TCP              (demo only, never on a reachable host)"
+            "auth.open = true: any device id accepted, no token checked on HTTP or TCP \
+             (demo only, never on a reachable host)"
         );
         return Ok(None);
     }

@@ -9,9 +9,10 @@
 //! then from every new command (see the README's "what holds").
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use lentera_mqtt::Delivery;
+use lentera_mqtt::{Client, Delivery};
 use lentera_protocol::{DeviceId, LampCommand, TopicKind, Topics};
 use tokio::sync::mpsc;
 
@@ -86,20 +87,43 @@ impl Registry {
 
 /// Consumes ingest's MQTT deliveries until the client stops: `lamp/set` commands for
 /// the boards, and the instances' bound sets for the status board.
+///
+/// Each delivery is acknowledged only once it has been handled, and none once
+/// `accepting` is false (shutdown has begun): a command that arrives while ingest is
+/// stopping is then redelivered by the broker to the next run's session instead of
+/// being acknowledged and forgotten with this process's memory.
 pub async fn run(
     mut deliveries: mpsc::Receiver<Delivery>,
+    client: Client,
+    accepting: Arc<AtomicBool>,
     topics: Topics,
     registry: Registry,
     statuses: StatusBoard,
     stats: Stats,
 ) {
     while let Some(d) = deliveries.recv().await {
-        if let Some(instance) = bound_instance(&topics, &d.publish.topic) {
-            statuses.on_bound_message(instance, &d.publish.payload);
+        if !accepting.load(Ordering::SeqCst) {
             continue;
         }
+        handle(&d, &topics, &registry, &statuses, &stats);
+        client.ack(&d);
+    }
+}
+
+fn handle(
+    d: &Delivery,
+    topics: &Topics,
+    registry: &Registry,
+    statuses: &StatusBoard,
+    stats: &Stats,
+) {
+    {
+        if let Some(instance) = bound_instance(topics, &d.publish.topic) {
+            statuses.on_bound_message(instance, &d.publish.payload);
+            return;
+        }
         let Some((device, TopicKind::LampSet)) = topics.parse(&d.publish.topic) else {
-            continue;
+            return;
         };
         match LampCommand::from_payload(&d.publish.payload) {
             Some(cmd) => {
