@@ -292,7 +292,10 @@ async fn ingest_terminated_with_requests_in_flight_loses_no_accepted_reading() {
         chrono::Utc::now().timestamp_millis()
     );
     let (head, tail) = body.split_at(body.len() / 2);
-    let token = stack.provision("ingest-term-slow", "greenhouse").await.unwrap();
+    let token = stack
+        .provision("ingest-term-slow", "greenhouse")
+        .await
+        .unwrap();
     let mut slow = tokio::net::TcpStream::connect(http_addr).await.unwrap();
     slow.write_all(
         format!(
