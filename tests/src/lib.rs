@@ -363,8 +363,8 @@ impl StackBuilder {
 }
 
 /// The fault tests stream one board at 25-200 readings a second (and one publishes
-/// 5,000 as fast as it can), far above a real board and the default quota (5/s, burst
-/// 50); the quota has its own tests, at its defaults, in services/ingest,
+/// 5,000 as fast as it can), far above a real board and the default quota (10/s, burst
+/// 100); the quota has its own tests, at its defaults, in services/ingest,
 /// services/broker and tests/tests/identity.rs.
 fn fault_test_quota() -> Vec<(String, String)> {
     vec![

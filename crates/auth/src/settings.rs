@@ -52,8 +52,11 @@ pub struct QuotaSettings {
 impl Default for QuotaSettings {
     fn default() -> Self {
         Self {
-            device_rate_per_sec: 5.0,
-            device_burst: 50,
+            // A board reports every few seconds; 10/s leaves room for a chatty one (and
+            // for a lamp board's state changes) while a flood is cut at the door. The
+            // burst covers a board back-filling what it buffered while offline.
+            device_rate_per_sec: 10.0,
+            device_burst: 100,
             max_connections_per_ip: 256,
         }
     }

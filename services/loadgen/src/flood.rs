@@ -4,7 +4,7 @@
 //! default) while board A goes through three phases of `--seconds` each:
 //!
 //! 1. `quiet`: A is silent — B's normal latency.
-//! 2. `10x`: A posts at `--rate-a` (by default ten times the default quota of 5/s).
+//! 2. `10x`: A posts at `--rate-a` (by default ten times the default quota of 10/s).
 //! 3. `flat-out`: A posts as fast as `--connections-a` connections can.
 //!
 //! Per phase it reports B's latency percentiles and answers, A's answers (202, 429, …),
@@ -47,6 +47,8 @@ pub struct Phase {
     pub a_status: BTreeMap<u16, u64>,
     pub b_accepted_seqs: Vec<u64>,
     pub b_seen_on_ws: Option<u64>,
+    /// The first answer to either board that was neither 202 nor 429.
+    pub unexpected: Option<String>,
 }
 
 pub struct FloodReport {
@@ -58,14 +60,21 @@ fn count(map: &mut BTreeMap<u16, u64>, status: u16) {
     *map.entry(status).or_default() += 1;
 }
 
-async fn post(http: &reqwest::Client, url: &str, token: &str, body: &Value) -> u16 {
+/// The answer's status, and its body when it is neither 202 nor 429 (to say what went
+/// wrong in the report).
+async fn post(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    body: &Value,
+) -> (u16, Option<String>) {
     match http.post(url).bearer_auth(token).json(body).send().await {
         Ok(r) => {
             let status = r.status().as_u16();
-            let _ = r.bytes().await;
-            status
+            let text = r.text().await.unwrap_or_default();
+            (status, (status != 202 && status != 429).then_some(text))
         }
-        Err(_) => 0,
+        Err(e) => (0, Some(e.to_string())),
     }
 }
 
@@ -84,6 +93,7 @@ pub async fn run(cfg: FloodConfig) -> anyhow::Result<FloodReport> {
     for name in ["quiet", "10x", "flat-out"] {
         let stop = Arc::new(AtomicBool::new(false));
         let a_status: Arc<Mutex<BTreeMap<u16, u64>>> = Arc::default();
+        let unexpected: Arc<Mutex<Option<String>>> = Arc::default();
         let mut flooders = Vec::new();
         let (workers, gap) = match name {
             "quiet" => (0, None),
@@ -91,8 +101,13 @@ pub async fn run(cfg: FloodConfig) -> anyhow::Result<FloodReport> {
             _ => (cfg.connections_a, None),
         };
         for w in 0..workers {
-            let (http, url, stop, a_status) =
-                (http.clone(), url.clone(), stop.clone(), a_status.clone());
+            let (http, url, stop, a_status, unexpected) = (
+                http.clone(),
+                url.clone(),
+                stop.clone(),
+                a_status.clone(),
+                unexpected.clone(),
+            );
             let (device, token) = (cfg.device_a.clone(), cfg.token_a.clone());
             flooders.push(tokio::spawn(async move {
                 let t0 = Instant::now();
@@ -101,9 +116,15 @@ pub async fn run(cfg: FloodConfig) -> anyhow::Result<FloodReport> {
                     if let Some(gap) = gap {
                         tokio::time::sleep_until((t0 + gap * n as u32).into()).await;
                     }
-                    let body = json!({"device": device, "seq": w as u64 * 1_000_000_000 + n});
-                    let status = post(&http, &url, &token, &body).await;
+                    let body = json!({"device": device, "seq": n * workers as u64 + w as u64});
+                    let (status, text) = post(&http, &url, &token, &body).await;
                     count(&mut *a_status.lock().await, status);
+                    if let Some(text) = text {
+                        unexpected
+                            .lock()
+                            .await
+                            .get_or_insert_with(|| format!("A: {status} {text}"));
+                    }
                     n += 1;
                 }
             }));
@@ -121,7 +142,13 @@ pub async fn run(cfg: FloodConfig) -> anyhow::Result<FloodReport> {
             i += 1;
             let body = json!({"device": cfg.device_b, "seq": seq_b});
             let started = Instant::now();
-            let status = post(&http, &url, &cfg.token_b, &body).await;
+            let (status, text) = post(&http, &url, &cfg.token_b, &body).await;
+            if let Some(text) = text {
+                unexpected
+                    .lock()
+                    .await
+                    .get_or_insert_with(|| format!("B: {status} {text}"));
+            }
             phase
                 .b_latency_us
                 .push(started.elapsed().as_micros() as u64);
@@ -149,6 +176,7 @@ pub async fn run(cfg: FloodConfig) -> anyhow::Result<FloodReport> {
             );
         }
         phase.a_status = std::mem::take(&mut *a_status.lock().await);
+        phase.unexpected = unexpected.lock().await.take();
         phases.push(phase);
     }
     Ok(FloodReport { phases })
@@ -200,6 +228,7 @@ impl FloodReport {
                     "a_status": p.a_status,
                     "b_accepted": p.b_accepted_seqs.len(),
                     "b_seen_on_ws": p.b_seen_on_ws,
+                    "unexpected": p.unexpected,
                 })
             })
             .collect();
@@ -227,6 +256,9 @@ impl FloodReport {
                 p.b_status,
                 p.a_status,
             ));
+            if let Some(u) = &p.unexpected {
+                out.push_str(&format!("            first other answer: {u}\n"));
+            }
         }
         out
     }

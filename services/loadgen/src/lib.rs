@@ -58,7 +58,7 @@ connections:
   (raise the open-files limit first for large N: ulimit -n 65536)
 flood (HTTP, each board with its token):
   --ingest URL  --device-a ID --token-a T  --device-b ID --token-b T
-  --rate-a 50  --rate-b 10  --connections-a 16  --seconds 20 (per phase)
+  --rate-a 100  --rate-b 10  --connections-a 16  --seconds 20 (per phase)
   --web URL --viewer-token T (count B's readings a /ws viewer receives)";
 
 /// Runs the mode named in `args` and returns what to print.
@@ -117,7 +117,7 @@ pub async fn run(args: impl IntoIterator<Item = String>) -> anyhow::Result<Strin
                 token_a: need("token-a")?,
                 device_b: need("device-b")?,
                 token_b: need("token-b")?,
-                rate_a: args.get("rate-a", 50.0)?,
+                rate_a: args.get("rate-a", 100.0)?,
                 rate_b: args.get("rate-b", 10.0)?,
                 connections_a: args.get("connections-a", 16)?,
                 phase: args.duration("seconds", Duration::from_secs(20))?,
