@@ -41,10 +41,17 @@ fn check(line: &str, bound: Option<&DeviceId>) {
                 // Words split at ASCII whitespace (a token may hold other bytes; the
                 // registry refuses it).
                 assert!(
-                    !t.is_empty() && !t.contains(|c: char| c.is_ascii_whitespace()),
+                    !t.0.is_empty() && !t.0.contains(|c: char| c.is_ascii_whitespace()),
                     "{t:?}"
                 );
             }
+        }
+        Ok(Request::Auth { token }) => {
+            assert_eq!(calls, 0);
+            assert!(
+                !token.0.is_empty() && !token.0.contains(|c: char| c.is_ascii_whitespace()),
+                "{token:?}"
+            );
         }
         Ok(Request::Reading(r)) => {
             if calls == 1 {
