@@ -164,3 +164,23 @@ ensure_chromium() {
   fi
   export LENTERA_REQUIRE_CHROMIUM=1
 }
+
+# rumqttd 0.20.0 (crates.io), a second independent broker the end-to-end and fault tests
+# also run on (tests/src/broker.rs). Built from tests/brokers/rumqttd — its own small
+# workspace with its own lock file, outside the root one — into target/brokers/, on
+# demand: cargo rebuilds nothing when it is up to date. Needs only cargo and crates.io.
+ensure_rumqttd() {
+  local target=${CARGO_TARGET_DIR:-target}
+  if ! command -v cargo >/dev/null 2>&1; then
+    missing_tool "cargo (to build rumqttd)" "install Rust" LENTERA_REQUIRE_RUMQTTD
+    return 0
+  fi
+  echo "==> rumqttd 0.20.0 (tests/brokers/rumqttd -> $target/brokers/debug/rumqttd)"
+  if ! cargo build --quiet --locked --manifest-path tests/brokers/rumqttd/Cargo.toml \
+    --target-dir "$target/brokers"; then
+    missing_tool "rumqttd" "cargo build --locked --manifest-path tests/brokers/rumqttd/Cargo.toml --target-dir $target/brokers" LENTERA_REQUIRE_RUMQTTD
+    return 0
+  fi
+  LENTERA_RUMQTTD=$(cd "$target/brokers/debug" && pwd)/rumqttd
+  export LENTERA_RUMQTTD LENTERA_REQUIRE_RUMQTTD=1
+}

@@ -19,7 +19,9 @@ mod pg;
 mod process;
 pub mod readings;
 
-pub use broker::{REQUIRE_MOSQUITTO, TestBroker};
+pub use broker::{
+    BrokerKind, REQUIRE_MOSQUITTO, REQUIRE_RUMQTTD, RUMQTTD_BIN, RUMQTTD_VERSION, TestBroker,
+};
 pub use db::TestDb;
 pub use pg::{PrivatePostgres, REQUIRE_PG_CTL};
 pub use process::{Service, bin_path};
@@ -33,7 +35,8 @@ use std::sync::Mutex;
 pub struct Stack {
     pub db: TestDb,
     pub dir: PathBuf,
-    /// Our broker (its store in its own directory, kept across restarts) or Mosquitto.
+    /// Our broker (its store in its own directory, kept across restarts), Mosquitto or
+    /// rumqttd.
     pub broker: TestBroker,
     /// One, or several sharing a `$share/…` subscription ([`StackBuilder::historians`]).
     pub historians: Vec<Service>,
@@ -62,6 +65,16 @@ impl Stack {
     /// All five services on our broker and the `DATABASE_URL` server.
     pub async fn start() -> anyhow::Result<Stack> {
         Stack::builder().start().await
+    }
+
+    /// A builder whose stack runs on `kind`: ours closed, as deployed (the default), or
+    /// Mosquitto or rumqttd. `None`, after saying SKIPPING, when that broker is not
+    /// installed and its `LENTERA_REQUIRE_*` is not set (see [`TestBroker::mosquitto`]).
+    pub fn on(kind: BrokerKind) -> Option<StackBuilder> {
+        match kind {
+            BrokerKind::Ours => Some(Stack::builder()),
+            other => TestBroker::of(other).map(|b| Stack::builder().broker(b)),
+        }
     }
 
     pub fn builder() -> StackBuilder {
@@ -162,7 +175,7 @@ impl Stack {
     }
 
     /// User name and password of a broker user that may subscribe to `lentera/#` and
-    /// publish nothing (works on Mosquitto too, which runs without authentication).
+    /// publish nothing (works on Mosquitto and rumqttd too, which run without authentication).
     pub fn observer(&self) -> (String, String) {
         self.observer.clone()
     }
@@ -184,7 +197,7 @@ impl Stack {
         }
         let status = self.broker.terminate()?;
         anyhow::ensure!(
-            status.success(),
+            self.broker.stopped_cleanly(status),
             "the broker exited with {status}:\n{}",
             self.broker.log_text()
         );
