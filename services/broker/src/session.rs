@@ -34,6 +34,8 @@ use crate::net::mailbox::Cmd;
 use crate::outbox::{self, Bounds, Counts, Inbox};
 use crate::router::{ConnId, Message, Registration, Router};
 
+pub mod wire;
+
 /// What every connection needs, shared by all workers.
 pub struct Shared {
     pub router: Router,
@@ -164,6 +166,49 @@ pub fn excerpt(s: &str) -> &str {
         end -= 1;
     }
     &s[..end]
+}
+
+/// A user name without U+0000 [MQTT-1.5.4-2] (the codec checked it is UTF-8); one with
+/// it makes the CONNECT malformed, which is logged here.
+pub fn user_name_ok(name: Option<&str>) -> bool {
+    let ok = name.is_none_or(|n| !n.contains('\0'));
+    if !ok {
+        tracing::debug!(user = ?name.map(excerpt), "U+0000 in the user name: malformed CONNECT");
+    }
+    ok
+}
+
+/// The topic filters of a SUBSCRIBE or UNSUBSCRIBE (`kind`), both protocol versions,
+/// checked before any of them takes effect: a packet that breaks one of these rules is
+/// not answered filter by filter but ends the connection (MQTT 5: DISCONNECT first).
+pub fn check_filters<'a>(kind: &str, filters: impl Iterator<Item = &'a str>) -> Result<(), Close> {
+    use ntex_mqtt::v5::codec::DisconnectReasonCode as R;
+    let mut any = false;
+    for f in filters {
+        any = true;
+        // Topic filters are at least one character long [MQTT-4.7.3-1].
+        if f.is_empty() {
+            return Err(Close::protocol(
+                R::ProtocolError,
+                format!("{kind} with a zero-length topic filter"),
+            ));
+        }
+        // A string with U+0000 is a malformed packet [MQTT-1.5.4-2].
+        if f.contains('\0') {
+            return Err(Close::protocol(
+                R::MalformedPacket,
+                format!("{kind} with U+0000 in a topic filter"),
+            ));
+        }
+    }
+    // At least one filter [MQTT-3.8.3-3], [MQTT-3.10.3-2].
+    if !any {
+        return Err(Close::protocol(
+            R::ProtocolError,
+            format!("{kind} without a topic filter"),
+        ));
+    }
+    Ok(())
 }
 
 /// What a packet handler tells the read loop.

@@ -21,7 +21,7 @@ use crate::error::Close;
 use crate::net::Cx;
 use crate::net::conn::Output;
 use crate::router::{Message, NEVER, SendRetained, Subscription};
-use crate::session::{self, Active, Connection, Flow, Pending, PendingConnect, Proto};
+use crate::session::{self, Active, Connection, Flow, Pending, PendingConnect, Proto, wire};
 use crate::topic_filter::{Filter, validate_name};
 
 /// The MQTT 3.1.1 part of a connection: its codec.
@@ -46,6 +46,12 @@ fn connack(out: &mut Output, return_code: ConnectAckReason, session_present: boo
 /// The first packet of an MQTT 3.1.1 connection: CONNECT, checked as far as it can be
 /// before the authenticator is asked.
 pub fn connect(mut frame: BytesMut, out: &mut Output, cx: &mut Cx<'_>) -> Result<Pending, Close> {
+    // What the decoder does not check (`session/wire.rs`): a malformed CONNECT, and
+    // MQTT 3.1.1 has no CONNACK code for that, so it is closed (Mosquitto does the same).
+    if let Err(why) = wire::check_connect(&frame, false) {
+        tracing::debug!(why, "malformed CONNECT");
+        return Err(Close::Gone);
+    }
     let c = match Codec::new().decode(&mut frame) {
         Ok(Some(Decoded::Packet(Packet::Connect(c), _))) => c,
         // A level other than 4 (3.1.1): CONNACK 1, then close [MQTT-3.1.2-2].
@@ -73,6 +79,9 @@ pub fn connect(mut frame: BytesMut, out: &mut Output, cx: &mut Cx<'_>) -> Result
         // CONNACK 2 Identifier rejected (MQTT 3.1.1 §3.2.2.3).
         connack(out, ConnectAckReason::IdentifierRejected, false);
         return Err(Close::Refused);
+    }
+    if !session::user_name_ok(c.username.as_deref()) {
+        return Err(Close::Gone);
     }
     let client_id = if c.client_id.is_empty() {
         // A client without an id asked for a clean session (the codec checks it); it
@@ -170,6 +179,9 @@ fn reply(a: &mut Active, out: &mut Output, cx: &mut Cx<'_>, lsn: u64, pkt: Packe
     });
 }
 
+/// The first byte of every SUBSCRIBE (type 8, flags 0010 [MQTT-3.8.1-1]).
+const SUBSCRIBE: u8 = 0x82;
+
 fn protocol_error(why: impl Into<String>) -> Close {
     Close::protocol(DisconnectReasonCode::ProtocolError, why)
 }
@@ -181,6 +193,11 @@ pub fn packet(
     mut frame: BytesMut,
     cx: &mut Cx<'_>,
 ) -> Result<Flow, Close> {
+    if frame.first() == Some(&SUBSCRIBE)
+        && let Err(why) = wire::check_subscribe(&frame, false)
+    {
+        return Err(Close::protocol(DisconnectReasonCode::MalformedPacket, why));
+    }
     let decoded = state(a).codec.decode(&mut frame).map_err(|e| {
         tracing::debug!(error = %e, "malformed packet");
         Close::protocol(DisconnectReasonCode::MalformedPacket, e.to_string())
@@ -203,22 +220,18 @@ pub fn packet(
             cx.shared.router.qos2_released(a.id, packet_id.get());
             reply(a, out, cx, 0, Packet::PublishComplete { packet_id });
         }
-        // A SUBSCRIBE / UNSUBSCRIBE must name at least one filter [MQTT-3.8.3-3],
-        // [MQTT-3.10.3-2].
-        Packet::Subscribe { topic_filters, .. } if topic_filters.is_empty() => {
-            return Err(protocol_error("SUBSCRIBE without a topic filter"));
-        }
-        Packet::Unsubscribe { topic_filters, .. } if topic_filters.is_empty() => {
-            return Err(protocol_error("UNSUBSCRIBE without a topic filter"));
-        }
         Packet::Subscribe {
             packet_id,
             topic_filters,
-        } => subscribe(a, out, cx, packet_id, topic_filters),
+        } => {
+            session::check_filters("SUBSCRIBE", topic_filters.iter().map(|(f, _)| &**f))?;
+            subscribe(a, out, cx, packet_id, topic_filters);
+        }
         Packet::Unsubscribe {
             packet_id,
             topic_filters,
         } => {
+            session::check_filters("UNSUBSCRIBE", topic_filters.iter().map(|f| &**f))?;
             for raw in &topic_filters {
                 cx.shared.router.unsubscribe(a.id, raw);
             }

@@ -25,7 +25,7 @@ use crate::error::Close;
 use crate::net::Cx;
 use crate::net::conn::Output;
 use crate::router::{Message, Properties, SendRetained, Subscription, WillTiming};
-use crate::session::{self, Active, Connection, Flow, Pending, PendingConnect, Proto};
+use crate::session::{self, Active, Connection, Flow, Pending, PendingConnect, Proto, wire};
 use crate::topic_filter::{Filter, validate_name};
 
 /// Topic aliases a client may use towards the broker (announced in CONNACK). None
@@ -90,6 +90,16 @@ fn connack_fail(out: &mut Output, reason_code: ConnectAckReason, why: impl Into<
 /// The first packet of an MQTT 5 connection: CONNECT, checked as far as it can be
 /// before the authenticator is asked.
 pub fn connect(mut frame: BytesMut, out: &mut Output, cx: &mut Cx<'_>) -> Result<Pending, Close> {
+    // A will's Message Expiry Interval 0 means no expiry; the decoder would refuse it
+    // (`session/wire.rs`).
+    if let Some(fixed) = wire::without_zero_expiry(&frame) {
+        frame = fixed;
+    }
+    // What the decoder does not check: malformed, said like the decoder's refusals.
+    if let Err(why) = wire::check_connect(&frame, true) {
+        connack_fail(out, ConnectAckReason::MalformedPacket, why);
+        return Err(Close::Refused);
+    }
     let c = match Codec::new().decode(&mut frame) {
         Ok(Some(Decoded::Packet(Packet::Connect(c), _))) => c,
         Ok(_) => return Err(Close::Gone),
@@ -119,6 +129,11 @@ pub fn connect(mut frame: BytesMut, out: &mut Output, cx: &mut Cx<'_>) -> Result
             cx.shared.max_client_id_bytes
         );
         connack_fail(out, ConnectAckReason::ClientIdentifierNotValid, why);
+        return Err(Close::Refused);
+    }
+    if !session::user_name_ok(c.username.as_deref()) {
+        let why = "U+0000 in the user name";
+        connack_fail(out, ConnectAckReason::MalformedPacket, why);
         return Err(Close::Refused);
     }
     let mut assigned = None;
@@ -167,6 +182,25 @@ pub fn connect(mut frame: BytesMut, out: &mut Output, cx: &mut Cx<'_>) -> Result
         let why = format!("authentication method {method:?} is not supported");
         connack_fail(out, ConnectAckReason::BadAuthenticationMethod, why);
         return Err(Close::Refused);
+    }
+    if let Some(max) = c.max_packet_size {
+        // Nothing larger than this may go to the client [MQTT-3.1.2-24], CONNACK
+        // included: when even it does not fit there is no answer to give, and the
+        // connection closes (Mosquitto does the same) rather than wait in silence.
+        let probe = Codec::new();
+        probe.set_max_outbound_size(max.get());
+        let ack = accepting_connack(&c, cx, false, assigned.clone());
+        let mut sink = BytePages::default();
+        if probe
+            .encodev(
+                Encoded::Packet(Packet::ConnectAck(Box::new(ack))),
+                &mut sink,
+            )
+            .is_err()
+        {
+            tracing::debug!(%client_id, max, "Maximum Packet Size too small for CONNACK");
+            return Err(Close::Refused);
+        }
     }
     tracing::debug!(%client_id, clean_start = c.clean_start, keep_alive = c.keep_alive, "v5 connect");
     Ok(Pending {
@@ -262,8 +296,25 @@ pub fn accept(
     // Input never pauses for an MQTT 5 client: one that exceeds the Receive Maximum it
     // was given is told so (`publish`).
     a.max_waiting = u32::MAX;
+    let ack = accepting_connack(&c, cx, present, extra.assigned);
+    write(
+        state_of(&a).codec_ref(),
+        out.pages(),
+        Packet::ConnectAck(Box::new(ack)),
+    );
+    Box::new(a)
+}
+
+/// The CONNACK accepting `c`: the broker's limits and features.
+fn accepting_connack(
+    c: &Connect,
+    cx: &Cx<'_>,
+    present: bool,
+    assigned: Option<ByteString>,
+) -> ConnectAck {
+    let expiry = c.session_expiry_interval_secs;
     let max_expiry = cx.shared.max_session_expiry;
-    let ack = ConnectAck {
+    ConnectAck {
         // Session Present is 0 after clean start [MQTT-3.2.2-2], else whether one resumed.
         session_present: present,
         // The server's cap applies and must be announced (MQTT 5 §3.2.2.3.2).
@@ -271,20 +322,14 @@ pub fn accept(
         receive_max: NonZeroU16::new(cx.shared.receive_maximum).unwrap_or(NonZeroU16::MIN),
         max_qos: QoS::ExactlyOnce,
         max_packet_size: Some(cx.shared.max_packet_bytes as u32),
-        assigned_client_id: extra.assigned,
+        assigned_client_id: assigned,
         topic_alias_max: TOPIC_ALIAS_MAX,
         retain_available: true,
         wildcard_subscription_available: true,
         subscription_identifiers_available: true,
         shared_subscription_available: true,
         ..Default::default()
-    };
-    write(
-        state_of(&a).codec_ref(),
-        out.pages(),
-        Packet::ConnectAck(Box::new(ack)),
-    );
-    Box::new(a)
+    }
 }
 
 impl State {
@@ -322,6 +367,9 @@ fn reply(a: &mut Active, out: &mut Output, cx: &mut Cx<'_>, lsn: u64, pkt: Packe
     });
 }
 
+/// The first byte of every SUBSCRIBE (type 8, flags 0010 [MQTT-3.8.1-1]).
+const SUBSCRIBE: u8 = 0x82;
+
 fn protocol_error(why: impl Into<String>) -> Close {
     Close::protocol(DisconnectReasonCode::ProtocolError, why)
 }
@@ -333,6 +381,15 @@ pub fn packet(
     mut frame: BytesMut,
     cx: &mut Cx<'_>,
 ) -> Result<Flow, Close> {
+    // Message Expiry Interval 0 means no expiry; the decoder would refuse it.
+    if let Some(fixed) = wire::without_zero_expiry(&frame) {
+        frame = fixed;
+    }
+    if frame.first() == Some(&SUBSCRIBE)
+        && let Err(why) = wire::check_subscribe(&frame, true)
+    {
+        return Err(Close::protocol(DisconnectReasonCode::MalformedPacket, why));
+    }
     let decoded = state_of(a).codec.decode(&mut frame).map_err(|e| {
         let code = match e {
             DecodeError::MaxSizeExceeded { .. } => DisconnectReasonCode::PacketTooLarge,
@@ -378,16 +435,14 @@ pub fn packet(
             };
             reply(a, out, cx, 0, Packet::PublishComplete(comp));
         }
-        // A SUBSCRIBE / UNSUBSCRIBE must name at least one filter [MQTT-3.8.3-2],
-        // [MQTT-3.10.3-2].
-        Packet::Subscribe(s) if s.topic_filters.is_empty() => {
-            return Err(protocol_error("SUBSCRIBE without a topic filter"));
+        Packet::Subscribe(s) => {
+            session::check_filters("SUBSCRIBE", s.topic_filters.iter().map(|(f, _)| &**f))?;
+            subscribe(a, out, cx, s);
         }
-        Packet::Unsubscribe(u) if u.topic_filters.is_empty() => {
-            return Err(protocol_error("UNSUBSCRIBE without a topic filter"));
+        Packet::Unsubscribe(u) => {
+            session::check_filters("UNSUBSCRIBE", u.topic_filters.iter().map(|f| &**f))?;
+            unsubscribe(a, out, cx, u);
         }
-        Packet::Subscribe(s) => subscribe(a, out, cx, s),
-        Packet::Unsubscribe(u) => unsubscribe(a, out, cx, u),
         Packet::PingRequest => reply(a, out, cx, 0, Packet::PingResponse),
         Packet::Disconnect(d) => return Err(disconnect(a, cx, &d)),
         Packet::Auth(_) => {
@@ -425,7 +480,7 @@ fn disconnect(a: &mut Active, cx: &mut Cx<'_>, d: &Disconnect) -> Close {
 /// Resolves an inbound topic alias (MQTT 5 §3.3.2.3.4): a topic with an alias sets
 /// it, an empty topic uses it.
 fn resolve_topic(state: &mut State, p: &mut Publish) -> Result<(), Close> {
-    // No alias: an empty name is refused like any invalid one (PUBACK 0x90).
+    // No alias: an empty name is refused like any invalid one (DISCONNECT 0x90).
     let Some(alias) = p.properties.topic_alias else {
         return Ok(());
     };
@@ -483,6 +538,20 @@ fn publish(
     mut p: Publish,
     payload: Bytes,
 ) -> Result<Flow, Close> {
+    // Subscription Identifiers are the server's to send [MQTT-3.3.4-6].
+    if !p.properties.subscription_ids.is_empty() {
+        return Err(protocol_error(
+            "a PUBLISH from a client must not carry a Subscription Identifier",
+        ));
+    }
+    // A string with U+0000 is a malformed packet [MQTT-1.5.4-2]; at QoS 0 there is no
+    // acknowledgement to refuse it in, so it is said the same way at every QoS.
+    if p.topic.contains('\0') {
+        return Err(Close::protocol(
+            DisconnectReasonCode::MalformedPacket,
+            "U+0000 in the topic name",
+        ));
+    }
     // Its last message landed in a backed-up queue: wait rather than drop later
     // (outbox.rs).
     if a.hold_publish(cx) {
@@ -506,19 +575,14 @@ fn publish(
     }
     resolve_topic(state_mut(a), &mut p)?;
     let metrics = cx.shared.router.metrics();
+    // Empty without an alias, or with a wildcard [MQTT-3.3.2-2]: a PUBACK 0x90 would let
+    // the client go on as if it were a refusal of this message only, and QoS 0 has none
+    // at all; the topic name is the packet's, so the packet is wrong: DISCONNECT 0x90.
     if let Err(e) = validate_name(&p.topic) {
-        tracing::debug!(topic = %p.topic, code = e.code(), "publish refused");
-        let why = format!("topic name invalid: {}", e.code());
-        ack(
-            a,
-            out,
-            cx,
-            0,
-            &p,
-            PublishAckReason::TopicNameInvalid,
-            Some(why),
-        );
-        return Ok(Flow::Continue);
+        return Err(Close::protocol(
+            DisconnectReasonCode::TopicNameInvalid,
+            format!("topic name invalid: {}", e.code()),
+        ));
     }
     if !auth::may_publish(&*a.acl, &p.topic) {
         // PUBACK / PUBREC 0x87; a QoS 0 message is just dropped. Counted either way.
