@@ -20,8 +20,9 @@
 //!
 //! - [`startup`]: binds the listeners, starts the workers and the admin server, writes
 //!   the ready file, shuts down.
-//! - [`net`]: the workers' event loop, framing, output buffers, TLS, cross-thread
-//!   mailboxes.
+//! - [`net`]: the workers' event loop, framing, output buffers, cross-thread
+//!   mailboxes; the TLS listener and its certificate (`net/tls.rs`); MQTT over
+//!   WebSocket (`/mqtt`), bridged to the MQTT listener (`net/ws.rs`).
 //! - [`session`]: one connection's session state: CONNECT and authentication, replies
 //!   that wait for the store, the outbound flow (window, packet ids, acknowledgements),
 //!   overload holds.
@@ -31,11 +32,12 @@
 //!   `session_queue_capacity`, counted), and the backlog that holds back the
 //!   publishers feeding a queue that is not keeping up.
 //! - [`router`]: sessions (clean and persistent, with their owed QoS 1/2 queues),
-//!   subscriptions, shared subscriptions, retained messages, wills.
+//!   subscriptions (a topic trie, `router/index.rs`: a publish costs its matches, not
+//!   the number of sessions), shared subscriptions, retained messages, wills.
+//! - [`message`]: what travels between router, outboxes and store (`Message`,
+//!   `Outgoing`, `Subscription`).
 //! - [`store`]: the on-disk append-only log (group commit, recovery, compaction).
 //! - [`topic_filter`]: pure topic validation and wildcard matching.
-//! - [`transport_ws`]: MQTT over WebSocket (`/mqtt`), bridged to the MQTT listener.
-//! - [`transport_tls`]: the MQTT-over-TLS listener and its certificate.
 //! - [`auth`]: who may connect (CONNECT hook), and each connection's publish/subscribe
 //!   rights (`auth/acl.rs`), users from the auth file (`auth/file.rs`, `auth/password.rs`).
 //! - [`telemetry`]: the first hop of a board's own reading (`{prefix}/{device}/telemetry`):
@@ -55,6 +57,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod message;
 pub mod metrics;
 pub mod net;
 pub mod outbox;
@@ -67,7 +70,5 @@ pub mod store;
 pub mod sys;
 pub mod telemetry;
 pub mod topic_filter;
-pub mod transport_tls;
-pub mod transport_ws;
 pub mod v3;
 pub mod v5;

@@ -50,8 +50,8 @@ use std::time::Duration;
 
 use ntex_mqtt::QoS;
 
+use crate::message::Outgoing;
 use crate::quota::{Budget, Overflow};
-use crate::router::Outgoing;
 
 /// Per-connection queue limits (from the settings).
 #[derive(Debug, Clone, Copy)]
@@ -489,7 +489,7 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::router::Message;
+    use crate::message::Message;
 
     fn out(qos: QoS) -> Outgoing {
         Outgoing {
@@ -563,7 +563,7 @@ mod tests {
 #[cfg(test)]
 mod byte_tests {
     use super::*;
-    use crate::router::Message;
+    use crate::message::Message;
 
     fn sized(qos: QoS, n: usize) -> Outgoing {
         Outgoing {
@@ -626,7 +626,7 @@ mod byte_tests {
 #[cfg(test)]
 mod pressure_tests {
     use super::*;
-    use crate::router::Message;
+    use crate::message::Message;
 
     fn q1() -> Outgoing {
         Outgoing {

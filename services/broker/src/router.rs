@@ -23,132 +23,31 @@
 //! which spins briefly before parking, since both workers take it on every publish).
 //! Store records are encoded under it so the log order is the state-change order.
 //!
-//! This file: the types and routing (subscribe, publish, deliver). `router/sessions.rs`:
-//! session lifecycle and acknowledgements. `router/durable.rs`: recovery and snapshots.
+//! This file: the table and routing (subscribe, publish, deliver). `router/index.rs`:
+//! the subscription trie a publish is matched against. `router/sessions.rs`: session
+//! lifecycle and acknowledgements. `router/durable.rs`: recovery and snapshots. The
+//! values routed (`Message`, `Outgoing`, `Subscription`) are in `message.rs`.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, MutexGuard};
 use std::time::Instant;
 
+pub use crate::message::{ConnId, Message, Outgoing, Properties, Subscription};
 use crate::metrics::Metrics;
 use crate::outbox::{Counts, Outbox, Pressure, Refused};
 use crate::quota::{Budget, Overflow};
 use crate::store::recover::Recovered;
 use crate::store::{Record, Store};
 use crate::telemetry::{RefusedReading, Telemetry};
-use crate::topic_filter::{Filter, matches};
-use ntex_bytes::{ByteString, Bytes};
+use crate::topic_filter::matches;
+use index::{Hit, Index, Member, Opts};
+use ntex_bytes::ByteString;
 use ntex_mqtt::QoS;
-
-/// Identifies one network connection (not a client id: a client id outlives connections).
-pub type ConnId = u64;
 
 /// Session expiry interval meaning "never expires" (MQTT 5 §3.1.2.11.2).
 pub const NEVER: u32 = u32::MAX;
-
-/// An application message on its way to subscribers.
-#[derive(Debug, Clone)]
-pub struct Message {
-    pub topic: ByteString,
-    pub payload: Bytes,
-    /// As published; lowered per subscriber to the granted QoS.
-    pub qos: QoS,
-    pub retain: bool,
-    /// MQTT 5 properties forwarded unchanged (user properties carry trace context).
-    pub properties: Option<Arc<Properties>>,
-}
-
-/// The MQTT 5 PUBLISH properties a broker forwards to subscribers (MQTT 5 §3.3.2.3).
-#[derive(Debug, Default, Clone)]
-pub struct Properties {
-    pub user_properties: Vec<(ByteString, ByteString)>,
-    pub content_type: Option<ByteString>,
-    pub response_topic: Option<ByteString>,
-    pub correlation_data: Option<Bytes>,
-    pub is_utf8_payload: bool,
-    /// From the Message Expiry Interval: after this the message is not delivered
-    /// [MQTT-3.3.2-5], before it the forwarded interval is what is left [MQTT-3.3.2-6].
-    pub expires_at: Option<Instant>,
-    /// Set on one subscriber's copy only: the identifiers of its matching subscriptions
-    /// [MQTT-3.3.4-3/-4].
-    pub subscription_ids: Vec<u32>,
-}
-
-impl Properties {
-    /// What is left of the Message Expiry Interval at `now`, in whole seconds rounded
-    /// up (so a message is never forwarded with 0, which would mean "absent"); `None`
-    /// when the message does not expire.
-    pub fn remaining_expiry(&self, now: Instant) -> Option<u32> {
-        let left = self.expires_at?.saturating_duration_since(now);
-        Some(
-            left.as_secs()
-                .saturating_add(u64::from(left.subsec_nanos() > 0))
-                .clamp(1, u32::MAX.into()) as u32,
-        )
-    }
-}
-
-impl Message {
-    /// What the message costs in a queue, as the byte bounds count it: topic + payload.
-    pub fn cost(&self) -> usize {
-        self.topic.len() + self.payload.len()
-    }
-
-    /// Whether the message has a Message Expiry Interval at all.
-    pub fn expires(&self) -> bool {
-        self.properties
-            .as_ref()
-            .is_some_and(|p| p.expires_at.is_some())
-    }
-
-    /// Whether the message's expiry interval has passed at `now`.
-    pub fn expired(&self, now: Instant) -> bool {
-        self.properties
-            .as_ref()
-            .and_then(|p| p.expires_at)
-            .is_some_and(|t| t <= now)
-    }
-
-    /// This message as sent to one subscriber whose matching subscriptions carry `ids`.
-    fn for_subscriber(mut self, ids: Vec<u32>) -> Self {
-        if !ids.is_empty() {
-            let mut p = self.properties.as_deref().cloned().unwrap_or_default();
-            p.subscription_ids = ids;
-            self.properties = Some(Arc::new(p));
-        }
-        self
-    }
-}
-
-/// One message for one connection (its worker writes it, `session.rs`).
-#[derive(Debug)]
-pub struct Outgoing {
-    pub msg: Message,
-    /// Sequence number in a persistent session's `owed` queue: the task reports the
-    /// acknowledgement back with [`Router::ack`] and derives the packet id from it.
-    pub seq: Option<u64>,
-    /// May have been sent before (on an earlier connection) [MQTT-3.3.1-1].
-    pub dup: bool,
-    /// QoS 2 whose PUBREC came on an earlier connection: send PUBREL for it, not the
-    /// message [MQTT-4.4.0-1].
-    pub released: bool,
-}
-
-/// One subscription of one session.
-#[derive(Debug, Clone)]
-pub struct Subscription {
-    pub filter: Filter,
-    /// Granted QoS.
-    pub qos: QoS,
-    /// MQTT 5: do not send the connection its own publications.
-    pub no_local: bool,
-    /// MQTT 5: keep the publisher's RETAIN flag instead of clearing it [MQTT-3.3.1-12].
-    pub retain_as_published: bool,
-    /// MQTT 5 Subscription Identifier, sent back with every message it matches.
-    pub id: Option<u32>,
-}
 
 /// When retained messages are sent for a new subscription (MQTT 5 Retain Handling).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -236,6 +135,13 @@ struct State {
     /// Boxed: most of a session is rarely used, and the table's spare buckets then
     /// cost a pointer each, not a whole session (memory per idle connection).
     sessions: HashMap<String, Box<Session>>,
+    /// Every session's subscriptions, by topic level (`router/index.rs`).
+    index: Index,
+    /// Offline sessions by the time they expire: the sweeper looks only at those due.
+    expiries: BTreeSet<(Instant, String)>,
+    /// Offline sessions with a delayed will or messages that may expire: the sweeper's
+    /// other work, so a district of sleeping boards costs it nothing.
+    watch: HashSet<String>,
     retained: BTreeMap<ByteString, Message>,
     /// Some retained message may carry a Message Expiry Interval: the sweeper looks.
     retained_may_expire: bool,
@@ -328,6 +234,16 @@ impl Session {
 
     fn persistent(&self) -> bool {
         self.expiry > 0
+    }
+
+    /// Puts an offline session on the sweeper's watch list if it has work there.
+    fn watch_offline(&self, client: &str, watch: &mut HashSet<String>) {
+        if self.live.is_none()
+            && (self.owed_may_expire || self.pending_will.is_some())
+            && !watch.contains(client)
+        {
+            watch.insert(client.to_owned());
+        }
     }
 }
 
@@ -434,6 +350,7 @@ impl Router {
             });
         }
         let is_new = s.subs.insert(raw.to_owned(), sub.clone()).is_none();
+        st.index.insert(client, &sub.filter, Opts::from(&sub));
         // Retained messages are not sent for shared subscriptions (MQTT 5 §4.8.2).
         let send = match send {
             SendRetained::Always => true,
@@ -444,7 +361,7 @@ impl Router {
             let now = Instant::now();
             // An expired retained message is no longer sent [MQTT-3.3.2-5]; it is
             // forgotten the next time it is replaced or deleted.
-            for (topic, msg) in st.retained.iter() {
+            for (topic, msg) in retained_candidates(&st.retained, &sub.filter.pattern) {
                 if matches(&sub.filter.pattern, topic) && !msg.expired(now) {
                     // A retained message sent because of a subscription carries RETAIN=1
                     // [MQTT-3.3.1-8].
@@ -463,8 +380,27 @@ impl Router {
 
     /// Returns whether the subscription existed (MQTT 5 reports "no subscription existed").
     pub fn unsubscribe(&self, conn: ConnId, raw: &str) -> bool {
-        self.with_live(conn, |client, s| {
-            let existed = s.subs.remove(raw).is_some();
+        let mut guard = self.lock();
+        let State {
+            conns,
+            sessions,
+            index,
+            ..
+        } = &mut *guard;
+        let Some(client) = conns.get(&conn) else {
+            return false;
+        };
+        let Some(s) = sessions.get_mut(client) else {
+            return false;
+        };
+        {
+            let existed = match s.subs.remove(raw) {
+                Some(sub) => {
+                    index.remove(client, &sub.filter);
+                    true
+                }
+                None => false,
+            };
             if existed && s.persistent() {
                 self.store.append(&Record::Unsub {
                     client,
@@ -472,8 +408,7 @@ impl Router {
                 });
             }
             existed
-        })
-        .unwrap_or(false)
+        }
     }
 
     /// Routes one message: updates the retained store, then queues a copy for every
@@ -528,67 +463,86 @@ impl Router {
                 .set(stats::client_retained(&st.retained));
         }
 
-        // Shared groups allocate, but only when a shared subscription matches.
-        type Member = (String, QoS, bool, Option<u32>);
-        let mut groups: HashMap<(String, String), Vec<Member>> = HashMap::new();
-        for (client, s) in st.sessions.iter_mut() {
-            let live_id = s.live.as_ref().map(|l| l.id);
-            if live_id.is_none() && !s.persistent() {
+        let State {
+            index,
+            sessions,
+            share_turn,
+            watch,
+            ..
+        } = st;
+        let mut hits = Vec::new();
+        index.matches(&msg.topic, &mut hits);
+        // Once per session: at the highest QoS of its matching subscriptions, with every
+        // matching subscription's identifier [MQTT-3.3.4-4]. Most messages match one
+        // subscription per session, which needs no merging.
+        let mut copies: HashMap<&str, (QoS, bool, Vec<u32>)> = HashMap::new();
+        let mut groups = Vec::new();
+        for hit in hits {
+            let (client, o) = match hit {
+                Hit::Direct(client, o) => (client, o),
+                Hit::Group(members) => {
+                    groups.push(members);
+                    continue;
+                }
+            };
+            if o.no_local
+                && from.is_some()
+                && sessions
+                    .get(&**client)
+                    .and_then(|s| s.live.as_ref())
+                    .is_some_and(|l| Some(l.id) == from)
+            {
                 continue;
             }
-            let mut best: Option<(QoS, bool)> = None;
-            // Every matching subscription's identifier goes with the one copy [MQTT-3.3.4-4].
-            let mut ids = Vec::new();
-            for sub in s.subs.values() {
-                if !matches(&sub.filter.pattern, &msg.topic)
-                    || (sub.no_local && from.is_some() && from == live_id)
-                {
-                    continue;
-                }
-                if let Some(group) = &sub.filter.group {
-                    let key = (group.clone(), sub.filter.pattern.clone());
-                    let member = (client.clone(), sub.qos, live_id.is_some(), sub.id);
-                    groups.entry(key).or_default().push(member);
-                    continue;
-                }
-                let qos = msg.qos.min(sub.qos);
-                // Forwarded copies have RETAIN=0 unless the subscriber asked otherwise
-                // [MQTT-3.3.1-9].
-                let retain = msg.retain && sub.retain_as_published;
-                ids.extend(sub.id);
-                best = Some(match best {
-                    Some((q, r)) => (q.max(qos), r || retain),
-                    None => (qos, retain),
-                });
+            let qos = msg.qos.min(o.qos);
+            // Forwarded copies have RETAIN=0 unless the subscriber asked otherwise
+            // [MQTT-3.3.1-9].
+            let retain = msg.retain && o.retain_as_published;
+            let c = copies.entry(client).or_insert((qos, retain, Vec::new()));
+            c.0 = c.0.max(qos);
+            c.1 |= retain;
+            c.2.extend(o.id);
+        }
+        for (client, (qos, retain, ids)) in copies {
+            let Some(s) = sessions.get_mut(client) else {
+                continue;
+            };
+            if s.live.is_none() && !s.persistent() {
+                continue;
             }
-            if let Some((qos, retain)) = best {
-                let m = Message {
-                    qos,
-                    retain,
-                    ..msg.clone()
-                };
-                lsn = lsn.max(self.deliver(client, s, m.for_subscriber(ids), &mut routed));
-            }
+            let m = Message {
+                qos,
+                retain,
+                ..msg.clone()
+            };
+            lsn = lsn.max(self.deliver(client, s, m.for_subscriber(ids), &mut routed));
+            s.watch_offline(client, watch);
         }
         // One member per group; connected members first, so an offline persistent member
         // queues only when nobody in its group is there to take the message.
-        let turn = st.share_turn;
-        st.share_turn = st.share_turn.wrapping_add(1);
-        for members in groups.into_values() {
-            let live: Vec<&Member> = members.iter().filter(|m| m.2).collect();
-            let (client, qos, _, id) = if live.is_empty() {
+        let turn = *share_turn;
+        *share_turn = share_turn.wrapping_add(1);
+        for members in groups {
+            let live = |m: &&Member| sessions.get(&*m.0).is_some_and(|s| s.live.is_some());
+            let n_live = members.iter().filter(live).count();
+            let (client, o) = if n_live == 0 {
                 &members[turn % members.len()]
             } else {
-                live[turn % live.len()]
+                members
+                    .iter()
+                    .filter(live)
+                    .nth(turn % n_live)
+                    .expect("counted")
             };
-            if let Some(s) = st.sessions.get_mut(client) {
+            if let Some(s) = sessions.get_mut(&**client) {
                 let m = Message {
-                    qos: msg.qos.min(*qos),
+                    qos: msg.qos.min(o.qos),
                     retain: false,
                     ..msg.clone()
                 };
-                let m = m.for_subscriber(id.iter().copied().collect());
+                let m = m.for_subscriber(o.id.into_iter().collect());
                 lsn = lsn.max(self.deliver(client, s, m, &mut routed));
+                s.watch_offline(client, watch);
             }
         }
         if self.store.wants_compaction() {
@@ -698,12 +652,38 @@ impl Router {
 }
 
 mod durable;
+mod index;
 mod sessions;
 mod stats;
 
 #[cfg(test)]
 #[path = "router_tests.rs"]
 mod tests;
+
+/// The retained messages a subscription to `pattern` may match: the one topic for a
+/// filter without wildcards, those under its literal prefix for one with them (a board
+/// subscribing to its own command topic does not look at every retained message).
+fn retained_candidates<'a>(
+    retained: &'a BTreeMap<ByteString, Message>,
+    pattern: &'a str,
+) -> Box<dyn Iterator<Item = (&'a ByteString, &'a Message)> + 'a> {
+    let wild = pattern.split('/').position(|l| l == "+" || l == "#");
+    let Some(at) = wild else {
+        return Box::new(retained.get_key_value(pattern).into_iter());
+    };
+    // The literal levels before the first wildcard, without the `/` after them: `a/#`
+    // also matches `a` itself [MQTT-4.7.1-2].
+    let prefix_len: usize = pattern.split('/').take(at).map(|l| l.len() + 1).sum();
+    let prefix = &pattern[..prefix_len.saturating_sub(1)];
+    Box::new(
+        retained
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(move |(t, _)| t.starts_with(prefix)),
+    )
+}
 
 /// See `session.rs` `per_connection_state_stays_small`.
 #[cfg(test)]

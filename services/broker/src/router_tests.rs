@@ -1,6 +1,8 @@
 //! Unit tests of the routing table (no sockets): delivery rules, retained store, sessions.
 
 use super::*;
+use crate::topic_filter::Filter;
+use ntex_bytes::Bytes;
 use lentera_bootstrap::Observability;
 use std::time::Duration;
 

@@ -12,13 +12,13 @@ use anyhow::Context;
 use lentera_bootstrap::{Observability, ready_file};
 
 use crate::metrics::Metrics;
+use crate::net::tls::TlsListener;
 use crate::net::{Listener, Network};
 use crate::router::{Limits, Router};
 use crate::session::Shared;
 use crate::settings::{BrokerSettings, Settings};
 use crate::store::{Store, recover};
 use crate::telemetry::Telemetry;
-use crate::transport_tls::TlsListener;
 
 /// A bound, running broker.
 pub struct Application {
@@ -128,7 +128,7 @@ impl Application {
             .context("starting the network workers")?;
         mqtt_check.set(true);
         let ws = match cfg.ws_listen_addr() {
-            Some(addr) => Some(crate::transport_ws::start(&addr, mqtt_addr, per_ip).await?),
+            Some(addr) => Some(crate::net::ws::start(&addr, mqtt_addr, per_ip).await?),
             None => None,
         };
 

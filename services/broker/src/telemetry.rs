@@ -36,8 +36,8 @@ use ntex_bytes::{ByteString, Bytes};
 use ntex_mqtt::QoS;
 use parking_lot::Mutex;
 
+use crate::message::Message;
 use crate::metrics::Metrics;
-use crate::router::Message;
 use crate::settings::TelemetryCheck;
 
 /// What the broker checks and stamps; one per broker, shared by its workers.

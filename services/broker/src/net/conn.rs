@@ -29,6 +29,9 @@ pub struct Conn {
     pub more_to_read: bool,
     /// Waiting in the worker's list of connections to flush.
     pub dirty: bool,
+    /// The peer's FIN (or an error) was reported: read until the end-of-file, because
+    /// no further event will come once the last data is read.
+    pub peer_closed: bool,
     /// When the packet in `partial` started, in seconds of the worker's clock
     /// (`packet_timeout_secs` counts from it).
     pub partial_since: u32,
@@ -63,6 +66,7 @@ impl Conn {
             phase: Phase::Handshake,
             more_to_read: true,
             dirty: false,
+            peer_closed: false,
             partial_since: 0,
             ip,
         }

@@ -13,6 +13,8 @@
 //! - [`worker`]: the event loop — accept, read, dispatch, flush, timers, commands.
 //! - [`conn`]: one connection's framing and output buffer.
 //! - [`transport`]: plain TCP or TLS (rustls driven by hand).
+//! - [`tls`]: the MQTT-over-TLS listener and its certificate.
+//! - [`ws`]: MQTT over WebSocket (`/mqtt`), a tokio bridge to the TCP listener.
 //! - [`mailbox`]: how other threads (the router, the store's writer, the authenticator)
 //!   reach a worker.
 //!
@@ -20,8 +22,10 @@
 
 pub mod conn;
 pub mod mailbox;
+pub mod tls;
 pub mod transport;
 pub mod worker;
+pub mod ws;
 
 use std::net::TcpListener;
 use std::sync::Arc;

@@ -40,8 +40,9 @@ const LINGER: Duration = Duration::from_secs(2);
 pub struct Worker {
     poll: Poll,
     events: Events,
-    /// Tokens and readiness copied out of `events`, so handlers may borrow the worker.
-    ready: Vec<(Token, bool, bool)>,
+    /// Tokens and readiness copied out of `events`, so handlers may borrow the worker:
+    /// readable, writable, the peer closed (or failed).
+    ready: Vec<(Token, bool, bool, bool)>,
     mailbox: Arc<Mailbox>,
     cmds: Vec<Cmd>,
     shared: Arc<Shared>,
@@ -138,18 +139,26 @@ impl Worker {
             self.now = Instant::now();
             self.ready.clear();
             self.ready.extend(self.events.iter().map(|e| {
-                let readable = e.is_readable() || e.is_read_closed() || e.is_error();
-                (e.token(), readable, e.is_writable())
+                let closed = e.is_read_closed() || e.is_error();
+                (
+                    e.token(),
+                    e.is_readable() || closed,
+                    e.is_writable(),
+                    closed,
+                )
             }));
             self.commands();
             for i in 0..self.ready.len() {
-                let (token, readable, writable) = self.ready[i];
+                let (token, readable, writable, closed) = self.ready[i];
                 match token {
                     WAKER => {}
                     Token(t) if t > LISTENERS - 16 && t <= LISTENERS => self.accept(LISTENERS - t),
                     Token(idx) => {
                         if writable {
                             self.on_writable(idx);
+                        }
+                        if closed && let Some(c) = self.conns.get_mut(idx) {
+                            c.peer_closed = true;
                         }
                         if readable {
                             self.read(idx);
@@ -352,7 +361,11 @@ impl Worker {
                     // edge-triggered, so new data brings a new event, and the read
                     // that would only say "would block" is saved (one system call per
                     // packet burst, which is most of the latency at modest rates).
-                    let drained = n < self.scratch.len() && conn.io.is_plain();
+                    // Not once the peer's FIN was reported: the end-of-file waits
+                    // behind the data and nothing new will arrive to announce it (a
+                    // flooding client that dies would stay "connected" until its
+                    // keep-alive ran out).
+                    let drained = n < self.scratch.len() && conn.io.is_plain() && !conn.peer_closed;
                     if let Err(why) = self.feed(idx, n) {
                         return self.close(idx, why);
                     }

@@ -35,6 +35,9 @@ impl Router {
             let mut s = Session::new(r.expiry.min(limits.max_session_expiry));
             s.stored = true;
             s.expires_at = expiry_deadline(now, s.expiry);
+            for sub in r.subs.values() {
+                st.index.insert(&client, &sub.filter, sub.into());
+            }
             s.subs = r.subs;
             s.next_seq = r.owed.keys().next_back().map_or(1, |k| k + 1);
             s.owed = r
@@ -50,6 +53,10 @@ impl Router {
                 })
                 .collect();
             s.owed_may_expire = s.owed.iter().any(|o| o.msg.expires());
+            if let Some(t) = s.expires_at {
+                st.expiries.insert((t, client.clone()));
+            }
+            s.watch_offline(&client, &mut st.watch);
             // Accepted before the restart: owed whatever the bounds say now.
             s.owed_bytes = s.owed.iter().map(|o| o.msg.cost()).sum();
             budget.force_take(s.owed_bytes);

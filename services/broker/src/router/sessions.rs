@@ -57,7 +57,9 @@ impl Router {
             Box::new(Session::new(0))
         });
         s.expiry = expiry;
-        s.expires_at = None;
+        if let Some(t) = s.expires_at.take() {
+            st.expiries.remove(&(t, client.clone()));
+        }
         if s.persistent() {
             self.store.append(&Record::Session {
                 client: &client,
@@ -194,6 +196,13 @@ impl Router {
     /// Removes a session and everything it owns.
     fn end_session(&self, st: &mut State, client: &str) {
         if let Some(s) = st.sessions.remove(client) {
+            for sub in s.subs.values() {
+                st.index.remove(client, &sub.filter);
+            }
+            if let Some(t) = s.expires_at {
+                st.expiries.remove(&(t, client.to_owned()));
+            }
+            st.watch.remove(client);
             self.metrics.sessions.dec();
             self.budget.give(s.owed_bytes);
             if s.stored {
@@ -260,12 +269,16 @@ impl Router {
         let mut will = live.will;
         if s.persistent() {
             s.expires_at = expiry_deadline(now, s.expiry);
+            if let Some(t) = s.expires_at {
+                st.expiries.insert((t, client.clone()));
+            }
             if live.will_timing.delay > 0 {
                 let due = now + Duration::from_secs(live.will_timing.delay.into());
                 s.pending_will = will
                     .take()
                     .map(|w| Box::new((w, due, live.will_timing.expiry)));
             }
+            s.watch_offline(&client, &mut st.watch);
         } else {
             self.end_session(st, &client);
         }
@@ -278,44 +291,59 @@ impl Router {
     pub fn expire_sessions(&self, now: Instant) -> usize {
         let mut guard = self.lock();
         let st = &mut *guard;
-        let due: Vec<String> = st
-            .sessions
-            .iter()
-            .filter(|(_, s)| s.live.is_none() && s.expires_at.is_some_and(|t| t <= now))
-            .map(|(c, _)| c.clone())
-            .collect();
+        let mut due = Vec::new();
+        while let Some(first) = st.expiries.first()
+            && first.0 <= now
+        {
+            let (t, c) = st.expiries.pop_first().expect("just seen");
+            // Only if that is still its deadline (a stale entry is harmless but skipped).
+            if st
+                .sessions
+                .get(&c)
+                .is_some_and(|s| s.live.is_none() && s.expires_at == Some(t))
+            {
+                due.push(c);
+            }
+        }
         let mut wills = Vec::new();
         for c in &due {
             tracing::debug!(client_id = %c, "session expired");
             wills.extend(st.sessions.get_mut(c).and_then(|s| s.pending_will.take()));
             self.end_session(st, c);
         }
-        for s in st.sessions.values_mut() {
+        let State {
+            sessions, watch, ..
+        } = &mut *st;
+        watch.retain(|client| {
+            let Some(s) = sessions.get_mut(client) else {
+                return false;
+            };
+            if s.live.is_some() {
+                return false;
+            }
             if s.pending_will.as_ref().is_some_and(|w| w.1 <= now) {
                 wills.extend(s.pending_will.take());
             }
-        }
-        // Expired messages owed to offline sessions will never be sent [MQTT-3.3.2-5]:
-        // drop them now so they do not hold places in the session's queue.
-        for (client, s) in st.sessions.iter_mut() {
-            if s.live.is_some() || !s.owed_may_expire {
-                continue;
+            // Expired messages owed to offline sessions will never be sent
+            // [MQTT-3.3.2-5]: drop them now so they do not hold places in the queue.
+            if s.owed_may_expire {
+                let store = &self.store;
+                let mut freed = 0;
+                s.owed.retain(|o| {
+                    // Only those whose delivery never started [MQTT-3.3.2-5].
+                    let expired = !o.dispatched && o.msg.expired(now);
+                    if expired {
+                        store.append(&Record::Ack { client, seq: o.seq });
+                        freed += o.msg.cost();
+                    }
+                    !expired
+                });
+                s.owed_bytes -= freed;
+                self.budget.give(freed);
+                s.owed_may_expire = s.owed.iter().any(|o| !o.dispatched && o.msg.expires());
             }
-            let store = &self.store;
-            let mut freed = 0;
-            s.owed.retain(|o| {
-                // Only those whose delivery never started [MQTT-3.3.2-5].
-                let expired = !o.dispatched && o.msg.expired(now);
-                if expired {
-                    store.append(&Record::Ack { client, seq: o.seq });
-                    freed += o.msg.cost();
-                }
-                !expired
-            });
-            s.owed_bytes -= freed;
-            self.budget.give(freed);
-            s.owed_may_expire = s.owed.iter().any(|o| !o.dispatched && o.msg.expires());
-        }
+            s.owed_may_expire || s.pending_will.is_some()
+        });
         // Expired retained messages are never sent again: forget them (and log it).
         if st.retained_may_expire {
             let expired: Vec<_> = st

@@ -11,7 +11,7 @@ use super::{Message, Router};
 impl Router {
     /// Subscriptions held by all sessions, connected or not.
     pub fn subscription_count(&self) -> usize {
-        self.lock().sessions.values().map(|s| s.subs.len()).sum()
+        self.lock().index.len()
     }
 }
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use ntex_bytes::{ByteString, Bytes};
 use ntex_mqtt::QoS;
 
-use crate::router::{Message, Properties};
+use crate::message::{Message, Properties};
 
 /// One state change, borrowing from the router's state (encoding) or owning (decoding).
 #[derive(Debug)]

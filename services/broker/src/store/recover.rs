@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use ntex_bytes::ByteString;
 
 use super::record::{self, Owned};
-use crate::router::{Message, Subscription};
+use crate::message::{Message, Subscription};
 use crate::topic_filter::Filter;
 
 /// A persistent session as it was when the broker stopped.
