@@ -303,3 +303,34 @@ fn offline_sessions_are_bounded_in_bytes_each_and_together_and_acks_give_bytes_b
     assert!(r.disconnect(a2).is_none());
     assert_eq!(r.budget().used(), 10);
 }
+
+/// A SUBSCRIBE looks only under its filter's literal prefix (`retained_candidates`);
+/// what it finds there must still be exactly what the filter matches, at the edges of
+/// the prefix: the parent level of `a/#`, a sibling sharing the prefix's letters, `$`.
+#[test]
+fn retained_messages_found_by_prefix_are_exactly_the_matching_ones() {
+    let r = router();
+    for t in ["a", "a/b", "a/b/c", "ab", "ab/c", "b/b", "$SYS/a", "/a"] {
+        r.publish(None, msg(t, t, QoS::AtMostOnce, true));
+    }
+    let cases: [(&str, &[&str]); 8] = [
+        ("a", &["a"]),
+        ("a/#", &["a", "a/b", "a/b/c"]),
+        ("a/+", &["a/b"]),
+        ("+/b", &["a/b", "b/b"]),
+        ("#", &["/a", "a", "a/b", "a/b/c", "ab", "ab/c", "b/b"]),
+        ("ab/#", &["ab", "ab/c"]),
+        ("$SYS/#", &["$SYS/a"]),
+        ("/+", &["/a"]),
+    ];
+    for (n, (filter, want)) in cases.into_iter().enumerate() {
+        let (id, rx, _) = register(&r, &format!("c{n}"));
+        r.subscribe(id, filter, sub(filter, QoS::AtMostOnce), SendRetained::Always);
+        let mut got = Vec::new();
+        while let Some(o) = rx.try_recv() {
+            got.push(o.msg.topic.to_string());
+        }
+        got.sort();
+        assert_eq!(got, want, "retained messages for {filter}");
+    }
+}
