@@ -684,3 +684,48 @@ async fn the_platform_services_client_connects_with_the_credentials_from_its_set
     );
     b.stop().await;
 }
+
+#[tokio::test]
+async fn deny_rules_refuse_one_topic_inside_an_allowed_wildcard() {
+    // The operators' console may do anything under lentera/ except switch lamps (the
+    // lamp service's job) and read the boards' tokens topic.
+    let h = |pw: &str| lentera_broker::auth::password::hash_with(pw.as_bytes(), 1000);
+    let dir = temp_dir("deny");
+    let file = dir.join("auth.toml");
+    let text = format!(
+        r#"
+[[users]]
+username = "ops"
+password = "{}"
+publish = ["lentera/#"]
+subscribe = ["lentera/#"]
+deny_publish = ["lentera/+/lamp/set"]
+deny_subscribe = ["lentera/+/secret"]
+"#,
+        h(OPS_PASSWORD)
+    );
+    std::fs::write(&file, text).unwrap();
+    let b = Broker::start_with(settings_with_auth(&file, false)).await;
+    let mut ops = V5::connect(v5_opts(&b, "console", Some(("ops", OPS_PASSWORD)))).await;
+    assert_eq!(ops.subscribe("lentera/+/telemetry").await, 1);
+    assert_eq!(ops.subscribe("lentera/gh-1/secret").await, 0x87);
+    // Wide enough to receive the denied topic: refused whole, not granted with a hole.
+    assert_eq!(ops.subscribe("lentera/#").await, 0x87);
+    let (code, _) = ops.publish_qos1("lentera/lamp-1/lamp/set", b"on").await;
+    assert_eq!(code, 0x87, "a denied publish is refused");
+    let (code, _) = ops
+        .publish_qos1("lentera/gh-1/telemetry", b"{\"t\":1}")
+        .await;
+    assert_eq!(code, 0, "the rest of the wildcard is still allowed");
+    assert_eq!(
+        ops.try_publish(WAIT).await.map(|p| p.0).as_deref(),
+        Some("lentera/gh-1/telemetry")
+    );
+    // A malformed deny rule is an error at load, like any rule.
+    let bad = format!(
+        "[[users]]\nusername = \"x\"\npassword = \"{}\"\ndeny_publish = [\"a/#/b\"]\n",
+        h("x")
+    );
+    assert!(lentera_broker::auth::file::FileAuth::from_toml(&bad, false).is_err());
+    b.stop().await;
+}

@@ -111,6 +111,7 @@ impl DeviceAcl {
         let acl = Acl {
             publish: topics(&["telemetry", "status", "lamp/state"]),
             subscribe: topics(&["lamp/set", "lamp/mode", "error"]),
+            ..Acl::default()
         };
         Self { id, acl }
     }

@@ -44,6 +44,10 @@ struct UserEntry {
     publish: Vec<String>,
     #[serde(default)]
     subscribe: Vec<String>,
+    #[serde(default)]
+    deny_publish: Vec<String>,
+    #[serde(default)]
+    deny_subscribe: Vec<String>,
 }
 
 struct User {
@@ -84,6 +88,8 @@ impl FileAuth {
             let own = Rules {
                 publish: u.publish,
                 subscribe: u.subscribe,
+                deny_publish: u.deny_publish,
+                deny_subscribe: u.deny_subscribe,
             };
             own.validate()
                 .map_err(|e| anyhow::anyhow!("user {:?}: {e}", u.username))?;
