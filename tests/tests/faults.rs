@@ -4,13 +4,20 @@
 //! breaks one part of the path in the middle of the stream, mends it, and then compares
 //! what ingest accepted (`202`) with what PostgreSQL holds: the same readings, each once
 //! (see `lentera_tests::readings`).
+//!
+//! Most run on our broker, on Mosquitto and on rumqttd 0.20.0 (`…_on_mosquitto`,
+//! `…_on_rumqttd`: one body taking a [`BrokerKind`]). The broker-restart tests run on
+//! ours only: Mosquitto (run without `persistence true`) and rumqttd (it has no store at
+//! all) forget on restart the readings they acknowledged to ingest but had not yet
+//! delivered, and the historian's session with them, so "every 202 stored" cannot hold
+//! there by design — not a defect of the services. See docs/scaling.md.
 
 use std::time::Duration;
 
 use lentera_tests::readings::{
     Attempt, Connections, Stream, assert_stored_exactly_once, wait_rows,
 };
-use lentera_tests::{PrivatePostgres, Stack, StackBuilder, TestBroker};
+use lentera_tests::{BrokerKind, PrivatePostgres, Stack};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
@@ -22,10 +29,27 @@ const WAIT: Duration = Duration::from_secs(20);
 /// unacknowledged, and stores everything once PostgreSQL is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_down_for_ten_seconds_mid_stream_loses_and_doubles_nothing() {
+    postgres_down_for_ten_seconds(BrokerKind::Ours).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_down_for_ten_seconds_on_mosquitto_loses_and_doubles_nothing() {
+    postgres_down_for_ten_seconds(BrokerKind::Mosquitto).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_down_for_ten_seconds_on_rumqttd_loses_and_doubles_nothing() {
+    postgres_down_for_ten_seconds(BrokerKind::Rumqttd).await;
+}
+
+async fn postgres_down_for_ten_seconds(kind: BrokerKind) {
+    let Some(builder) = Stack::on(kind) else {
+        return;
+    };
     let Some(mut pg) = PrivatePostgres::start().expect("private PostgreSQL starts") else {
         return;
     };
-    let mut stack = Stack::builder()
+    let mut stack = builder
         .postgres(pg.url())
         .readings_only()
         .start()
@@ -104,20 +128,26 @@ async fn postgres_down_for_ten_seconds_mid_stream_loses_and_doubles_nothing() {
 /// broker keep and redeliver them, and the idempotent write stores each once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn historian_killed_mid_stream_loses_and_doubles_nothing() {
-    let builder = Stack::builder();
-    historian_killed_mid_stream(builder, "hist-kill").await;
+    historian_killed_mid_stream(BrokerKind::Ours, "hist-kill").await;
 }
 
 /// The same on Mosquitto, which keeps an offline persistent session's messages too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn historian_killed_mid_stream_on_mosquitto_loses_and_doubles_nothing() {
-    let Some(broker) = TestBroker::mosquitto() else {
-        return;
-    };
-    historian_killed_mid_stream(Stack::builder().broker(broker), "hist-kill-mosq").await;
+    historian_killed_mid_stream(BrokerKind::Mosquitto, "hist-kill-mosq").await;
 }
 
-async fn historian_killed_mid_stream(builder: StackBuilder, device: &str) {
+/// And on rumqttd, whose persistent sessions keep, in memory, the position of the
+/// unacknowledged deliveries in its log and resend from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn historian_killed_mid_stream_on_rumqttd_loses_and_doubles_nothing() {
+    historian_killed_mid_stream(BrokerKind::Rumqttd, "hist-kill-rumqttd").await;
+}
+
+async fn historian_killed_mid_stream(kind: BrokerKind, device: &str) {
+    let Some(builder) = Stack::on(kind) else {
+        return;
+    };
     let mut stack = builder
         .env("historian", "LENTERA_HISTORIAN__BATCH_INTERVAL_MS", "500")
         .readings_only()
@@ -157,24 +187,39 @@ async fn historian_killed_mid_stream(builder: StackBuilder, device: &str) {
 /// Our broker SIGKILLed mid-stream and started again on the same port with the same
 /// store: meanwhile ingest answers 503 + Retry-After (never 202), the sender retries as
 /// a board would, and every reading that got a 202 — before or after — is stored once.
+/// (Ours only: a broker without a store — Mosquitto as run here, rumqttd — loses what it
+/// had acknowledged and not yet delivered, and the historian's session.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_killed_and_restarted_mid_stream_loses_and_doubles_nothing() {
-    broker_restarted_mid_stream("broker-kill", false).await;
+    broker_restarted_mid_stream(BrokerKind::Ours, "broker-kill", false).await;
+}
+
+/// The same on rumqttd: not guaranteed, so not run by default (`--ignored` runs it). It
+/// keeps sessions and queues in memory only, so a crash loses whatever it had
+/// acknowledged to ingest (a `202`) and not yet delivered, and the historian's session;
+/// after the restart a reading acknowledged before the historian has subscribed again
+/// goes nowhere. Here the historian is caught up at the kill (20 ms batches) and
+/// resubscribes within milliseconds, so the window is small: it passed 5 runs of 5 on a
+/// 2-core VM (2026-12-04). The deterministic case is
+/// `broker_killed_holding_readings_on_rumqttd_loses_them`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "not guaranteed on rumqttd 0.20.0 (no store): passes only when no reading is in the broker's hands at the kill"]
+async fn broker_killed_and_restarted_mid_stream_on_rumqttd_loses_readings() {
+    broker_restarted_mid_stream(BrokerKind::Rumqttd, "broker-kill-rq", false).await;
 }
 
 /// The same with a graceful stop: SIGTERM, the broker drains and exits 0, then starts
 /// again from its store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_terminated_and_restarted_mid_stream_loses_and_doubles_nothing() {
-    broker_restarted_mid_stream("broker-term", true).await;
+    broker_restarted_mid_stream(BrokerKind::Ours, "broker-term", true).await;
 }
 
-async fn broker_restarted_mid_stream(device: &str, graceful: bool) {
-    let mut stack = Stack::builder()
-        .readings_only()
-        .start()
-        .await
-        .expect("stack starts");
+async fn broker_restarted_mid_stream(kind: BrokerKind, device: &str, graceful: bool) {
+    let Some(builder) = Stack::on(kind) else {
+        return;
+    };
+    let mut stack = builder.readings_only().start().await.expect("stack starts");
     let pool = stack.db.connect().await.unwrap();
     let stream = Stream::start(stack.board_url(device).await.unwrap(), device, 300, 50.0, 4);
     wait_rows(&pool, device, 80, WAIT).await.unwrap();
@@ -182,7 +227,7 @@ async fn broker_restarted_mid_stream(device: &str, graceful: bool) {
     if graceful {
         let status = tokio::task::block_in_place(|| stack.broker.terminate()).unwrap();
         assert!(
-            status.success(),
+            stack.broker.stopped_cleanly(status),
             "the broker exits 0 on SIGTERM: {status}\n{}",
             stack.broker.log_text()
         );
@@ -225,15 +270,27 @@ async fn broker_restarted_mid_stream(device: &str, graceful: bool) {
 /// Our broker SIGKILLed while it holds readings it has acknowledged to ingest but not yet
 /// delivered: the historian is down (killed) at that moment, so they can only be in the
 /// broker's store for the historian's persistent session. After the broker and then the
-/// historian come back, every accepted reading is stored once. (A broker that kept them
-/// in memory only — Mosquitto without `persistence true` — fails this test.)
+/// historian come back, every accepted reading is stored once. (A broker that keeps them
+/// in memory only — Mosquitto without `persistence true`, rumqttd 0.20, which has no
+/// store — fails this test by design, so it runs on ours only.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_killed_holding_readings_for_an_absent_historian_keeps_them() {
-    let mut stack = Stack::builder()
-        .readings_only()
-        .start()
-        .await
-        .expect("stack starts");
+    broker_killed_holding_readings(BrokerKind::Ours).await;
+}
+
+/// What rumqttd 0.20.0 does in the same case: it fails (`--ignored` runs it), losing
+/// every reading it held for the absent historian — at least the 60 the test waits for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fails on rumqttd 0.20.0 by design: no store, the held readings die with the broker"]
+async fn broker_killed_holding_readings_on_rumqttd_loses_them() {
+    broker_killed_holding_readings(BrokerKind::Rumqttd).await;
+}
+
+async fn broker_killed_holding_readings(kind: BrokerKind) {
+    let Some(builder) = Stack::on(kind) else {
+        return;
+    };
+    let mut stack = builder.readings_only().start().await.expect("stack starts");
     let pool = stack.db.connect().await.unwrap();
     let stream = Stream::start(
         stack.board_url("broker-held").await.unwrap(),
@@ -268,11 +325,24 @@ async fn broker_killed_holding_readings_for_an_absent_historian_keeps_them() {
 /// all is checked by the exactly-once count at the end.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_terminated_with_requests_in_flight_loses_no_accepted_reading() {
-    let mut stack = Stack::builder()
-        .readings_only()
-        .start()
-        .await
-        .expect("stack starts");
+    ingest_terminated_with_requests_in_flight(BrokerKind::Ours).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_terminated_with_requests_in_flight_on_mosquitto_loses_no_accepted_reading() {
+    ingest_terminated_with_requests_in_flight(BrokerKind::Mosquitto).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_terminated_with_requests_in_flight_on_rumqttd_loses_no_accepted_reading() {
+    ingest_terminated_with_requests_in_flight(BrokerKind::Rumqttd).await;
+}
+
+async fn ingest_terminated_with_requests_in_flight(kind: BrokerKind) {
+    let Some(builder) = Stack::on(kind) else {
+        return;
+    };
+    let mut stack = builder.readings_only().start().await.expect("stack starts");
     let pool = stack.db.connect().await.unwrap();
     let http_addr = stack.ingest.addr("http").unwrap();
     let stream = Stream::start_with(

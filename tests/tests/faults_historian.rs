@@ -1,11 +1,15 @@
 //! The historian while PostgreSQL is down or slow, through the real binaries: it never
 //! acknowledges what it has not committed, stays up, says not-ready, retries, and in the
 //! end every accepted reading is stored exactly once (see `lentera_tests::readings`).
+//!
+//! Each runs on our broker, on Mosquitto and on rumqttd 0.20.0: what it checks is the
+//! historian's, and the broker's part (keep an unacknowledged delivery, redeliver it to
+//! the persistent session) is plain MQTT 3.1.1.
 
 use std::time::Duration;
 
 use lentera_tests::readings::{Stream, assert_stored_exactly_once, wait_rows};
-use lentera_tests::{PrivatePostgres, Stack};
+use lentera_tests::{BrokerKind, PrivatePostgres, Stack};
 use tokio::time::Instant;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -18,10 +22,27 @@ const ACKED: &str = "lentera_historian_deliveries_acked_total";
 /// and the historian are back, every accepted reading is stored once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_postgres_is_down_the_historian_acknowledges_nothing() {
+    postgres_down_nothing_acknowledged(BrokerKind::Ours).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_postgres_is_down_the_historian_acknowledges_nothing_on_mosquitto() {
+    postgres_down_nothing_acknowledged(BrokerKind::Mosquitto).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_postgres_is_down_the_historian_acknowledges_nothing_on_rumqttd() {
+    postgres_down_nothing_acknowledged(BrokerKind::Rumqttd).await;
+}
+
+async fn postgres_down_nothing_acknowledged(kind: BrokerKind) {
+    let Some(builder) = Stack::on(kind) else {
+        return;
+    };
     let Some(mut pg) = PrivatePostgres::start().expect("private PostgreSQL starts") else {
         return;
     };
-    let mut stack = Stack::builder()
+    let mut stack = builder
         .postgres(pg.url())
         .readings_only()
         .start()
@@ -90,7 +111,24 @@ async fn while_postgres_is_down_the_historian_acknowledges_nothing() {
 /// nothing meanwhile, and once the lock is released stores every reading exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_slow_behind_a_lock_for_five_seconds_loses_and_doubles_nothing() {
-    let mut stack = Stack::builder()
+    postgres_slow_behind_a_lock(BrokerKind::Ours).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_slow_behind_a_lock_on_mosquitto_loses_and_doubles_nothing() {
+    postgres_slow_behind_a_lock(BrokerKind::Mosquitto).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_slow_behind_a_lock_on_rumqttd_loses_and_doubles_nothing() {
+    postgres_slow_behind_a_lock(BrokerKind::Rumqttd).await;
+}
+
+async fn postgres_slow_behind_a_lock(kind: BrokerKind) {
+    let Some(builder) = Stack::on(kind) else {
+        return;
+    };
+    let mut stack = builder
         .env("historian", "LENTERA_HISTORIAN__WRITE_TIMEOUT_MS", "1000")
         .readings_only()
         .start()

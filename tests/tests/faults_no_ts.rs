@@ -8,11 +8,18 @@
 //! historian or the broker mid-stream, brings it back, and requires PostgreSQL to hold
 //! exactly the readings that were acknowledged (`202`, `OK`, PUBACK), each once, with
 //! a distinct receive time each.
+//!
+//! The HTTP and TCP doors with the historian killed also run on Mosquitto and rumqttd
+//! 0.20.0 (ingest stamps those readings; the broker only has to keep the historian's
+//! session). Ours only: the MQTT door without `ts` (the stamp is our broker's — another
+//! broker forwards the payload as the board sent it, so a redelivery could not be told
+//! from a new reading), and the broker-killed faults (Mosquitto as run here and rumqttd
+//! keep no store: what they acknowledged and had not delivered is gone with them).
 
 use std::time::Duration;
 
-use lentera_tests::Stack;
 use lentera_tests::readings::{Stream, Ts, assert_stored_exactly_once, wait_rows};
+use lentera_tests::{BrokerKind, Stack};
 use sqlx::PgPool;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -33,8 +40,15 @@ enum Fault {
 }
 
 async fn run(door: Door, fault: Fault) {
+    run_on(BrokerKind::Ours, door, fault).await;
+}
+
+async fn run_on(kind: BrokerKind, door: Door, fault: Fault) {
     let device = format!("nots-{door:?}-{fault:?}").to_lowercase();
-    let mut stack = Stack::builder()
+    let Some(builder) = Stack::on(kind) else {
+        return;
+    };
+    let mut stack = builder
         .env("historian", "LENTERA_HISTORIAN__BATCH_INTERVAL_MS", "300")
         .readings_only()
         .start()
@@ -109,8 +123,28 @@ async fn http_without_ts_broker_killed_loses_and_doubles_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_without_ts_historian_killed_on_mosquitto_loses_and_doubles_nothing() {
+    run_on(BrokerKind::Mosquitto, Door::Http, Fault::HistorianKilled).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_without_ts_historian_killed_on_rumqttd_loses_and_doubles_nothing() {
+    run_on(BrokerKind::Rumqttd, Door::Http, Fault::HistorianKilled).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_without_ts_historian_killed_loses_and_doubles_nothing() {
     run(Door::Tcp, Fault::HistorianKilled).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_without_ts_historian_killed_on_mosquitto_loses_and_doubles_nothing() {
+    run_on(BrokerKind::Mosquitto, Door::Tcp, Fault::HistorianKilled).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_without_ts_historian_killed_on_rumqttd_loses_and_doubles_nothing() {
+    run_on(BrokerKind::Rumqttd, Door::Tcp, Fault::HistorianKilled).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

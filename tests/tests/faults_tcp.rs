@@ -11,6 +11,11 @@
 //! And the retained `status` of TCP boards is true after ingest itself is SIGKILLed: the
 //! restarted ingest announces `offline` the boards of its dead run that do not come
 //! back, from the bound set that run kept retained.
+//!
+//! The historian and ingest faults run on our broker, on Mosquitto and on rumqttd 0.20.0
+//! (one body taking a [`BrokerKind`]). The broker-killed one runs on ours only: a broker
+//! without a store (Mosquitto as run here, rumqttd) loses on a crash the readings it
+//! acknowledged to ingest — ingest's `OK` — and had not yet delivered.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -19,7 +24,7 @@ use std::time::Duration;
 use lentera_tests::readings::{
     Attempt, Report, Stream, assert_stored_exactly_once, is_retryable, stored, wait_rows,
 };
-use lentera_tests::{Stack, TestBroker};
+use lentera_tests::{BrokerKind, Stack};
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -113,7 +118,7 @@ fn first_where(reports: &[Report], bad: impl Fn(&Attempt) -> bool) -> Option<(St
 /// Our broker SIGKILLed mid-stream and started again on the same port with its store:
 /// meanwhile ingest keeps the boards' connections and answers their lines
 /// `ERR broker_unavailable …` (never `OK`), the boards re-send, and every line that got
-/// `OK` — before, during or after — is stored once.
+/// `OK` — before, during or after — is stored once. (Ours only: see the module doc.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_killed_mid_tcp_stream_every_ok_is_stored_once() {
     let mut stack = Stack::builder()
@@ -157,15 +162,34 @@ async fn broker_killed_mid_tcp_stream_every_ok_is_stored_once() {
 /// persistent session gets every reading stored once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn historian_killed_mid_tcp_stream_every_ok_is_stored_once() {
-    let mut stack = Stack::builder()
+    historian_killed_mid_tcp_stream(BrokerKind::Ours, "tcp-hist-kill").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn historian_killed_mid_tcp_stream_on_mosquitto_every_ok_is_stored_once() {
+    historian_killed_mid_tcp_stream(BrokerKind::Mosquitto, "tcp-hist-kill-mq").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn historian_killed_mid_tcp_stream_on_rumqttd_every_ok_is_stored_once() {
+    historian_killed_mid_tcp_stream(BrokerKind::Rumqttd, "tcp-hist-kill-rq").await;
+}
+
+async fn historian_killed_mid_tcp_stream(kind: BrokerKind, tag: &str) {
+    let Some(builder) = Stack::on(kind) else {
+        return;
+    };
+    let mut stack = builder
         .env("historian", "LENTERA_HISTORIAN__BATCH_INTERVAL_MS", "500")
         .readings_only()
         .start()
         .await
         .expect("stack starts");
     let pool = stack.db.connect().await.unwrap();
-    let boards = boards(&stack, "tcp-hist-kill").await;
-    wait_rows(&pool, "tcp-hist-kill-0", 40, WAIT).await.unwrap();
+    let boards = boards(&stack, tag).await;
+    wait_rows(&pool, &format!("{tag}-0"), 40, WAIT)
+        .await
+        .unwrap();
     // A batch was just committed; a quarter second later the next one is in hand.
     wait_more_accepted(&boards, 25).await;
 
@@ -193,21 +217,33 @@ async fn historian_killed_mid_tcp_stream_every_ok_is_stored_once() {
 /// no answer, and in the end every `OK` is stored once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_terminated_mid_tcp_stream_every_ok_it_gave_is_stored_once() {
-    let mut stack = Stack::builder()
-        .readings_only()
-        .start()
-        .await
-        .expect("stack starts");
+    ingest_terminated_mid_tcp_stream(BrokerKind::Ours, "tcp-ingest-term").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_terminated_mid_tcp_stream_on_mosquitto_every_ok_it_gave_is_stored_once() {
+    ingest_terminated_mid_tcp_stream(BrokerKind::Mosquitto, "tcp-ingest-term-mq").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_terminated_mid_tcp_stream_on_rumqttd_every_ok_it_gave_is_stored_once() {
+    ingest_terminated_mid_tcp_stream(BrokerKind::Rumqttd, "tcp-ingest-term-rq").await;
+}
+
+async fn ingest_terminated_mid_tcp_stream(kind: BrokerKind, tag: &str) {
+    let Some(builder) = Stack::on(kind) else {
+        return;
+    };
+    let mut stack = builder.readings_only().start().await.expect("stack starts");
     let pool = stack.db.connect().await.unwrap();
-    let boards = boards(&stack, "tcp-ingest-term").await;
-    wait_rows(&pool, "tcp-ingest-term-0", 40, WAIT)
+    let boards = boards(&stack, tag).await;
+    wait_rows(&pool, &format!("{tag}-0"), 40, WAIT)
         .await
         .unwrap();
 
     // Lines in flight at the signal: the broker frozen, so each board's next line waits
     // in ingest for its PUBACK.
-    let broker = stack.broker.service().expect("our broker runs");
-    broker.signal("STOP").unwrap();
+    stack.broker.signal("STOP").unwrap();
     let deadline = Instant::now() + WAIT;
     while !boards.iter().all(Stream::waiting) {
         assert!(Instant::now() < deadline, "the boards' lines were answered");
@@ -231,7 +267,7 @@ async fn ingest_terminated_mid_tcp_stream_every_ok_it_gave_is_stored_once() {
         "ingest waits for the lines in flight:\n{}",
         stack.ingest.log_text()
     );
-    stack.broker.service().unwrap().signal("CONT").unwrap();
+    stack.broker.signal("CONT").unwrap();
     let status = stack.ingest.wait_exit(WAIT).await.unwrap();
     assert!(
         status.success(),
@@ -516,31 +552,40 @@ async fn ingest_killed_with_tcp_boards_bound(stack: Stack, tag: &str) {
     for h in &mut stack.historians {
         assert!(h.terminate().unwrap().success(), "{}", h.log_text());
     }
-    assert!(stack.broker.terminate().unwrap().success());
+    let status = stack.broker.terminate().unwrap();
+    assert!(stack.broker.stopped_cleanly(status), "{status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_killed_its_tcp_boards_that_do_not_come_back_go_offline() {
-    let stack = Stack::builder()
-        .readings_only()
-        .start()
-        .await
-        .expect("stack starts");
-    ingest_killed_with_tcp_boards_bound(stack, "tcp-crash").await;
+    ingest_killed_on(BrokerKind::Ours, "tcp-crash").await;
 }
 
 /// The same on Mosquitto: the bound set is nothing but retained messages and an
 /// ordinary subscription.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_killed_on_mosquitto_its_tcp_boards_that_do_not_come_back_go_offline() {
-    let Some(broker) = TestBroker::mosquitto() else {
+    ingest_killed_on(BrokerKind::Mosquitto, "tcp-crash-mq").await;
+}
+
+/// Not on rumqttd 0.20.0, which fails it (run it with `--ignored` to see): when a client
+/// resumes a persistent session and subscribes again to a filter the session already
+/// has, rumqttd does not re-send the retained messages matching it (MQTT 3.1.1
+/// [MQTT-3.8.4-3] says it must; its router's `prepare_filter` only forwards retained
+/// messages for a filter new to the session). The restarted ingest resumes its session,
+/// so it never reads the bound set its killed run left retained ("read the bound set of
+/// ingest's previous run devices=0" in its log), and the two boards that did not come
+/// back stay `online`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "rumqttd 0.20.0 does not re-send retained messages on a resumed session's SUBSCRIBE (MQTT-3.8.4-3)"]
+async fn ingest_killed_on_rumqttd_its_tcp_boards_that_do_not_come_back_go_offline() {
+    ingest_killed_on(BrokerKind::Rumqttd, "tcp-crash-rq").await;
+}
+
+async fn ingest_killed_on(kind: BrokerKind, tag: &str) {
+    let Some(builder) = Stack::on(kind) else {
         return;
     };
-    let stack = Stack::builder()
-        .broker(broker)
-        .readings_only()
-        .start()
-        .await
-        .expect("stack starts");
-    ingest_killed_with_tcp_boards_bound(stack, "tcp-crash-mq").await;
+    let stack = builder.readings_only().start().await.expect("stack starts");
+    ingest_killed_with_tcp_boards_bound(stack, tag).await;
 }

@@ -1,12 +1,12 @@
 //! The scale-out story: several historians share one MQTT shared subscription
 //! (`$share/historian/…`), the broker splits the stream between them, and PostgreSQL
-//! still ends up with every reading exactly once — on our broker and on Mosquitto, also
-//! when one of the historians is killed mid-stream.
+//! still ends up with every reading exactly once — on our broker, on Mosquitto and on
+//! rumqttd 0.20.0, also when one of the historians is killed mid-stream.
 
 use std::time::Duration;
 
 use lentera_tests::readings::{Stream, assert_stored_exactly_once, wait_rows};
-use lentera_tests::{Stack, StackBuilder, TestBroker};
+use lentera_tests::{BrokerKind, Stack};
 
 const WAIT: Duration = Duration::from_secs(20);
 const STORED: &str = "lentera_historian_readings_stored_total";
@@ -43,36 +43,41 @@ async fn two_historians_split_the_stream(stack: Stack, device: &str) {
     stack.terminate_all().unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_historians_sharing_a_subscription_store_each_reading_once() {
-    let stack = Stack::builder()
+async fn two_historians_on(kind: BrokerKind, device: &str) {
+    let Some(builder) = Stack::on(kind) else {
+        return;
+    };
+    let stack = builder
         .historians(2, "historian")
         .readings_only()
         .start()
         .await
         .expect("stack starts");
-    two_historians_split_the_stream(stack, "shared-ours").await;
+    two_historians_split_the_stream(stack, device).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_historians_sharing_a_subscription_store_each_reading_once() {
+    two_historians_on(BrokerKind::Ours, "shared-ours").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_historians_sharing_a_subscription_on_mosquitto_store_each_reading_once() {
-    let Some(broker) = TestBroker::mosquitto() else {
-        return;
-    };
-    let stack = Stack::builder()
-        .broker(broker)
-        .historians(2, "historian")
-        .readings_only()
-        .start()
-        .await
-        .expect("stack starts");
-    two_historians_split_the_stream(stack, "shared-mosquitto").await;
+    two_historians_on(BrokerKind::Mosquitto, "shared-mosquitto").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_historians_sharing_a_subscription_on_rumqttd_store_each_reading_once() {
+    two_historians_on(BrokerKind::Rumqttd, "shared-rumqttd").await;
 }
 
 /// One of two sharing historians SIGKILLed mid-stream with a half-full batch in hand,
 /// and started again once 60 more readings were accepted: what it held is redelivered
 /// (to it, or to its partner) and every reading is stored once.
-async fn a_sharing_historian_killed_mid_stream(builder: StackBuilder, device: &str) {
+async fn a_sharing_historian_killed_mid_stream(kind: BrokerKind, device: &str) {
+    let Some(builder) = Stack::on(kind) else {
+        return;
+    };
     let mut stack = builder
         .historians(2, "historian")
         .env("historian", "LENTERA_HISTORIAN__BATCH_INTERVAL_MS", "500")
@@ -100,14 +105,15 @@ async fn a_sharing_historian_killed_mid_stream(builder: StackBuilder, device: &s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sharing_historian_killed_mid_stream_loses_nothing() {
-    a_sharing_historian_killed_mid_stream(Stack::builder(), "shared-kill-ours").await;
+    a_sharing_historian_killed_mid_stream(BrokerKind::Ours, "shared-kill-ours").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sharing_historian_killed_mid_stream_on_mosquitto_loses_nothing() {
-    let Some(broker) = TestBroker::mosquitto() else {
-        return;
-    };
-    a_sharing_historian_killed_mid_stream(Stack::builder().broker(broker), "shared-kill-mosq")
-        .await;
+    a_sharing_historian_killed_mid_stream(BrokerKind::Mosquitto, "shared-kill-mosq").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sharing_historian_killed_mid_stream_on_rumqttd_loses_nothing() {
+    a_sharing_historian_killed_mid_stream(BrokerKind::Rumqttd, "shared-kill-rumqttd").await;
 }
