@@ -654,6 +654,7 @@ impl Router {
 mod durable;
 mod index;
 mod sessions;
+mod small_map;
 mod stats;
 
 #[cfg(test)]

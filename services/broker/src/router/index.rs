@@ -16,12 +16,12 @@
 //! and UNSUBSCRIBE). Empty nodes are pruned on the way back, so a board that comes and
 //! goes leaves nothing behind.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use ntex_mqtt::QoS;
 
 use super::Subscription;
+use super::small_map::SmallMap;
 use crate::topic_filter::Filter;
 
 /// What routing needs of one subscription (the rest lives in the session).
@@ -64,7 +64,7 @@ pub(super) struct Index {
 
 #[derive(Default)]
 struct Node {
-    children: HashMap<Box<str>, Node>,
+    children: SmallMap<Box<str>, Node>,
     plus: Option<Box<Node>>,
     /// Boxed and created on demand: most nodes are intermediate levels.
     subs: Option<Box<Subs>>,
@@ -80,9 +80,9 @@ struct Subs {
 
 #[derive(Default)]
 struct Subscribers {
-    direct: HashMap<Arc<str>, Opts>,
+    direct: SmallMap<Arc<str>, Opts>,
     /// Group name → members, in subscription order (the round-robin walks them).
-    shared: HashMap<Box<str>, Vec<Member>>,
+    shared: SmallMap<Box<str>, Vec<Member>>,
 }
 
 impl Subscribers {
@@ -94,15 +94,15 @@ impl Subscribers {
     fn insert(&mut self, client: &str, group: Option<&str>, opts: Opts) -> bool {
         match group {
             None => {
-                if let Some(o) = self.direct.get_mut(client) {
-                    *o = opts;
-                    return false;
-                }
-                self.direct.insert(client.into(), opts);
-                true
+                let mut new = false;
+                *self.direct.get_or_insert_with(client, || {
+                    new = true;
+                    opts
+                }) = opts;
+                new
             }
             Some(g) => {
-                let members = self.shared.entry(g.into()).or_default();
+                let members = self.shared.get_or_insert_with(g, Vec::new);
                 if let Some(m) = members.iter_mut().find(|m| &*m.0 == client) {
                     m.1 = opts;
                     return false;
@@ -133,7 +133,7 @@ impl Subscribers {
 
     fn collect<'a>(&'a self, out: &mut Vec<Hit<'a>>) {
         out.extend(self.direct.iter().map(|(c, o)| Hit::Direct(c, *o)));
-        out.extend(self.shared.values().map(|m| Hit::Group(m)));
+        out.extend(self.shared.iter().map(|(_, m)| Hit::Group(m)));
     }
 }
 
@@ -160,8 +160,7 @@ impl Node {
                 .insert(rest, client, group, opts),
             [level, rest @ ..] => self
                 .children
-                .entry((*level).into())
-                .or_default()
+                .get_or_insert_with(*level, Node::default)
                 .insert(rest, client, group, opts),
         }
     }
