@@ -23,9 +23,11 @@
 //! - [`net`]: the workers' event loop, framing, output buffers, cross-thread
 //!   mailboxes; the TLS listener and its certificate (`net/tls.rs`); MQTT over
 //!   WebSocket (`/mqtt`), bridged to the MQTT listener (`net/ws.rs`).
-//! - [`session`]: one connection's session state: CONNECT and authentication, replies
-//!   that wait for the store, the outbound flow (window, packet ids, acknowledgements),
-//!   overload holds.
+//! - [`session`]: one connection's session state, a file per job: `connect` (CONNECT
+//!   and authentication), `replies` (replies that wait for the store), `delivery` (the
+//!   outbound flow: window, packet ids, acknowledgements), `hold` (overload holds),
+//!   `packets` (checks both protocol versions make alike), `wire` (raw-byte fixes of
+//!   what ntex-mqtt's decoders get wrong).
 //! - [`v3`], [`v5`]: what each packet means in each protocol version.
 //! - [`outbox`]: the queue between the router and a connection, and its bounds
 //!   (QoS 0 may be dropped for a slow subscriber; QoS ≥ 1 only beyond

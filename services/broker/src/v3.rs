@@ -1,5 +1,5 @@
 //! MQTT 3.1.1: what each packet means. Packets are decoded and encoded by
-//! ntex-mqtt's v3 codec; the session state they act on is `session.rs`.
+//! ntex-mqtt's v3 codec; the session state they act on is `session/`.
 //!
 //! MQTT 3.1.1 has no reason codes beyond CONNACK's and SUBACK's: a packet it cannot
 //! accept otherwise closes the connection, the only answer the protocol has.
@@ -22,7 +22,7 @@ use crate::net::Cx;
 use crate::net::conn::Output;
 use crate::router::{Message, NEVER, SendRetained, Subscription};
 use crate::session::{self, Active, Connection, Flow, Pending, PendingConnect, Proto, wire};
-use crate::topic_filter::{Filter, validate_name};
+use crate::topic_filter::validate_name;
 
 /// The MQTT 3.1.1 part of a connection: its codec.
 pub struct State {
@@ -348,30 +348,25 @@ fn subscribe(
     let mut lsn = 0;
     let status = filters
         .into_iter()
-        .map(|(raw, qos)| match Filter::parse(&raw) {
-            Ok(filter) if !a.acl.may_subscribe(&filter.pattern) => {
+        .map(
+            |(raw, qos)| match session::subscription_filter(a, cx, &raw, false) {
+                Ok(filter) => {
+                    // Every QoS is granted as requested; delivery uses min(published,
+                    // granted) [MQTT-3.8.4-8].
+                    let sub = Subscription {
+                        filter,
+                        qos,
+                        no_local: false,
+                        retain_as_published: false,
+                        id: None,
+                    };
+                    lsn = lsn.max(router.subscribe(a.id, &raw, sub, SendRetained::Always));
+                    SubscribeReturnCode::Success(qos)
+                }
                 // 0x80 is the only refusal MQTT 3.1.1 has [MQTT-3.9.3-2].
-                auth::subscribe_refused(router.metrics(), &a.client_id, &raw);
-                SubscribeReturnCode::Failure
-            }
-            Ok(filter) => {
-                // Every QoS is granted as requested; delivery uses min(published,
-                // granted) [MQTT-3.8.4-8].
-                let sub = Subscription {
-                    filter,
-                    qos,
-                    no_local: false,
-                    retain_as_published: false,
-                    id: None,
-                };
-                lsn = lsn.max(router.subscribe(a.id, &raw, sub, SendRetained::Always));
-                SubscribeReturnCode::Success(qos)
-            }
-            Err(e) => {
-                tracing::debug!(filter = %raw, code = e.code(), "subscription refused");
-                SubscribeReturnCode::Failure
-            }
-        })
+                Err(_) => SubscribeReturnCode::Failure,
+            },
+        )
         .collect();
     // A persistent session's subscription is on disk before the SUBACK.
     reply(a, out, cx, lsn, Packet::SubscribeAck { packet_id, status });

@@ -1,5 +1,5 @@
 //! MQTT 5.0: what each packet means. Packets are decoded and encoded by ntex-mqtt's
-//! v5 codec; the session state they act on is `session.rs`. Differences from 3.1.1
+//! v5 codec; the session state they act on is `session/`. Differences from 3.1.1
 //! that matter here: reason codes (and reason strings) instead of closing the
 //! connection, subscription options, forwarded PUBLISH properties, inbound topic
 //! aliases, the client's limits (Receive Maximum, Maximum Packet Size), and a
@@ -25,8 +25,10 @@ use crate::error::Close;
 use crate::net::Cx;
 use crate::net::conn::Output;
 use crate::router::{Message, Properties, SendRetained, Subscription, WillTiming};
-use crate::session::{self, Active, Connection, Flow, Pending, PendingConnect, Proto, wire};
-use crate::topic_filter::{Filter, validate_name};
+use crate::session::{
+    self, Active, Connection, FilterRefused, Flow, Pending, PendingConnect, Proto, wire,
+};
+use crate::topic_filter::validate_name;
 
 /// Topic aliases a client may use towards the broker (announced in CONNACK). None
 /// are sent to clients: every PUBLISH to a subscriber carries its topic name.
@@ -700,47 +702,40 @@ fn subscribe(a: &mut Active, out: &mut Output, cx: &mut Cx<'_>, s: Subscribe) {
     let mut lsn = 0;
     let mut status = Vec::with_capacity(s.topic_filters.len());
     for (raw, opts) in s.topic_filters {
-        let filter = match Filter::parse(&raw) {
-            Ok(f) => f,
-            Err(e) => {
-                tracing::debug!(filter = %raw, code = e.code(), "subscription refused");
-                status.push(SubscribeAckReason::TopicFilterInvalid);
-                refused.push(format!("{raw}: {}", e.code()));
+        let (code, label) = match session::subscription_filter(a, cx, &raw, opts.no_local) {
+            Ok(filter) => {
+                // Granted as requested; delivery uses min(published, granted).
+                let send = match opts.retain_handling {
+                    RetainHandling::AtSubscribe => SendRetained::Always,
+                    RetainHandling::AtSubscribeNew => SendRetained::IfNewSubscription,
+                    RetainHandling::NoAtSubscribe => SendRetained::Never,
+                };
+                let entry = Subscription {
+                    filter,
+                    qos: opts.qos,
+                    no_local: opts.no_local,
+                    retain_as_published: opts.retain_as_published,
+                    id,
+                };
+                lsn = lsn.max(router.subscribe(a.id, &raw, entry, send));
+                status.push(match opts.qos {
+                    QoS::AtMostOnce => SubscribeAckReason::GrantedQos0,
+                    QoS::AtLeastOnce => SubscribeAckReason::GrantedQos1,
+                    QoS::ExactlyOnce => SubscribeAckReason::GrantedQos2,
+                });
                 continue;
             }
+            Err(FilterRefused::Invalid(e)) => (SubscribeAckReason::TopicFilterInvalid, e.code()),
+            Err(FilterRefused::NoLocalOnShared) => (
+                SubscribeAckReason::TopicFilterInvalid,
+                "no_local_on_shared_subscription",
+            ),
+            Err(FilterRefused::NotAuthorized) => {
+                (SubscribeAckReason::NotAuthorized, "not_authorized")
+            }
         };
-        // No Local on a shared subscription is a protocol error [MQTT-3.8.3-4];
-        // refusing just that filter is gentler than closing the connection.
-        if filter.group.is_some() && opts.no_local {
-            status.push(SubscribeAckReason::TopicFilterInvalid);
-            refused.push(format!("{raw}: no_local_on_shared_subscription"));
-            continue;
-        }
-        if !a.acl.may_subscribe(&filter.pattern) {
-            auth::subscribe_refused(router.metrics(), &a.client_id, &raw);
-            status.push(SubscribeAckReason::NotAuthorized);
-            refused.push(format!("{raw}: not_authorized"));
-            continue;
-        }
-        // Granted as requested; delivery uses min(published, granted).
-        let send = match opts.retain_handling {
-            RetainHandling::AtSubscribe => SendRetained::Always,
-            RetainHandling::AtSubscribeNew => SendRetained::IfNewSubscription,
-            RetainHandling::NoAtSubscribe => SendRetained::Never,
-        };
-        let entry = Subscription {
-            filter,
-            qos: opts.qos,
-            no_local: opts.no_local,
-            retain_as_published: opts.retain_as_published,
-            id,
-        };
-        lsn = lsn.max(router.subscribe(a.id, &raw, entry, send));
-        status.push(match opts.qos {
-            QoS::AtMostOnce => SubscribeAckReason::GrantedQos0,
-            QoS::AtLeastOnce => SubscribeAckReason::GrantedQos1,
-            QoS::ExactlyOnce => SubscribeAckReason::GrantedQos2,
-        });
+        status.push(code);
+        refused.push(format!("{raw}: {label}"));
     }
     // The reason string covers the whole SUBACK: name each refused filter.
     let reason_string = if refused.is_empty() {
