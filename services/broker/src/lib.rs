@@ -6,11 +6,13 @@
 //!
 //! ```text
 //! client ──PUBLISH──▶ net/worker.rs ──▶ v3.rs / v5.rs ──▶ router.rs (shared table)
-//!                      (read, frame)     (validate,       │ retained store updated; per
-//!     PUBACK/PUBREC once the store's      ACL, QoS 2)     │ matching session: persistent +
-//!     group commit covers it ◀── session.rs replies       │ QoS ≥ 1 ⇒ owed queue + store log
+//!                      (read, frame)     (validate,       │ retained store updated;
+//!                                         ACL, QoS 2)     │ router/index.rs: the topic
+//!     PUBACK/PUBREC once the store's                      │ trie finds the matching
+//!     group commit covers it ◀── session/replies.rs       │ sessions; persistent +
+//!                                                         │ QoS ≥ 1 ⇒ owed queue + log
 //!                                                         ▼ outbox (bounded per kind)
-//!                      subscriber's worker: session.rs pump ──▶ socket
+//!              subscriber's worker: session/delivery.rs pump ──▶ socket
 //!                                          ◀── PUBACK/PUBCOMP ── router.ack
 //! ```
 //!

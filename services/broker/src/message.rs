@@ -88,7 +88,7 @@ impl Message {
     }
 }
 
-/// One message for one connection (its worker writes it, `session.rs`).
+/// One message for one connection (its worker writes it, `session/delivery.rs`).
 #[derive(Debug)]
 pub struct Outgoing {
     pub msg: Message,

@@ -35,7 +35,7 @@
 //! subscribers take; publishers whose subscribers keep up are never held.
 //!
 //! A subscriber that stops making progress — nothing could be sent to it for 500 ms
-//! (in-flight window full, socket not draining; `session.rs`) — takes its messages out
+//! (in-flight window full, socket not draining; `session/delivery.rs`) — takes its messages out
 //! of its backlog while it waits, and counts new ones only once it moves again. So a
 //! stalled subscriber holds its publishers back for half a second at most and then only
 //! fills its own bound; a subscriber that keeps reading, however slowly, is served
@@ -295,7 +295,7 @@ pub struct Outbox {
     bounds: Bounds,
 }
 
-/// The connection's end, drained by its worker (`session.rs`).
+/// The connection's end, drained by its worker (`session/delivery.rs`).
 pub struct Inbox {
     q: Arc<Queue>,
     pub counts: Arc<Counts>,

@@ -5,7 +5,7 @@
 //! Connections live on network worker threads (`net/`), so the table never holds them:
 //! each connection registers a takeover [`Kick`] and, once it has something to receive
 //! (a subscription, or a resumed session), an [`Outbox`] — a `Send` queue its worker
-//! drains into the socket (`session.rs`). Routing only queues under the lock, within
+//! drains into the socket (`session/delivery.rs`). Routing only queues under the lock, within
 //! the bounds `outbox.rs` explains — it never waits on a slow subscriber.
 //!
 //! Persistent sessions (v3 clean_session=0, v5 session expiry > 0) keep an `owed` queue:
@@ -686,7 +686,7 @@ fn retained_candidates<'a>(
     )
 }
 
-/// See `session.rs` `per_connection_state_stays_small`.
+/// See `session/mod.rs` `per_connection_state_stays_small`.
 #[cfg(test)]
 pub fn assert_session_small() {
     let size = std::mem::size_of::<Session>();

@@ -18,7 +18,7 @@
 //! - [`mailbox`]: how other threads (the router, the store's writer, the authenticator)
 //!   reach a worker.
 //!
-//! What a packet *means* is in `v3.rs`, `v5.rs` and `session.rs`.
+//! What a packet *means* is in `v3.rs`, `v5.rs` and `session/`.
 
 pub mod conn;
 pub mod mailbox;
@@ -55,7 +55,7 @@ pub struct Lists {
     /// Holding a QoS ≥ 1 PUBLISH back while the broker is overloaded (`outbox.rs`).
     pub held: Vec<usize>,
     /// Could not send what their outbox holds (window full, socket not draining):
-    /// checked for stalling (`session.rs`).
+    /// checked for stalling (`session/delivery.rs`).
     pub blocked: Vec<usize>,
 }
 

@@ -9,7 +9,7 @@
 //!   log sequence number; the writer thread swaps the buffer out, writes it, `fsync`s
 //!   once for everything that accumulated meanwhile (group commit), and publishes the
 //!   durable sequence number. A QoS ≥ 1 publisher's PUBACK/PUBREC waits for it
-//!   (the workers are told through [`Store::on_commit`], `session.rs` holds the reply
+//!   (the workers are told through [`Store::on_commit`], `session/replies.rs` holds the reply
 //!   until [`Store::durable_seq`] covers it), so an acknowledged message is on disk
 //!   before the ack leaves.
 //! - Compaction: when the log has grown past `compact_bytes`, the router writes a
