@@ -102,6 +102,14 @@ pub struct BrokerSettings {
     pub max_connections: usize,
     /// A client must send CONNECT within this many seconds of opening the socket.
     pub connect_timeout_secs: u16,
+    /// Longest keep-alive a client may ask for, in seconds (0 = no cap, the default,
+    /// as Mosquitto's `max_keepalive`). An MQTT 5 client asking for more, or for none
+    /// (0), is told the cap in CONNACK (Server Keep Alive) and held to it; MQTT 3.1.1
+    /// has no way to say so, so such a client is refused with CONNACK 2 (identifier
+    /// rejected), as Mosquitto does, rather than cut off later for a silence it was
+    /// allowed. A cap makes a board whose Wi-Fi died without a FIN noticed within
+    /// 1.5 × the cap.
+    pub max_keep_alive_secs: u16,
     /// A packet whose first bytes arrived must be complete within this many seconds,
     /// whatever the keep-alive (0 included): a client cannot hold a half-sent packet
     /// — and the buffer for it — open forever. Closed connections are counted as
@@ -243,6 +251,7 @@ impl Default for BrokerSettings {
             max_packet_bytes: 1024 * 1024,
             max_connections: 20_000,
             connect_timeout_secs: 10,
+            max_keep_alive_secs: 0,
             packet_timeout_secs: 30,
             max_client_id_bytes: 128,
             shutdown_timeout_ms: 2_000,

@@ -96,6 +96,7 @@ impl Application {
                 max_inflight: cfg.max_inflight,
                 connect_timeout: Duration::from_secs(cfg.connect_timeout_secs.into()),
                 shutdown_timeout: Duration::from_millis(cfg.shutdown_timeout_ms),
+                max_keep_alive: cfg.max_keep_alive_secs,
                 packet_timeout: Duration::from_secs(cfg.packet_timeout_secs.into()),
                 max_client_id_bytes: cfg.max_client_id_bytes,
                 per_ip: per_ip.clone(),

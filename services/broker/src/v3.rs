@@ -103,6 +103,14 @@ pub fn connect(mut frame: BytesMut, out: &mut Output, cx: &mut Cx<'_>) -> Result
         connack(out, ConnectAckReason::IdentifierRejected, false);
         return Err(Close::Refused);
     }
+    let cap = cx.shared.max_keep_alive;
+    if cap > 0 && (c.keep_alive == 0 || c.keep_alive > cap) {
+        // MQTT 3.1.1 cannot tell the client a shorter interval (Mosquitto refuses alike).
+        tracing::info!(%client_id, keep_alive = c.keep_alive, max = cap,
+            "keep-alive above broker.max_keep_alive_secs: refused");
+        connack(out, ConnectAckReason::IdentifierRejected, false);
+        return Err(Close::Refused);
+    }
     tracing::debug!(%client_id, clean_session = c.clean_session, keep_alive = c.keep_alive, "v3 connect");
     Ok(Pending {
         client_id,

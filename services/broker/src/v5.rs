@@ -285,7 +285,7 @@ pub fn accept(
         client_id,
         acl,
         Proto::V5(Box::new(state)),
-        c.keep_alive,
+        keep_alive(c.keep_alive, cx.shared.max_keep_alive),
         cx.shared,
     );
     // The client's Receive Maximum bounds what is in flight to it [MQTT-3.3.4-9].
@@ -330,7 +330,21 @@ fn accepting_connack(
         wildcard_subscription_available: true,
         subscription_identifiers_available: true,
         shared_subscription_available: true,
+        // Announced only when it differs from what the client asked: the client must
+        // then use it [MQTT-3.1.2-21].
+        server_keepalive_sec: Some(keep_alive(c.keep_alive, cx.shared.max_keep_alive))
+            .filter(|&ka| ka != c.keep_alive),
         ..Default::default()
+    }
+}
+
+/// The keep-alive a client asking for `asked` seconds gets under the cap `max` (0: no
+/// cap): at most the cap, and the cap for a client that asked for none (0).
+fn keep_alive(asked: u16, max: u16) -> u16 {
+    if max > 0 && (asked == 0 || asked > max) {
+        max
+    } else {
+        asked
     }
 }
 

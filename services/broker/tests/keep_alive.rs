@@ -209,3 +209,58 @@ async fn v5_disconnect_0x04_publishes_the_will_and_0x00_does_not() {
     assert_eq!(watcher.next_publish().await.topic, "will/with-will");
     broker.stop().await;
 }
+
+/// `broker.max_keep_alive_secs`: an MQTT 5 client asking for longer (or for none) is
+/// told the cap in CONNACK's Server Keep Alive (property 0x13) [MQTT-3.1.2-21] and held
+/// to it; MQTT 3.1.1 cannot be told, so it is refused with CONNACK 2, as Mosquitto's
+/// `max_keepalive` does. A client within the cap hears nothing about it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_above_the_cap_is_lowered_for_v5_and_refused_for_v3() {
+    let mut s = Broker::settings_with_store(std::path::Path::new(""));
+    s.broker.max_keep_alive_secs = 1;
+    let broker = Broker::start_with(s).await;
+
+    for asked in [60u16, 0] {
+        let mut c = TcpStream::connect(broker.mqtt).await.unwrap();
+        c.write_all(&connect(true, &format!("cap5-{asked}"), asked))
+            .await
+            .unwrap();
+        let at = Instant::now();
+        let (kind, body) = read_packet(&mut c).await.expect("CONNACK");
+        assert_eq!((kind, body[1]), (0x20, 0), "accepted");
+        let props = &body[3..];
+        let ka = props
+            .windows(3)
+            .find(|w| w[0] == 0x13)
+            .map(|w| u16::from_be_bytes([w[1], w[2]]));
+        assert_eq!(ka, Some(1), "Server Keep Alive for a client asking {asked}");
+        // Held to it: silent for 1.5 s, it is closed with 0x8D.
+        let (closed, disconnect) = until_closed(&mut c).await;
+        assert!(
+            closed - at < Duration::from_secs(4),
+            "closed after {:?}",
+            closed - at
+        );
+        assert_eq!(disconnect.map(|d| d[0]), Some(0x8D));
+    }
+
+    let mut v3 = TcpStream::connect(broker.mqtt).await.unwrap();
+    v3.write_all(&connect(false, "cap3", 60)).await.unwrap();
+    assert_eq!(
+        read_packet(&mut v3).await,
+        Some((0x20, vec![0, 2])),
+        "CONNACK 2"
+    );
+    assert_eq!(read_packet(&mut v3).await, None, "then closed");
+
+    // Within the cap: accepted as asked, no Server Keep Alive.
+    let mut ok = TcpStream::connect(broker.mqtt).await.unwrap();
+    ok.write_all(&connect(true, "cap5-ok", 1)).await.unwrap();
+    let (_, body) = read_packet(&mut ok).await.expect("CONNACK");
+    assert!(
+        !body[3..]
+            .windows(3)
+            .any(|w| w[0] == 0x13 && w[1..] == [0, 1][..])
+    );
+    open(broker.mqtt, false, "cap3-ok", 1).await;
+}

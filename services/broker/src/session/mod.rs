@@ -69,6 +69,8 @@ pub struct Shared {
     pub max_inflight: u16,
     pub connect_timeout: Duration,
     pub shutdown_timeout: Duration,
+    /// `max_keep_alive_secs` (0: no cap).
+    pub max_keep_alive: u16,
     /// A packet begun must be complete within this (`packet_timeout_secs`).
     pub packet_timeout: Duration,
     /// `max_client_id_bytes`.
@@ -89,6 +91,7 @@ pub struct Limits {
     pub max_inflight: u16,
     pub connect_timeout: Duration,
     pub shutdown_timeout: Duration,
+    pub max_keep_alive: u16,
     pub packet_timeout: Duration,
     pub max_client_id_bytes: usize,
     pub per_ip: Arc<crate::quota::PerIp>,
@@ -120,6 +123,7 @@ impl Shared {
             max_inflight: limits.max_inflight.max(1),
             connect_timeout: limits.connect_timeout,
             shutdown_timeout: limits.shutdown_timeout,
+            max_keep_alive: limits.max_keep_alive,
             packet_timeout: limits.packet_timeout.max(Duration::from_secs(1)),
             max_client_id_bytes: limits.max_client_id_bytes,
             per_ip: limits.per_ip,
