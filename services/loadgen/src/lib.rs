@@ -8,6 +8,9 @@
 //!   percentiles from a send timestamp embedded in each payload.
 //! - `connections`: many idle connections held open; connect rate, and the broker's
 //!   memory per connection when given its `--pid`.
+//! - `scale` ([`scale`]): N idle sessions that look like boards (up to 100,000, beyond
+//!   `--live-max` as persistent offline sessions), then 1→1 throughput, 1→1,000
+//!   fan-out, latency at a fixed rate and a disconnect storm with them in place.
 //! - `flood` ([`flood`]): one board floods ingest's HTTP door while another posts at a
 //!   steady rate; the steady board's latency and live view, quiet versus flooded.
 //!
@@ -25,6 +28,7 @@ pub mod connections;
 pub mod flood;
 pub mod payload;
 pub mod pubsub;
+pub mod scale;
 pub mod stats;
 
 use std::time::Duration;
@@ -43,6 +47,7 @@ modes:
   throughput   N publishers x M subscribers, as fast as possible (or --rate)
   latency      fixed input rate, latency percentiles (defaults: 1x1, --rate 4000)
   connections  open and hold idle connections; broker memory with --pid
+  scale        N idle board-like sessions, then 1->1, fan-out, latency, disconnect storm
   flood        board A floods ingest over HTTP while board B posts steadily
 
 common:       --host 127.0.0.1  --port 1883  --json  --username U --password P
@@ -56,6 +61,14 @@ throughput / latency:
 connections:
   --connections N (1000)  --concurrency 64  --hold 10s  --keepalive 60  --pid BROKER_PID
   (raise the open-files limit first for large N: ulimit -n 65536)
+scale (raise the open-files limit first; see scripts/bench/scale.sh):
+  --idle N (1000)  --live-max 15000 (beyond: persistent, offline sessions)
+  --per-process 8000 (live sessions per scale-idle child)  --concurrency 64 (total)
+  --source-ips 50 (bind to 127.0.0.2..; 0 = no)  --keepalive 60
+  --duration 5s (each phase)  --fanout 1000  --rate 10000 (latency phase, msg/s)
+  --storm-rate 1000  --storm-timeout 30s  --size 64  --pid BROKER_PID  --label NAME
+  --metrics-url URL --gauge lentera_broker_connections (Lentera's admin /metrics)
+  --sys-topic '$SYS/broker/clients/connected' (Mosquitto, with sys_interval 1)
 flood (HTTP, each board with its token):
   --ingest URL  --device-a ID --token-a T  --device-b ID --token-b T
   --rate-a 100  --rate-b 10  --connections-a 16  --seconds 20 (per phase)
@@ -103,6 +116,61 @@ pub async fn run(args: impl IntoIterator<Item = String>) -> anyhow::Result<Strin
             } else {
                 r.human()
             })
+        }
+        "scale" => {
+            let d = scale::ScaleConfig::new(&host, port);
+            let cfg = scale::ScaleConfig {
+                idle: args.get("idle", d.idle)?,
+                live_max: args.get("live-max", d.live_max)?,
+                per_process: args.get("per-process", d.per_process)?,
+                concurrency: args.get("concurrency", d.concurrency)?,
+                source_ips: args.get("source-ips", d.source_ips)?,
+                keepalive_secs: args.get("keepalive", d.keepalive_secs)?,
+                duration: args.duration("duration", d.duration)?,
+                fanout: args.get("fanout", d.fanout)?,
+                rate: args.get("rate", d.rate)?,
+                storm_rate: args.get("storm-rate", d.storm_rate)?,
+                storm_timeout: args.duration("storm-timeout", d.storm_timeout)?,
+                size: args.get("size", d.size)?,
+                pid: args.opt("pid")?,
+                metrics_url: args.opt("metrics-url")?,
+                gauge: args.get("gauge", d.gauge.clone())?,
+                sys_topic: args.opt("sys-topic")?,
+                label: args.get("label", d.label.clone())?,
+                ..d
+            };
+            args.finish()?;
+            if cfg.rate <= 0.0 || cfg.storm_rate <= 0.0 {
+                bail!("--rate and --storm-rate must be positive");
+            }
+            let r = scale::run(cfg).await?;
+            Ok(if json {
+                r.to_string()
+            } else {
+                scale::human(&r)
+            })
+        }
+        // A child of `scale`, holding its share of the live idle sessions.
+        "scale-idle" => {
+            let first: usize = args.get("first", 0)?;
+            let count: usize = args.get("count", 0)?;
+            let run: String = args
+                .opt("run")?
+                .ok_or_else(|| anyhow::anyhow!("scale-idle needs --run"))?;
+            let source_ips = args.get("source-ips", 50)?;
+            let concurrency = args.get("concurrency", 64)?;
+            let keepalive = args.get("keepalive", 60)?;
+            args.finish()?;
+            scale::idle_child(
+                &host,
+                port,
+                &run,
+                first..first + count,
+                source_ips,
+                concurrency,
+                keepalive,
+            )
+            .await
         }
         "flood" => {
             let need = |key: &str| -> anyhow::Result<String> {

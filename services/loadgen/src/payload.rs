@@ -25,11 +25,18 @@ pub fn now_us() -> u64 {
 
 pub fn encode(size: usize, publisher: u32, seq: u64) -> Vec<u8> {
     let mut buf = Vec::with_capacity(size.max(HEADER));
-    buf.extend_from_slice(&now_us().to_le_bytes());
+    encode_into(&mut buf, size, publisher, seq, now_us());
+    buf
+}
+
+/// Appends a payload stamped `sent_us` (for example the time a paced message was due,
+/// so that a broker that falls behind is charged for the wait) to `buf`.
+pub fn encode_into(buf: &mut Vec<u8>, size: usize, publisher: u32, seq: u64, sent_us: u64) {
+    let end = buf.len() + size.max(HEADER);
+    buf.extend_from_slice(&sent_us.to_le_bytes());
     buf.extend_from_slice(&publisher.to_le_bytes());
     buf.extend_from_slice(&seq.to_le_bytes());
-    buf.resize(size.max(HEADER), b'x');
-    buf
+    buf.resize(end, b'x');
 }
 
 /// `None` for a payload this tool did not write (e.g. a stray retained message).
