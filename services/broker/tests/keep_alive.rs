@@ -264,3 +264,45 @@ async fn keep_alive_above_the_cap_is_lowered_for_v5_and_refused_for_v3() {
     );
     open(broker.mqtt, false, "cap3-ok", 1).await;
 }
+
+/// A connection the broker ends (here: taken over) is closed so that its client reads
+/// the DISCONNECT and then a clean end of stream — even while it is still sending:
+/// the broker shuts its side, takes the client's input until it closes too (bounded),
+/// and only then lets go of the socket. Closing with unread input would make the
+/// kernel answer with a reset, which can destroy the DISCONNECT before it is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_still_sending_reads_the_disconnect_and_a_clean_end_not_a_reset() {
+    let broker = Broker::start().await;
+    let a = open(broker.mqtt, true, "chatter", 60).await;
+    let (mut rd, mut wr) = a.into_split();
+    // The old connection keeps publishing QoS 0 readings as fast as it can.
+    let publish = packet(0x30, &[&str16(b"chatter/raw")[..], &[0], b"{}"].concat());
+    let writer = tokio::spawn(async move {
+        let burst = publish.repeat(64);
+        while wr.write_all(&burst).await.is_ok() {
+            tokio::task::yield_now().await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _b = open(broker.mqtt, true, "chatter", 60).await;
+
+    let mut first = [0u8; 1];
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        rd.read_exact(&mut first).await?;
+        rd.read_to_end(&mut rest).await
+    })
+    .await
+    .expect("the broker ends the old connection");
+    assert_eq!(first[0], 0xE0, "a DISCONNECT first");
+    assert_eq!(rest.get(1), Some(&0x8E), "Session taken over");
+    assert!(
+        ended.is_ok(),
+        "a clean end of stream after the DISCONNECT, not {ended:?}"
+    );
+    // No reset came after it either: the client's writes are still taken (a socket
+    // closed with unread input answers them with RST, and the writer would stop).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!writer.is_finished(), "the client's input was reset");
+    writer.abort();
+}

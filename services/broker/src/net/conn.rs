@@ -32,6 +32,10 @@ pub struct Conn {
     /// The peer's FIN (or an error) was reported: read until the end-of-file, because
     /// no further event will come once the last data is read.
     pub peer_closed: bool,
+    /// Closing: our last bytes are out and our direction is shut; the peer's input is
+    /// read and discarded until it closes too (or the linger ends), so it reads our
+    /// DISCONNECT and a clean end of stream, not a reset.
+    pub draining: bool,
     /// When the packet in `partial` started, in seconds of the worker's clock
     /// (`packet_timeout_secs` counts from it).
     pub partial_since: u32,
@@ -67,6 +71,7 @@ impl Conn {
             more_to_read: true,
             dirty: false,
             peer_closed: false,
+            draining: false,
             partial_since: 0,
             ip,
         }

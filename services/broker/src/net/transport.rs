@@ -75,6 +75,16 @@ impl Transport {
     }
 
     /// Ends the connection: a TLS close_notify first, then both directions.
+    /// Ends our direction only (TLS close_notify, then FIN): the peer reads what was
+    /// sent, then the end of the stream, while its own input is still taken.
+    pub fn shutdown_write(&mut self) {
+        if let Transport::Tls(t) = self {
+            t.tls.send_close_notify();
+            let _ = t.flush();
+        }
+        let _ = self.socket().shutdown(std::net::Shutdown::Write);
+    }
+
     pub fn shutdown(&mut self) {
         if let Transport::Tls(t) = self {
             t.tls.send_close_notify();

@@ -346,6 +346,9 @@ impl Worker {
     // ---- reading ----
 
     fn read(&mut self, idx: usize) {
+        if self.conns.get(idx).is_some_and(|c| c.draining) {
+            return self.discard_input(idx);
+        }
         for _ in 0..READ_BUDGET {
             let Some(conn) = self.conns.get_mut(idx) else {
                 return;
@@ -528,7 +531,7 @@ impl Worker {
             return;
         };
         match conn.flush() {
-            Ok(true) if matches!(conn.phase, Phase::Closing) => self.drop_conn(idx),
+            Ok(true) if matches!(conn.phase, Phase::Closing) => self.drain(idx),
             // The socket took everything: no writable event will come, so a flow that
             // waited for room in the output goes on now.
             Ok(true) if conn.active().is_some_and(|a| a.waits_for_output()) => self.pump(idx),
@@ -738,10 +741,51 @@ impl Worker {
         }
         conn.deadline = self.now + LINGER;
         conn.partial = None;
+        if matches!(why, Close::Gone) {
+            // The peer is gone already: nobody to say goodbye to.
+            return self.drop_conn(idx);
+        }
         match conn.flush() {
             Ok(false) => {}
-            Ok(true) | Err(_) => self.drop_conn(idx),
+            Ok(true) => self.drain(idx),
+            Err(_) => self.drop_conn(idx),
         }
+    }
+
+    /// The last bytes of a closing connection are out: shut our direction and take the
+    /// peer's input until it closes too (within the linger). Closing a socket with
+    /// unread input makes the kernel send a reset, which may destroy the DISCONNECT
+    /// the client has not read yet — the one packet that says why.
+    fn drain(&mut self, idx: usize) {
+        let Some(conn) = self.conns.get_mut(idx) else {
+            return;
+        };
+        if conn.peer_closed {
+            return self.drop_conn(idx);
+        }
+        if !conn.draining {
+            conn.draining = true;
+            conn.io.shutdown_write();
+        }
+        self.discard_input(idx);
+    }
+
+    /// Reads and drops a draining connection's input; its end (or an error) closes it.
+    fn discard_input(&mut self, idx: usize) {
+        for _ in 0..READ_BUDGET {
+            let Some(conn) = self.conns.get_mut(idx) else {
+                return;
+            };
+            match conn.io.read(&mut self.scratch) {
+                Ok(0) => return self.drop_conn(idx),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.drop_conn(idx),
+            }
+        }
+        // A client still sending: go on next turn (the linger bounds it all).
+        self.unread.push(idx);
     }
 
     fn drop_conn(&mut self, idx: usize) {
