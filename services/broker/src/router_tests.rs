@@ -2,8 +2,8 @@
 
 use super::*;
 use crate::topic_filter::Filter;
-use ntex_bytes::Bytes;
 use lentera_bootstrap::Observability;
+use ntex_bytes::Bytes;
 use std::time::Duration;
 
 fn router() -> Router {
@@ -325,7 +325,12 @@ fn retained_messages_found_by_prefix_are_exactly_the_matching_ones() {
     ];
     for (n, (filter, want)) in cases.into_iter().enumerate() {
         let (id, rx, _) = register(&r, &format!("c{n}"));
-        r.subscribe(id, filter, sub(filter, QoS::AtMostOnce), SendRetained::Always);
+        r.subscribe(
+            id,
+            filter,
+            sub(filter, QoS::AtMostOnce),
+            SendRetained::Always,
+        );
         let mut got = Vec::new();
         while let Some(o) = rx.try_recv() {
             got.push(o.msg.topic.to_string());
