@@ -140,8 +140,13 @@ trap stop_broker EXIT
 
 {
   echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
-  echo "commit: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- services/broker || echo ' (services/broker modified)')"
-  echo "lentera broker: $BROKER_BIN; mosquitto: $("$MOSQUITTO" -h 2>/dev/null | head -1 || true)"
+  echo "this tree: commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- services/broker || echo ' (services/broker modified)')"
+  if [ -n "${LENTERA_BROKER_BIN:-}" ]; then
+    echo "lentera broker: $BROKER_BIN (LENTERA_BROKER_BIN, not this tree's)"
+  else
+    echo "lentera broker: $BROKER_BIN (this tree)"
+  fi
+  echo "mosquitto: $("$MOSQUITTO" -h 2>/dev/null | head -1 || true)"
   echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB; load average $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "open files: $FDS; live idle sessions at most $LIVE_MAX; phases $DURATION"
 } | tee "$OUT/run.txt" >&2
@@ -174,13 +179,12 @@ def load(broker, n):
         return None
 def num(v, d=0):
     return f"{v:,.{d}f}"
-def stream(p, unit=""):
+def stream(p):
+    # Only what arrived counts; what did not is in the JSON ("missing"), and includes
+    # the publisher's window still in flight when the phase ended.
     if not p or p.get("stalled", True):
         return "stalled"
-    s = num(p["per_sec"])
-    if p["expected"] and p["received"] < 0.99 * p["expected"]:
-        s += f" ({100 * p['received'] / p['expected']:.0f}% of sent)"
-    return s
+    return num(p["per_sec"])
 def latency(p):
     if not p or p.get("stalled", True):
         return "stalled"

@@ -66,7 +66,7 @@ scale (raise the open-files limit first; see scripts/bench/scale.sh):
   --per-process 8000 (live sessions per scale-idle child)  --concurrency 64 (total)
   --source-ips 50 (bind to 127.0.0.2..; 0 = no)  --keepalive 60
   --duration 5s (each phase)  --fanout 1000  --rate 10000 (latency phase, msg/s)
-  --storm-rate 1000  --storm-timeout 30s  --size 64  --pid BROKER_PID  --label NAME
+  --storm-rate 100  --storm-timeout 30s  --size 64  --pid BROKER_PID  --label NAME
   --metrics-url URL --gauge lentera_broker_connections (Lentera's admin /metrics)
   --sys-topic '$SYS/broker/clients/connected' (Mosquitto, with sys_interval 1)
 flood (HTTP, each board with its token):

@@ -93,7 +93,8 @@ pub struct ScaleConfig {
     pub fanout: usize,
     /// Offered rate of the latency phase, msg/s.
     pub rate: f64,
-    /// Rate of the steady stream during the disconnect storm, msg/s.
+    /// Rate of the steady stream during the disconnect storm, msg/s: low (100), so it
+    /// stays within what a struggling broker routes and a gap is the storm's doing.
     pub storm_rate: f64,
     /// How long to wait for the connection count to come back after the storm.
     pub storm_timeout: Duration,
@@ -123,7 +124,7 @@ impl ScaleConfig {
             duration: Duration::from_secs(5),
             fanout: 1000,
             rate: 10_000.0,
-            storm_rate: 1000.0,
+            storm_rate: 100.0,
             storm_timeout: Duration::from_secs(30),
             size: 64,
             pid: None,
