@@ -5,10 +5,12 @@
 #   scripts/bench/scale.sh --sizes 0,1000,10000              # some sizes only
 #   scripts/bench/scale.sh --only lentera --sizes 10000      # one broker
 #   scripts/bench/scale.sh --duration 10s                    # longer phases (default 5s)
+#   scripts/bench/scale.sh --filters wildcard                # wildcard-heavy idle sessions
 #
 # For each N and each broker: a freshly started broker (Lentera's from this tree's
 # release build, or LENTERA_BROKER_BIN=path for another one; Mosquitto from
-# /usr/sbin/mosquitto), then `lentera-loadgen scale --idle N` against it, which opens N
+# idle board-like sessions (own client id, an exact and a wildcard QoS 1 subscription;
+# with --filters wildcard, two wildcard-first ones: +/<id>/cmd/# and lentera/+/<id>)
 # idle board-like sessions (own client id, an exact and a wildcard QoS 1 subscription)
 # and measures 1->1 throughput, 1->1,000 fan-out, p99 latency at 10,000 msg/s, the
 # connect rate, a disconnect storm of all live idle sessions (time until the broker's
@@ -35,6 +37,7 @@ usage() {
 SIZES=0,1000,10000,100000
 BROKERS="lentera mosquitto"
 DURATION=5s
+FILTERS=board
 while [ $# -gt 0 ]; do
   case $1 in
     --sizes) SIZES=${2:?--sizes needs a list}; shift 2 ;;
@@ -43,6 +46,8 @@ while [ $# -gt 0 ]; do
     --only=*) BROKERS=${1#*=}; shift ;;
     --duration) DURATION=${2:?--duration needs a value}; shift 2 ;;
     --duration=*) DURATION=${1#*=}; shift ;;
+    --filters) FILTERS=${2:?--filters needs board or wildcard}; shift 2 ;;
+    --filters=*) FILTERS=${1#*=}; shift ;;
     -h | --help) usage 0 ;;
     *) echo "unknown argument: $1" >&2; usage 2 >&2 ;;
   esac
@@ -148,7 +153,7 @@ trap stop_broker EXIT
   fi
   echo "mosquitto: $("$MOSQUITTO" -h 2>/dev/null | head -1 || true)"
   echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB; load average $(cut -d' ' -f1-3 /proc/loadavg)"
-  echo "open files: $FDS; live idle sessions at most $LIVE_MAX; phases $DURATION"
+  echo "open files: $FDS; live idle sessions at most $LIVE_MAX; phases $DURATION; idle filters: $FILTERS"
 } | tee "$OUT/run.txt" >&2
 
 for n in "${NS[@]}"; do
@@ -156,7 +161,8 @@ for n in "${NS[@]}"; do
     start_broker "$broker"
     echo "==> $broker, $n idle sessions (log: $OUT/$broker.$n.log)" >&2
     args=(scale --idle "$n" --live-max "$LIVE_MAX" --fanout "$FANOUT" --duration "$DURATION"
-      --port "$PORT" --pid "$BROKER_PID" --label "$broker" "${GAUGE_ARGS[@]}" --json)
+      --port "$PORT" --pid "$BROKER_PID" --label "$broker" --filters "$FILTERS"
+      "${GAUGE_ARGS[@]}" --json)
     echo "lentera-loadgen ${args[*]}" >"$OUT/$broker.$n.log"
     # Every phase has its own timeouts; this is the backstop against a hung run.
     if ! timeout 600 "$L" "${args[@]}" >"$OUT/$broker.$n.json" 2>>"$OUT/$broker.$n.log"; then

@@ -64,6 +64,8 @@ connections:
 scale (raise the open-files limit first; see scripts/bench/scale.sh):
   --idle N (1000)  --live-max 15000 (beyond: persistent, offline sessions)
   --per-process 8000 (live sessions per scale-idle child)  --concurrency 64 (total)
+  --filters board|wildcard (board: lentera/<id>/config + lentera/<id>/cmd/#;
+            wildcard: +/<id>/cmd/# + lentera/+/<id>)
   --source-ips 50 (bind to 127.0.0.2..; 0 = no)  --keepalive 60
   --duration 5s (each phase)  --fanout 1000  --rate 10000 (latency phase, msg/s)
   --storm-rate 100  --storm-timeout 30s  --size 64  --pid BROKER_PID  --label NAME
@@ -126,6 +128,7 @@ pub async fn run(args: impl IntoIterator<Item = String>) -> anyhow::Result<Strin
                 concurrency: args.get("concurrency", d.concurrency)?,
                 source_ips: args.get("source-ips", d.source_ips)?,
                 keepalive_secs: args.get("keepalive", d.keepalive_secs)?,
+                filters: args.get("filters", d.filters)?,
                 duration: args.duration("duration", d.duration)?,
                 fanout: args.get("fanout", d.fanout)?,
                 rate: args.get("rate", d.rate)?,
@@ -160,6 +163,7 @@ pub async fn run(args: impl IntoIterator<Item = String>) -> anyhow::Result<Strin
             let source_ips = args.get("source-ips", 50)?;
             let concurrency = args.get("concurrency", 64)?;
             let keepalive = args.get("keepalive", 60)?;
+            let filters = args.get("filters", scale::Filters::Board)?;
             args.finish()?;
             scale::idle_child(
                 &host,
@@ -168,7 +172,7 @@ pub async fn run(args: impl IntoIterator<Item = String>) -> anyhow::Result<Strin
                 first..first + count,
                 source_ips,
                 concurrency,
-                keepalive,
+                scale::Shape { keepalive, filters },
             )
             .await
         }

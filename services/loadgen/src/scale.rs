@@ -88,6 +88,8 @@ pub struct ScaleConfig {
     /// Source addresses 127.0.0.2 … for the idle sessions (0: let the kernel choose).
     pub source_ips: u32,
     pub keepalive_secs: u16,
+    /// The idle sessions' subscriptions: a board's, or wildcard-first ones.
+    pub filters: Filters,
     /// Length of the throughput, fan-out and latency phases.
     pub duration: Duration,
     pub fanout: usize,
@@ -121,6 +123,7 @@ impl ScaleConfig {
             concurrency: 64,
             source_ips: 50,
             keepalive_secs: 60,
+            filters: Filters::Board,
             duration: Duration::from_secs(5),
             fanout: 1000,
             rate: 10_000.0,
@@ -387,6 +390,54 @@ impl Open<'_> {
 // Idle sessions.
 
 /// Client id of idle session `i`, also its device id in its topics.
+/// What each idle session subscribes to (QoS 1 both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filters {
+    /// As a board: its own exact topic and a wildcard below its own level
+    /// (`lentera/<id>/config`, `lentera/<id>/cmd/#`): the exact-topic-heavy case.
+    Board,
+    /// Wildcards first (`+/<id>/cmd/#`, `lentera/+/<id>`): every publish has to look
+    /// under a `+` level holding every session, the wildcard-heavy case.
+    Wildcard,
+}
+
+impl std::str::FromStr for Filters {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "board" => Ok(Filters::Board),
+            "wildcard" => Ok(Filters::Wildcard),
+            _ => Err(format!("--filters: board or wildcard, not {s}")),
+        }
+    }
+}
+
+impl Filters {
+    fn name(self) -> &'static str {
+        match self {
+            Filters::Board => "board",
+            Filters::Wildcard => "wildcard",
+        }
+    }
+
+    fn of(self, id: &str) -> [String; 2] {
+        match self {
+            Filters::Board => [
+                format!("lentera/{id}/config"),
+                format!("lentera/{id}/cmd/#"),
+            ],
+            Filters::Wildcard => [format!("+/{id}/cmd/#"), format!("lentera/+/{id}")],
+        }
+    }
+}
+
+/// How each idle session looks: its keep-alive (seconds) and subscriptions.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    pub keepalive: u16,
+    pub filters: Filters,
+}
+
 fn idle_id(run: &str, i: usize) -> String {
     format!("sc{run}-{i}")
 }
@@ -423,10 +474,11 @@ async fn establish(
     run: &str,
     range: Range<usize>,
     concurrency: usize,
-    keepalive: u16,
+    shape: Shape,
     live: bool,
     closed: Arc<AtomicU64>,
 ) -> Established {
+    let Shape { keepalive, filters } = shape;
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(range.len());
@@ -436,9 +488,8 @@ async fn establish(
         let id = idle_id(run, i);
         tasks.push(tokio::spawn(async move {
             let _permit = permits.acquire_owned().await?;
-            let exact = format!("lentera/{id}/config");
-            let wildcard = format!("lentera/{id}/cmd/#");
-            let filters = [(exact.as_str(), 1), (wildcard.as_str(), 1)];
+            let [a, b] = filters.of(&id);
+            let filters = [(a.as_str(), 1), (b.as_str(), 1)];
             let open = Open {
                 target,
                 source: target.source(i),
@@ -522,7 +573,7 @@ pub async fn idle_child(
     range: Range<usize>,
     source_ips: u32,
     concurrency: usize,
-    keepalive: u16,
+    shape: Shape,
 ) -> anyhow::Result<String> {
     if let Some(limit) = open_files_limit()
         && range.len() as u64 + 64 > limit
@@ -534,7 +585,7 @@ pub async fn idle_child(
     }
     let target = Target::resolve(host, port, source_ips).await?;
     let closed = Arc::new(AtomicU64::new(0));
-    let r = establish(target, run, range, concurrency, keepalive, true, closed).await;
+    let r = establish(target, run, range, concurrency, shape, true, closed).await;
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "{}", r.json())?;
@@ -593,6 +644,7 @@ async fn spawn_idle(
             .args(["--source-ips", &cfg.source_ips.to_string()])
             .args(["--concurrency", &concurrency.to_string()])
             .args(["--keepalive", &cfg.keepalive_secs.to_string()])
+            .args(["--filters", cfg.filters.name()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -1250,7 +1302,10 @@ pub async fn run(cfg: ScaleConfig) -> anyhow::Result<Value> {
         &run,
         live..cfg.idle,
         cfg.concurrency,
-        cfg.keepalive_secs,
+        Shape {
+            keepalive: cfg.keepalive_secs,
+            filters: cfg.filters,
+        },
         false,
         closed,
     )
