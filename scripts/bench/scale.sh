@@ -9,9 +9,9 @@
 #
 # For each N and each broker: a freshly started broker (Lentera's from this tree's
 # release build, or LENTERA_BROKER_BIN=path for another one; Mosquitto from
+# /usr/sbin/mosquitto), then `lentera-loadgen scale --idle N` against it, which opens N
 # idle board-like sessions (own client id, an exact and a wildcard QoS 1 subscription;
 # with --filters wildcard, two wildcard-first ones: +/<id>/cmd/# and lentera/+/<id>)
-# idle board-like sessions (own client id, an exact and a wildcard QoS 1 subscription)
 # and measures 1->1 throughput, 1->1,000 fan-out, p99 latency at 10,000 msg/s, the
 # connect rate, a disconnect storm of all live idle sessions (time until the broker's
 # connection count is back, and the longest gap in a steady 1->1 stream meanwhile) and
