@@ -69,6 +69,11 @@ impl Cx<'_> {
     pub fn wait_durable(&mut self, lsn: u64) {
         self.lists.durable.push(self.key.index as usize);
         self.mailbox.want_durable(lsn);
+        // A commit that landed after the caller found `lsn` not durable and before
+        // `want_durable` posted nothing (nobody wanted it yet): post it ourselves, or the
+        // reply would wait for the next commit, which may never come.
+        let durable = self.shared.router.store().durable_seq();
+        self.mailbox.durable(durable);
     }
 
     /// Tells this connection's worker, from any thread, that its outbox has messages.
