@@ -46,7 +46,8 @@
 //!   rights (`auth/acl.rs`), users from the auth file (`auth/file.rs`, `auth/password.rs`).
 //! - [`telemetry`]: the first hop of a board's own reading (`{prefix}/{device}/telemetry`):
 //!   checked against `[limits]`, stamped with a microsecond-unique receive time when it
-//!   has no `ts`, refusals reported on `{prefix}/{device}/error`.
+//!   has no `ts` (a resend after a lost PUBACK stamped as before, `router/stamps.rs`),
+//!   refusals reported on `{prefix}/{device}/error`.
 //! - [`sys`]: `$SYS/broker/…` statistics, published retained by the broker itself.
 //! - [`quota`]: broker-wide bounds — bytes queued for all sessions, connections per
 //!   source address.

@@ -25,7 +25,8 @@
 //!
 //! This file: the table and routing (subscribe, publish, deliver). `router/index.rs`:
 //! the subscription trie a publish is matched against. `router/sessions.rs`: session
-//! lifecycle and acknowledgements. `router/durable.rs`: recovery and snapshots. The
+//! lifecycle and acknowledgements. `router/durable.rs`: recovery and snapshots.
+//! `router/stamps.rs`: a resent reading stamped as before. The
 //! values routed (`Message`, `Outgoing`, `Subscription`) are in `message.rs`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
@@ -213,6 +214,9 @@ struct Session {
     /// Some owed message may carry a Message Expiry Interval: while the session is
     /// offline the sweeper drops expired ones, so they do not hold queue places.
     owed_may_expire: bool,
+    /// The last readings its client published that the broker stamped, so a resend gets
+    /// the same `ts` (`router/stamps.rs`); created with the first.
+    stamps: Option<Box<stamps::Stamps>>,
 }
 
 impl Session {
@@ -229,6 +233,7 @@ impl Session {
             qos2_in: None,
             pending_will: None,
             owed_may_expire: false,
+            stamps: None,
         }
     }
 
@@ -655,7 +660,10 @@ mod durable;
 mod index;
 mod sessions;
 mod small_map;
+mod stamps;
 mod stats;
+
+pub use stamps::STAMPS_REMEMBERED;
 
 #[cfg(test)]
 #[path = "router_tests.rs"]

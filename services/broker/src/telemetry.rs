@@ -13,6 +13,10 @@
 //!   device to the microsecond ([`Stamper`], one for the broker). That payload is what
 //!   the store logs and every subscriber gets, so a redelivery after a restart of the
 //!   historian — or of the broker — carries the same `ts` and is stored once;
+//! - a resend of a QoS ≥ 1 reading it stamped — the same client, packet id and bytes,
+//!   after a lost PUBACK (a dropped connection, a broker crash) — gets the same time
+//!   again, so it too is stored once (`router/stamps.rs`: the last 16 stamps per
+//!   session, logged with the message for a persistent one);
 //! - a payload with its own `ts` goes on byte for byte;
 //! - a refused one is not routed at all (nothing downstream has to cope with it): the
 //!   publisher gets PUBACK/PUBREC 0x99 Payload format invalid (MQTT 5) or its usual
@@ -48,6 +52,14 @@ pub struct Telemetry {
     stamper: Mutex<Stamper>,
     stamped: Counter,
     metrics: Metrics,
+}
+
+/// A reading the broker stamped.
+#[derive(Debug)]
+pub struct Stamped {
+    /// The board's bytes with `"ts":"<at>",` spliced in.
+    pub payload: Bytes,
+    pub at: DateTime<Utc>,
 }
 
 /// A telemetry PUBLISH the broker will not route.
@@ -95,6 +107,20 @@ impl Telemetry {
         payload: &[u8],
         retain: bool,
     ) -> Result<Option<Bytes>, Box<RefusedReading>> {
+        Ok(self
+            .inspect_at(topic, payload, retain, None)?
+            .map(|s| s.payload))
+    }
+
+    /// [`Telemetry::inspect`], also saying the time stamped; `again`: stamp that time
+    /// (a resend of a reading stamped before, `router/stamps.rs`) rather than a new one.
+    pub fn inspect_at(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        retain: bool,
+        again: Option<DateTime<Utc>>,
+    ) -> Result<Option<Stamped>, Box<RefusedReading>> {
         let Some(device) = self.telemetry_device(topic) else {
             return Ok(None);
         };
@@ -104,16 +130,22 @@ impl Telemetry {
         }
         let now = Utc::now();
         let checked = stamp_payload(payload, &device, |d| {
-            self.stamper.lock().stamp(d.as_str(), now)
+            again.unwrap_or_else(|| self.stamper.lock().stamp(d.as_str(), now))
         })
         .and_then(|(reading, stamped)| {
             self.limits.check(&reading, now)?;
-            Ok(stamped)
+            Ok(stamped.map(|s| (s, reading.ts)))
         });
         match checked {
-            Ok(Some(stamped)) => {
-                self.stamped.inc();
-                Ok(Some(Bytes::from(stamped)))
+            Ok(Some((stamped, at))) => {
+                // Once per PUBLISH: a resend's second look is not another stamp.
+                if again.is_none() {
+                    self.stamped.inc();
+                }
+                Ok(Some(Stamped {
+                    payload: Bytes::from(stamped),
+                    at,
+                }))
             }
             Ok(None) => Ok(None),
             Err(error) => Err(Box::new(self.refuse(topic, &device, payload, error, now))),

@@ -310,11 +310,12 @@ fn publish(
     // A board's reading: checked, and stamped when it has no `ts` (`telemetry.rs`).
     // MQTT 3.1.1 cannot refuse in a PUBACK: a refused one is acknowledged once its
     // report is durable, and only the report is routed.
+    // A resend of one already stamped (same packet id and bytes) is stamped as before.
+    let packet = p.packet_id.map(|id| (id, p.dup));
     let payload = match cx
         .shared
         .router
-        .telemetry()
-        .inspect(&p.topic, &payload, p.retain)
+        .inspect_publish(a.id, &p.topic, &payload, p.retain, packet)
     {
         Ok(stamped) => stamped.unwrap_or(payload),
         Err(refused) => {

@@ -640,11 +640,12 @@ fn publish(
     }
     // A board's reading: checked, and stamped when it has no `ts` (`telemetry.rs`). A
     // refused one gets 0x99 and only its report is routed.
+    // A resend of one already stamped (same packet id and bytes) is stamped as before.
+    let packet = p.packet_id.map(|id| (id, p.dup));
     let payload = match cx
         .shared
         .router
-        .telemetry()
-        .inspect(&p.topic, &payload, p.retain)
+        .inspect_publish(a.id, &p.topic, &payload, p.retain, packet)
     {
         Ok(stamped) => stamped.unwrap_or(payload),
         Err(refused) => {

@@ -3,6 +3,7 @@
 //! messages owed to them) must survive. Also: the log is compacted and still recovers.
 
 mod common;
+mod raw;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -189,6 +190,84 @@ async fn a_stamped_reading_queued_across_sigkill_is_redelivered_with_the_same_ts
         String::from_utf8(m.payload).unwrap(),
         text,
         "the same bytes, so the same ts"
+    );
+    assert_eq!(h.try_next_publish(Duration::from_millis(300)).await, None);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A board whose PUBACKs the crash took: it resends after the restart, with DUP=1 or as
+/// rumqttc 0.25 does with DUP=0, and the historian gets each reading again with the `ts`
+/// it was given the first time, so it stores it once (`router/stamps.rs`). The stamps
+/// survive a start-up compaction too (a second kill before the board is back). A new
+/// reading after the resends is stamped anew, even with the bytes of an old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reading_resent_after_sigkill_keeps_the_ts_it_was_given() {
+    use tokio::net::TcpStream;
+    const TOPIC: &str = "lentera/gh-1/telemetry";
+    fn publish(packet_id: u16, dup: bool, payload: &[u8]) -> Vec<u8> {
+        let body = [&raw::str16(TOPIC)[..], &packet_id.to_be_bytes(), payload].concat();
+        raw::packet(0x32 | u8::from(dup) << 3, &body)
+    }
+    async fn board(port: u16) -> (TcpStream, bool) {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let mut s = raw::send_connect(addr, &raw::connect_v311_with(0, &raw::str16("gh-1"))).await;
+        let (h, body) = raw::read_packet(&mut s).await.expect("CONNACK");
+        assert_eq!((h, body.get(1)), (0x20, Some(&0)));
+        (s, body[0] & 1 == 1)
+    }
+    async fn sent(s: &mut TcpStream, packet_id: u16, dup: bool, payload: &[u8]) {
+        raw::send(s, &publish(packet_id, dup, payload)).await;
+        let (h, body) = raw::read_packet(s).await.expect("PUBACK");
+        assert_eq!((h, &body[..2]), (0x40, &packet_id.to_be_bytes()[..]));
+    }
+    fn ts(m: common::Msg) -> (String, String) {
+        let text = String::from_utf8(m.payload).unwrap();
+        let rest = text.strip_prefix(r#"{"ts":""#).expect("stamped").to_owned();
+        let (ts, rest) = rest.split_once('"').unwrap();
+        (ts.to_owned(), rest.to_owned())
+    }
+
+    let dir = temp_dir("resend");
+    let data = dir.join("data");
+    let (mut broker, port) = spawn(&dir, &data);
+    let mut h = Client::connect_v3(v3(port, "historian", false)).await;
+    h.subscribe("lentera/+/telemetry", 1).await;
+    h.disconnect().await;
+    // Acknowledged, so on disk; the board is to think the PUBACKs were lost.
+    let (mut b, _) = board(port).await;
+    sent(&mut b, 1, false, br#"{"lux":1}"#).await;
+    sent(&mut b, 2, false, br#"{"lux":2}"#).await;
+    sigkill(&mut broker);
+    drop(b);
+    let (mut broker, port) = spawn(&dir, &data);
+    // Started from a compacted log; something durable after it says it is on disk.
+    let mut o = Client::connect_v3(v3(port, "other", false)).await;
+    o.subscribe("x", 1).await;
+    o.kill();
+    sigkill(&mut broker);
+
+    let (_broker, port) = spawn(&dir, &data);
+    let (mut b, present) = board(port).await;
+    assert!(present, "session lost in the crash");
+    sent(&mut b, 1, true, br#"{"lux":1}"#).await;
+    sent(&mut b, 2, false, br#"{"lux":2}"#).await;
+    sent(&mut b, 3, false, br#"{"lux":3}"#).await;
+    sent(&mut b, 1, false, br#"{"lux":1}"#).await;
+    let mut h = Client::connect_v3(v3(port, "historian", false)).await;
+    assert!(h.session_present);
+    let mut seen = Vec::new();
+    for _ in 0..6 {
+        seen.push(ts(h.next_publish().await));
+    }
+    let rest: Vec<_> = seen.iter().map(|(_, r)| r.as_str()).collect();
+    let lux = |n| format!(r#","lux":{n}}}"#);
+    assert_eq!(rest, [lux(1), lux(2), lux(1), lux(2), lux(3), lux(1)]);
+    assert_eq!(seen[2].0, seen[0].0, "DUP=1 resend: the same ts");
+    assert_eq!(seen[3].0, seen[1].0, "DUP=0 resend (rumqttc): the same ts");
+    assert_ne!(seen[4].0, seen[1].0);
+    assert_ne!(
+        seen[5].0, seen[0].0,
+        "a new reading with old bytes: a new ts"
     );
     assert_eq!(h.try_next_publish(Duration::from_millis(300)).await, None);
     let _ = std::fs::remove_dir_all(&dir);

@@ -53,6 +53,7 @@ impl Router {
                 })
                 .collect();
             s.owed_may_expire = s.owed.iter().any(|o| o.msg.expires());
+            s.stamps = super::stamps::Stamps::recovered(&r.stamps);
             if let Some(t) = s.expires_at {
                 st.expiries.insert((t, client.clone()));
             }
@@ -81,7 +82,7 @@ impl Router {
     }
 
     /// Replaces the log with the live state: retained messages, then each persistent
-    /// session with its subscriptions and owed messages.
+    /// session with its subscriptions, owed messages and remembered stamps.
     pub(super) fn compact(&self, st: &mut State) {
         if !self.store.enabled() {
             return;
@@ -127,6 +128,13 @@ impl Router {
                     let rec = Record::Rel { client, seq: o.seq };
                     record::encode(&rec, &mut buf);
                 }
+            }
+            for stamp in s.stamps.iter().flat_map(|m| m.iter()) {
+                let rec = Record::Stamp {
+                    client,
+                    stamp: *stamp,
+                };
+                record::encode(&rec, &mut buf);
             }
         }
         self.store.compact(buf);

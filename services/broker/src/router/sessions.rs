@@ -57,6 +57,10 @@ impl Router {
             Box::new(Session::new(0))
         });
         s.expiry = expiry;
+        if let Some(m) = &mut s.stamps {
+            // Resumed: the last connection's PUBACKs may not have arrived.
+            m.reconnected();
+        }
         if let Some(t) = s.expires_at.take() {
             st.expiries.remove(&(t, client.clone()));
         }

@@ -1,6 +1,7 @@
 //! The broker's embedded on-disk store: an append-only log of state changes (retained
-//! messages, persistent sessions, their subscriptions and the QoS 1/2 messages owed to
-//! them), written by one thread with group commit.
+//! messages, persistent sessions, their subscriptions, the QoS 1/2 messages owed to
+//! them and the last stamps their clients' readings got), written by one thread with
+//! group commit.
 //!
 //! - [`record`]: the framed, CRC-checked record format.
 //! - [`recover`]: replays the log at start-up into the state the router starts from.

@@ -5,8 +5,12 @@
 //! that is short or does not check out, and everything before it is kept.
 //!
 //! Body: a tag byte, then the fields. Strings and byte strings are `u32 LE length | bytes`.
-//! Hand-written rather than serde + a format crate: eight record kinds do not justify a
+//! Hand-written rather than serde + a format crate: ten record kinds do not justify a
 //! new dependency, and encoding straight into the shared write buffer allocates nothing.
+//!
+//! A kind is only ever added (tag 10, `Stamp`, came last): an older broker stops its
+//! replay at the first tag it does not know, as at a torn tail, so going back to an
+//! older version after a newer one wrote its log loses what follows that record.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -61,6 +65,32 @@ pub enum Record<'a> {
         client: &'a str,
         seq: u64,
     },
+    /// The session's client published telemetry that the broker stamped; a resend of
+    /// it gets the same stamp (`router/stamps.rs`).
+    Stamp {
+        client: &'a str,
+        stamp: Stamp,
+    },
+}
+
+/// What the broker remembers of a reading it stamped, so a resend of the same PUBLISH
+/// gets the same `ts` (`router/stamps.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stamp {
+    /// The receive time written into the payload (Unix microseconds).
+    pub at: i64,
+    /// [`publish_hash`] of the PUBLISH as the client sent it.
+    pub hash: u32,
+    pub packet_id: u16,
+}
+
+/// CRC-32 of a PUBLISH's topic and payload as the client sent them: what tells a resend
+/// of a packet id (the same message) from its reuse for another message.
+pub fn publish_hash(topic: &str, payload: &[u8]) -> u32 {
+    !crc32_update(
+        crc32_update(crc32_update(!0, topic.as_bytes()), &[0]),
+        payload,
+    )
 }
 
 /// A decoded record: strings owned, messages rebuilt.
@@ -99,6 +129,10 @@ pub enum Owned {
     Rel {
         client: String,
         seq: u64,
+    },
+    Stamp {
+        client: String,
+        stamp: Stamp,
     },
 }
 
@@ -166,6 +200,13 @@ pub fn encode(rec: &Record<'_>, out: &mut Vec<u8>) {
             bytes(client.as_bytes(), out);
             out.extend_from_slice(&seq.to_le_bytes());
         }
+        Record::Stamp { client, stamp } => {
+            out.push(10);
+            bytes(client.as_bytes(), out);
+            out.extend_from_slice(&stamp.packet_id.to_le_bytes());
+            out.extend_from_slice(&stamp.hash.to_le_bytes());
+            out.extend_from_slice(&stamp.at.to_le_bytes());
+        }
     }
     let body = &out[start + 8..];
     let len = body.len() as u32;
@@ -228,6 +269,14 @@ pub fn decode(buf: &[u8]) -> Option<(Owned, usize)> {
         9 => Owned::Rel {
             client: r.string()?,
             seq: r.u64()?,
+        },
+        10 => Owned::Stamp {
+            client: r.string()?,
+            stamp: Stamp {
+                packet_id: r.u16()?,
+                hash: r.u32()?,
+                at: r.u64()? as i64,
+            },
         },
         _ => return None,
     };
@@ -315,6 +364,9 @@ impl Reader<'_> {
     fn u8(&mut self) -> Option<u8> {
         Some(self.take(1)?[0])
     }
+    fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_le_bytes(self.take(2)?.try_into().ok()?))
+    }
     fn u32(&mut self) -> Option<u32> {
         Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
     }
@@ -386,6 +438,11 @@ impl Reader<'_> {
 
 /// CRC-32 (IEEE), table-driven; the table is built at compile time.
 pub fn crc32(data: &[u8]) -> u32 {
+    !crc32_update(!0, data)
+}
+
+/// The CRC-32 register `c` after `data` (start with `!0`, finish with `!`).
+fn crc32_update(mut c: u32, data: &[u8]) -> u32 {
     const TABLE: [u32; 256] = {
         let mut t = [0u32; 256];
         let mut i = 0;
@@ -405,11 +462,10 @@ pub fn crc32(data: &[u8]) -> u32 {
         }
         t
     };
-    let mut c = !0u32;
     for &b in data {
         c = TABLE[((c ^ b as u32) & 0xFF) as usize] ^ (c >> 8);
     }
-    !c
+    c
 }
 
 #[cfg(test)]
@@ -501,6 +557,18 @@ mod tests {
             },
             &mut buf,
         );
+        let stamp = Stamp {
+            at: 1_764_000_000_123_456,
+            hash: publish_hash("lentera/gh-1/telemetry", b"{}"),
+            packet_id: 65_535,
+        };
+        let stamp_at = buf.len();
+        encode(&Record::Stamp { client: "h", stamp }, &mut buf);
+        assert!(matches!(
+            decode(&buf[stamp_at..]),
+            Some((Owned::Stamp { client, stamp: s }, _)) if client == "h" && s == stamp
+        ));
+        buf.truncate(stamp_at);
         let (rec, n) = decode(&buf).unwrap();
         let Owned::Enq {
             client,

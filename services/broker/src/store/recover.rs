@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use ntex_bytes::ByteString;
 
-use super::record::{self, Owned};
+use super::record::{self, Owned, Stamp};
 use crate::message::{Message, Subscription};
 use crate::topic_filter::Filter;
 
@@ -23,6 +23,9 @@ pub struct RecoveredSession {
     pub owed: BTreeMap<u64, Message>,
     /// Owed QoS 2 messages the subscriber has PUBREC'd: a PUBREL is owed, not them.
     pub released: BTreeSet<u64>,
+    /// The last readings the session's client published that the broker stamped, oldest
+    /// first, one per packet id, at most [`crate::router::STAMPS_REMEMBERED`].
+    pub stamps: Vec<Stamp>,
 }
 
 #[derive(Debug, Default)]
@@ -101,6 +104,19 @@ pub fn replay(records: Vec<Owned>) -> Recovered {
                     && s.owed.contains_key(&seq)
                 {
                     s.released.insert(seq);
+                }
+            }
+            Owned::Stamp { client, stamp } => {
+                // As the router keeps them: a packet id's new message replaces its old
+                // one, the oldest goes beyond the bound.
+                if let Some(s) = r.sessions.get_mut(&client) {
+                    s.stamps.retain(|old| old.packet_id != stamp.packet_id);
+                    s.stamps.push(stamp);
+                    let over = s
+                        .stamps
+                        .len()
+                        .saturating_sub(crate::router::STAMPS_REMEMBERED);
+                    s.stamps.drain(..over);
                 }
             }
         }
@@ -187,5 +203,37 @@ mod tests {
         assert_eq!(owed, [&b"b"[..], &b"c"[..]]);
         assert_eq!(h.subs["t"].qos, QoS::ExactlyOnce);
         assert_eq!(r.retained.keys().collect::<Vec<_>>(), ["r"]);
+    }
+
+    /// A session's stamps replay as the router keeps them: one per packet id, the last
+    /// [`crate::router::STAMPS_REMEMBERED`], gone with the session.
+    #[test]
+    fn replay_keeps_the_last_stamps_per_packet_id_within_the_bound() {
+        let stamp = |packet_id: u16, at: i64| record::Stamp {
+            at,
+            hash: 1,
+            packet_id,
+        };
+        let mut buf = Vec::new();
+        for client in ["b", "gone"] {
+            let session = Record::Session { client, expiry: 60 };
+            record::encode(&session, &mut buf);
+        }
+        for at in 0..40 {
+            let stamp = stamp(at as u16 % 20 + 1, at);
+            record::encode(&Record::Stamp { client: "b", stamp }, &mut buf);
+            record::encode(
+                &Record::Stamp {
+                    client: "gone",
+                    stamp,
+                },
+                &mut buf,
+            );
+        }
+        record::encode(&Record::EndSession { client: "gone" }, &mut buf);
+        let r = replay(read_all(&buf).0);
+        let b: Vec<_> = r.sessions["b"].stamps.iter().map(|s| s.at).collect();
+        assert_eq!(b, (24..40).collect::<Vec<_>>());
+        assert!(!r.sessions.contains_key("gone"));
     }
 }
