@@ -123,6 +123,18 @@ impl Connection {
                 // (possibly waiting for PUBACK) is always answered first.
                 biased;
                 () = stopped(&mut stopping) => return End::Shutdown,
+                // Before input: a line that arrives with the revocation already
+                // announced is refused, not answered OK.
+                notice = next_revocation(&mut self.revocations) => {
+                    if self.is_revoked(notice) {
+                        self.shared.stats.reject("revoked");
+                        let err = LineError::new("unauthorized", "this device's credentials were revoked; closing");
+                        return match self.write_line(&err.reply()).await {
+                            Ok(()) => End::Revoked,
+                            Err(e) => e,
+                        };
+                    }
+                }
                 Some(cmd) = self.commands.recv() => {
                     if let Err(e) = self.write_line(cmd.tcp_line()).await {
                         return e;
@@ -152,16 +164,6 @@ impl Connection {
                         (false, Some(wait)) if !self.sent_newline => Some(Instant::now() + wait),
                         _ => None,
                     };
-                }
-                notice = next_revocation(&mut self.revocations) => {
-                    if self.is_revoked(notice) {
-                        self.shared.stats.reject("revoked");
-                        let err = LineError::new("unauthorized", "this device's credentials were revoked; closing");
-                        return match self.write_line(&err.reply()).await {
-                            Ok(()) => End::Revoked,
-                            Err(e) => e,
-                        };
-                    }
                 }
                 _ = sleep_until(idle_deadline) => return End::Idle,
                 _ = sleep_until(partial_deadline.unwrap_or(idle_deadline)), if partial_deadline.is_some() => {
