@@ -278,3 +278,35 @@ async fn a_reconnect_storm_loses_no_persistent_queue() {
         "every board and the controller are back"
     );
 }
+
+/// Half-open connections after a Wi-Fi outage: every board reconnects while the broker
+/// still holds its old connection. Each new connection takes its session over, the old
+/// ones are closed, and the count ends where it began — all within seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_storm_replaces_every_connection() {
+    let broker = broker().await;
+    let old = boards(broker.mqtt, "twin", BOARDS, false).await;
+    let at = Instant::now();
+    let new = boards(broker.mqtt, "twin", BOARDS, false).await;
+    let took = at.elapsed();
+    // Every old connection was told (3.1.1 has no DISCONNECT from the server: closed).
+    for mut s in old {
+        let end =
+            tokio::time::timeout(NOTICE, async { while read_packet(&mut s).await.is_ok() {} })
+                .await;
+        assert!(
+            end.is_ok(),
+            "an old connection stayed open after its takeover"
+        );
+    }
+    let m = broker.metrics().await;
+    assert_eq!(metric(&m, "lentera_broker_connections "), BOARDS as u64);
+    assert_eq!(metric(&m, "lentera_broker_sessions "), BOARDS as u64);
+    assert_eq!(
+        metric(&m, "lentera_broker_session_takeovers_total "),
+        BOARDS as u64,
+        "{m}"
+    );
+    eprintln!("{BOARDS} takeovers in {took:?}");
+    drop(new);
+}
