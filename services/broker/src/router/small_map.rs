@@ -1,7 +1,7 @@
 //! A map for the subscription index's nodes, almost all of which hold one entry (a
 //! board's own topic level, its one subscriber): a short vector searched in place until
-//! it outgrows [`FEW`] entries, then a hash map. A one-entry hash map costs ~340 bytes
-//! (four buckets, control bytes, the hasher's keys); a one-entry vector costs the entry.
+//! it outgrows [`FEW`] entries, then a hash map. A one-entry hash map still allocates four
+//! buckets and control bytes beside the hasher's keys; a one-entry vector costs the entry.
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
